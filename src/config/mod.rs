@@ -1,0 +1,252 @@
+//! The typed configuration tree: loading (defaults, TOML file, `TOKENMINT_*__*` variables) and validation.
+
+mod duration;
+mod issuer;
+mod raw;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use url::Url;
+
+pub use duration::{HumanDuration, format_duration, parse_duration};
+pub use issuer::{IssuerKind, ReplayMode, infer_issuer_kind};
+pub use raw::parse_ci_algorithm;
+
+use crate::keys::SigningAlgorithm;
+
+/// The file read when `--config` is not given and it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "tokenmint.toml";
+/// Prefix of configuration variables; only names that also contain `__` are configuration.
+pub const ENV_PREFIX: &str = "TOKENMINT_";
+
+/// A configuration that loaded and passed every check.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub policies: PoliciesConfig,
+    pub keys: KeysConfig,
+    pub issuers: BTreeMap<String, IssuerConfig>,
+    pub targets: BTreeMap<String, TargetConfig>,
+    /// Dev mode: the dev CI issuer is served and nothing real is ever contacted.
+    pub dev: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Absolute URL without trailing slash: our issuer and the default CI-token audience.
+    pub public_url: String,
+    pub admin_listen: Option<SocketAddr>,
+    pub behind_tls_proxy: bool,
+    /// How long SIGTERM waits for in-flight requests.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// `None` in dev mode: state and keys are in memory.
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoliciesConfig {
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeysConfig {
+    pub min_publish: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    pub name: String,
+    /// Exactly as tokens carry it in `iss`.
+    pub issuer: String,
+    pub issuer_url: Url,
+    pub kind: IssuerKind,
+    pub audience: String,
+    pub jwks_uri: Option<Url>,
+    pub jwks_file: Option<PathBuf>,
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    pub leeway: Duration,
+    pub max_token_lifetime: Duration,
+    pub strict_audience: bool,
+    pub replay: ReplayMode,
+    pub jwks_refresh: Duration,
+    pub jwks_max_stale: Duration,
+    pub jwks_refetch_cooldown: Duration,
+    pub jwks_fetch_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct TargetConfig {
+    pub name: String,
+    pub audience: String,
+    pub match_audience_url: bool,
+    pub max_ttl: Duration,
+    pub kind: TargetKindConfig,
+}
+
+#[derive(Debug, Clone)]
+pub enum TargetKindConfig {
+    /// tokenmint signs the token itself.
+    Local {
+        algorithm: SigningAlgorithm,
+        /// A fixed key from a PEM file instead of generated, rotated keys.
+        signing_key_file: Option<PathBuf>,
+    },
+}
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    /// `--config FILE`; when `None`, `./tokenmint.toml` is read if it exists.
+    pub file: Option<PathBuf>,
+    /// `--listen ADDR`, overriding `server.listen`.
+    pub listen: Option<SocketAddr>,
+}
+
+/// A configuration error: one line that names the key and where it came from.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Loads defaults, then the TOML file, then `TOKENMINT_<SECTION>__<KEY>` variables, and validates.
+    pub fn load(source: &ConfigSource) -> Result<Config, ConfigError> {
+        let file = match &source.file {
+            Some(path) => {
+                if !path.is_file() {
+                    return Err(ConfigError(format!(
+                        "config file {} does not exist or is not a file",
+                        path.display()
+                    )));
+                }
+                Some(path.clone())
+            }
+            None => Some(PathBuf::from(DEFAULT_CONFIG_FILE)).filter(|p| p.is_file()),
+        };
+        let mut figment = Figment::new();
+        if let Some(path) = &file {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(config_env());
+        Self::from_figment(figment, file.as_deref(), source.listen)
+    }
+
+    /// Validates what a figment holds; `file` names the file in errors.
+    pub fn from_figment(
+        figment: Figment,
+        file: Option<&Path>,
+        listen_override: Option<SocketAddr>,
+    ) -> Result<Config, ConfigError> {
+        let raw: raw::RawConfig = figment
+            .extract()
+            .map_err(|err| ConfigError(describe_figment_error(err, file)))?;
+        raw.validate(file, listen_override)
+    }
+}
+
+/// The environment provider: `TOKENMINT_A__B` becomes `a.b`; names without `__` are ignored.
+pub fn config_env() -> Env {
+    Env::prefixed(ENV_PREFIX)
+        .filter(|key| key.as_str().contains("__"))
+        .split("__")
+}
+
+/// Names of `TOKENMINT_*__*` variables that are set (dev mode refuses to start with any).
+pub fn config_env_vars_present() -> Vec<String> {
+    std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|name| name.starts_with(ENV_PREFIX) && name.contains("__"))
+        .collect()
+}
+
+fn describe_figment_error(err: figment::Error, file: Option<&Path>) -> String {
+    let mut lines = Vec::new();
+    for error in err {
+        let key = error.path.join(".");
+        let origin = match error.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+            Some(figment::Source::File(path)) => path.display().to_string(),
+            Some(other) => other.to_string(),
+            None => match (&error.metadata, file) {
+                (Some(meta), _) if meta.name.contains("environment") => {
+                    format!("{ENV_PREFIX}* environment variables")
+                }
+                (_, Some(path)) => path.display().to_string(),
+                _ => "configuration".to_owned(),
+            },
+        };
+        let what = match &error.kind {
+            figment::error::Kind::UnknownField(field, _) => {
+                // figment's path already ends with the unknown field.
+                let full = if key.is_empty() {
+                    field.clone()
+                } else {
+                    key.clone()
+                };
+                format!("{origin}: unknown key `{full}`")
+            }
+            figment::error::Kind::MissingField(field) => {
+                let full = if key.is_empty() {
+                    field.to_string()
+                } else {
+                    format!("{key}.{field}")
+                };
+                format!("{origin}: missing required key `{full}`")
+            }
+            kind if key.is_empty() => format!("{origin}: {kind}"),
+            kind => format!("{origin}: `{key}`: {kind}"),
+        };
+        lines.push(what);
+    }
+    lines.join("; ")
+}
+
+/// Whether an address is loopback (127.0.0.0/8 or ::1).
+pub fn is_loopback_host(host: &url::Host<&str>) -> bool {
+    match host {
+        url::Host::Domain(name) => name.eq_ignore_ascii_case("localhost"),
+        url::Host::Ipv4(ip) => ip.is_loopback(),
+        url::Host::Ipv6(ip) => ip.is_loopback(),
+    }
+}
+
+/// An URL that must be https, or http to a loopback host; `what` names it in errors.
+pub fn check_https_url(what: &str, text: &str) -> Result<Url, String> {
+    let url =
+        Url::parse(text).map_err(|err| format!("{what} {text:?} is not an absolute URL: {err}"))?;
+    match url.scheme() {
+        "https" => {}
+        "http" => {
+            let loopback = url.host().as_ref().is_some_and(is_loopback_host);
+            if !loopback {
+                return Err(format!(
+                    "{what} {text:?} uses http://, which is allowed only for loopback hosts; use https://"
+                ));
+            }
+        }
+        other => {
+            return Err(format!(
+                "{what} {text:?} has scheme {other:?}; use https://"
+            ));
+        }
+    }
+    if url.host().is_none() {
+        return Err(format!("{what} {text:?} has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!("{what} {text:?} must not carry credentials"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("{what} {text:?} must not have a query or fragment"));
+    }
+    Ok(url)
+}

@@ -1,0 +1,528 @@
+//! The configuration exactly as written (serde, unknown keys refused) and its validation into [`Config`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{
+    Config, ConfigError, HumanDuration, IssuerConfig, IssuerKind, KeysConfig, PoliciesConfig,
+    ReplayMode, ServerConfig, StorageConfig, TargetConfig, TargetKindConfig, check_https_url,
+    infer_issuer_kind,
+};
+use crate::keys::SigningAlgorithm;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    storage: RawStorage,
+    #[serde(default)]
+    policies: RawPolicies,
+    #[serde(default)]
+    keys: RawKeys,
+    #[serde(default)]
+    issuers: BTreeMap<String, RawIssuer>,
+    #[serde(default)]
+    targets: BTreeMap<String, RawTarget>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    #[serde(default = "default_listen")]
+    listen: String,
+    public_url: Option<String>,
+    #[serde(default = "default_admin_listen")]
+    admin_listen: String,
+    #[serde(default)]
+    behind_tls_proxy: bool,
+    #[serde(default = "default_shutdown_grace")]
+    shutdown_grace: HumanDuration,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            public_url: None,
+            admin_listen: default_admin_listen(),
+            behind_tls_proxy: false,
+            shutdown_grace: default_shutdown_grace(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".to_owned()
+}
+fn default_admin_listen() -> String {
+    "127.0.0.1:9090".to_owned()
+}
+fn default_shutdown_grace() -> HumanDuration {
+    HumanDuration::secs(30)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    #[serde(default = "default_data_dir")]
+    data_dir: PathBuf,
+    database_url: Option<String>,
+}
+
+impl Default for RawStorage {
+    fn default() -> Self {
+        Self {
+            data_dir: default_data_dir(),
+            database_url: None,
+        }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./data")
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicies {
+    #[serde(default = "default_policies_dir")]
+    dir: PathBuf,
+}
+
+impl Default for RawPolicies {
+    fn default() -> Self {
+        Self {
+            dir: default_policies_dir(),
+        }
+    }
+}
+
+fn default_policies_dir() -> PathBuf {
+    PathBuf::from("./policies")
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeys {
+    #[serde(default = "default_min_publish")]
+    min_publish: HumanDuration,
+}
+
+impl Default for RawKeys {
+    fn default() -> Self {
+        Self {
+            min_publish: default_min_publish(),
+        }
+    }
+}
+
+fn default_min_publish() -> HumanDuration {
+    HumanDuration::secs(3600)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIssuer {
+    issuer: String,
+    kind: Option<IssuerKind>,
+    audience: Option<String>,
+    jwks_uri: Option<String>,
+    jwks_file: Option<PathBuf>,
+    #[serde(default = "default_algorithms")]
+    algorithms: Vec<String>,
+    #[serde(default = "default_leeway")]
+    leeway: HumanDuration,
+    #[serde(default = "default_max_token_lifetime")]
+    max_token_lifetime: HumanDuration,
+    #[serde(default = "yes")]
+    strict_audience: bool,
+    #[serde(default = "default_replay")]
+    replay: ReplayMode,
+    #[serde(default = "default_jwks_refresh")]
+    jwks_refresh: HumanDuration,
+    #[serde(default = "default_jwks_max_stale")]
+    jwks_max_stale: HumanDuration,
+    #[serde(default = "default_jwks_refetch_cooldown")]
+    jwks_refetch_cooldown: HumanDuration,
+    #[serde(default = "default_jwks_fetch_timeout")]
+    jwks_fetch_timeout: HumanDuration,
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".to_owned()]
+}
+fn default_leeway() -> HumanDuration {
+    HumanDuration::secs(60)
+}
+fn default_max_token_lifetime() -> HumanDuration {
+    HumanDuration::secs(6 * 3600)
+}
+fn yes() -> bool {
+    true
+}
+fn default_replay() -> ReplayMode {
+    ReplayMode::Reject
+}
+fn default_jwks_refresh() -> HumanDuration {
+    HumanDuration::secs(15 * 60)
+}
+fn default_jwks_max_stale() -> HumanDuration {
+    HumanDuration::secs(24 * 3600)
+}
+fn default_jwks_refetch_cooldown() -> HumanDuration {
+    HumanDuration::secs(60)
+}
+fn default_jwks_fetch_timeout() -> HumanDuration {
+    HumanDuration::secs(5)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    kind: String,
+    audience: Option<String>,
+    #[serde(default = "yes")]
+    match_audience_url: bool,
+    #[serde(default = "default_max_ttl")]
+    max_ttl: HumanDuration,
+    algorithm: Option<String>,
+    signing_key_file: Option<PathBuf>,
+}
+
+fn default_max_ttl() -> HumanDuration {
+    HumanDuration::secs(3600)
+}
+
+/// Algorithms a CI token may be signed with; `none` and HMAC can never be configured.
+const ASYMMETRIC_ALGORITHMS: &[(&str, jsonwebtoken::Algorithm)] = &[
+    ("RS256", jsonwebtoken::Algorithm::RS256),
+    ("RS384", jsonwebtoken::Algorithm::RS384),
+    ("RS512", jsonwebtoken::Algorithm::RS512),
+    ("PS256", jsonwebtoken::Algorithm::PS256),
+    ("PS384", jsonwebtoken::Algorithm::PS384),
+    ("PS512", jsonwebtoken::Algorithm::PS512),
+    ("ES256", jsonwebtoken::Algorithm::ES256),
+    ("ES384", jsonwebtoken::Algorithm::ES384),
+    ("EdDSA", jsonwebtoken::Algorithm::EdDSA),
+];
+
+/// Parses one configured CI-token algorithm.
+pub fn parse_ci_algorithm(name: &str) -> Result<jsonwebtoken::Algorithm, String> {
+    if name.eq_ignore_ascii_case("none") || name.to_ascii_uppercase().starts_with("HS") {
+        return Err(format!(
+            "algorithm {name:?} can never be configured: CI tokens must be signed with an asymmetric key"
+        ));
+    }
+    ASYMMETRIC_ALGORITHMS
+        .iter()
+        .find(|(known, _)| *known == name)
+        .map(|(_, alg)| *alg)
+        .ok_or_else(|| {
+            let names: Vec<&str> = ASYMMETRIC_ALGORITHMS.iter().map(|(n, _)| *n).collect();
+            format!(
+                "unknown algorithm {name:?}; use one of {}",
+                names.join(", ")
+            )
+        })
+}
+
+fn is_valid_target_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-')
+}
+
+impl RawConfig {
+    pub(super) fn validate(
+        self,
+        file: Option<&Path>,
+        listen_override: Option<SocketAddr>,
+    ) -> Result<Config, ConfigError> {
+        let origin = file
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "configuration".to_owned());
+        let fail =
+            |key: &str, message: String| ConfigError(format!("{origin}: `{key}`: {message}"));
+
+        let listen = match listen_override {
+            Some(addr) => addr,
+            None => self.server.listen.parse::<SocketAddr>().map_err(|_| {
+                fail(
+                    "server.listen",
+                    format!(
+                        "{:?} is not an address like \"127.0.0.1:8080\"",
+                        self.server.listen
+                    ),
+                )
+            })?,
+        };
+        if !listen.ip().is_loopback() && !self.server.behind_tls_proxy {
+            return Err(fail(
+                "server.listen",
+                format!(
+                    "{listen} is not a loopback address and tokenmint serves plain HTTP; \
+                     terminate TLS in a proxy and set server.behind_tls_proxy = true"
+                ),
+            ));
+        }
+        let public_url = self.server.public_url.as_deref().ok_or_else(|| {
+            fail(
+                "server.public_url",
+                "is required (our issuer URL and the default CI-token audience)".to_owned(),
+            )
+        })?;
+        let public_url =
+            normalise_public_url(public_url).map_err(|m| fail("server.public_url", m))?;
+        let admin_listen = match self.server.admin_listen.trim() {
+            "" => None,
+            text => Some(text.parse::<SocketAddr>().map_err(|_| {
+                fail(
+                    "server.admin_listen",
+                    format!(
+                        "{text:?} is not an address like \"127.0.0.1:9090\" (\"\" disables it)"
+                    ),
+                )
+            })?),
+        };
+        if admin_listen == Some(listen) {
+            return Err(fail(
+                "server.admin_listen",
+                "must differ from server.listen".to_owned(),
+            ));
+        }
+
+        if self.storage.database_url.is_some() {
+            return Err(fail(
+                "storage.database_url",
+                "PostgreSQL storage is not available in this version; remove the key to use the built-in store".to_owned(),
+            ));
+        }
+
+        let mut issuers = BTreeMap::new();
+        let mut seen_issuer_urls: HashMap<String, String> = HashMap::new();
+        for (name, raw) in self.issuers {
+            let key = |field: &str| format!("issuers.{name}.{field}");
+            if !is_valid_target_name(&name) {
+                return Err(fail(
+                    &format!("issuers.{name}"),
+                    "issuer names must match [a-z0-9][a-z0-9_-]{0,62}".to_owned(),
+                ));
+            }
+            let issuer_url =
+                check_https_url("issuer", &raw.issuer).map_err(|m| fail(&key("issuer"), m))?;
+            if let Some(previous) = seen_issuer_urls.insert(raw.issuer.clone(), name.clone()) {
+                return Err(fail(
+                    &key("issuer"),
+                    format!(
+                        "issuer {:?} is also configured as issuers.{previous}",
+                        raw.issuer
+                    ),
+                ));
+            }
+            let kind = match (raw.kind, infer_issuer_kind(&issuer_url)) {
+                (Some(kind), _) => kind,
+                (None, Some(kind)) => kind,
+                (None, None) => {
+                    return Err(fail(
+                        &key("kind"),
+                        format!(
+                            "is required for {:?}: set github, gitlab, terraform or generic",
+                            raw.issuer
+                        ),
+                    ));
+                }
+            };
+            let jwks_uri = raw
+                .jwks_uri
+                .as_deref()
+                .map(|uri| check_https_url("jwks_uri", uri))
+                .transpose()
+                .map_err(|m| fail(&key("jwks_uri"), m))?;
+            if jwks_uri.is_some() && raw.jwks_file.is_some() {
+                return Err(fail(
+                    &key("jwks_file"),
+                    "set jwks_uri or jwks_file, not both".to_owned(),
+                ));
+            }
+            if raw.algorithms.is_empty() {
+                return Err(fail(
+                    &key("algorithms"),
+                    "must list at least one algorithm".to_owned(),
+                ));
+            }
+            let algorithms = raw
+                .algorithms
+                .iter()
+                .map(|a| parse_ci_algorithm(a))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|m| fail(&key("algorithms"), m))?;
+            if raw.max_token_lifetime.get().is_zero() {
+                return Err(fail(
+                    &key("max_token_lifetime"),
+                    "must be longer than 0s".to_owned(),
+                ));
+            }
+            let audience = raw.audience.clone().unwrap_or_else(|| public_url.clone());
+            if audience.is_empty() {
+                return Err(fail(&key("audience"), "must not be empty".to_owned()));
+            }
+            issuers.insert(
+                name.clone(),
+                IssuerConfig {
+                    name: name.clone(),
+                    issuer: raw.issuer,
+                    issuer_url,
+                    kind,
+                    audience,
+                    jwks_uri,
+                    jwks_file: raw.jwks_file,
+                    algorithms,
+                    leeway: raw.leeway.get(),
+                    max_token_lifetime: raw.max_token_lifetime.get(),
+                    strict_audience: raw.strict_audience,
+                    replay: raw.replay,
+                    jwks_refresh: nonzero(raw.jwks_refresh, &key("jwks_refresh"), &fail)?,
+                    jwks_max_stale: nonzero(raw.jwks_max_stale, &key("jwks_max_stale"), &fail)?,
+                    jwks_refetch_cooldown: raw.jwks_refetch_cooldown.get(),
+                    jwks_fetch_timeout: nonzero(
+                        raw.jwks_fetch_timeout,
+                        &key("jwks_fetch_timeout"),
+                        &fail,
+                    )?,
+                },
+            );
+        }
+
+        let mut targets = BTreeMap::new();
+        let mut audiences: HashMap<String, Vec<(String, bool)>> = HashMap::new();
+        for (name, raw) in self.targets {
+            let key = |field: &str| format!("targets.{name}.{field}");
+            if !is_valid_target_name(&name) {
+                return Err(fail(
+                    &format!("targets.{name}"),
+                    "target names must match [a-z0-9][a-z0-9_-]{0,62}".to_owned(),
+                ));
+            }
+            let target = match raw.kind.as_str() {
+                "local" => {
+                    let audience = raw.audience.ok_or_else(|| {
+                        fail(&key("audience"), "is required for local targets".to_owned())
+                    })?;
+                    if audience.trim().is_empty() {
+                        return Err(fail(&key("audience"), "must not be empty".to_owned()));
+                    }
+                    let algorithm = match raw.algorithm.as_deref() {
+                        None => SigningAlgorithm::ES256,
+                        Some(text) => text.parse::<SigningAlgorithm>().map_err(|_| {
+                            fail(
+                                &key("algorithm"),
+                                format!("{text:?} is not one of ES256, RS256, EdDSA"),
+                            )
+                        })?,
+                    };
+                    if raw.max_ttl.get() < Duration::from_secs(1) {
+                        return Err(fail(&key("max_ttl"), "must be at least 1s".to_owned()));
+                    }
+                    TargetConfig {
+                        name: name.clone(),
+                        audience,
+                        match_audience_url: raw.match_audience_url,
+                        max_ttl: raw.max_ttl.get(),
+                        kind: TargetKindConfig::Local {
+                            algorithm,
+                            signing_key_file: raw.signing_key_file,
+                        },
+                    }
+                }
+                "auth0" | "oauth2" => {
+                    return Err(fail(
+                        &key("kind"),
+                        format!(
+                            "{:?} targets are not available in this version; only \"local\" is",
+                            raw.kind
+                        ),
+                    ));
+                }
+                other => {
+                    return Err(fail(
+                        &key("kind"),
+                        format!("{other:?} is not a target kind; use \"local\""),
+                    ));
+                }
+            };
+            audiences
+                .entry(target.audience.clone())
+                .or_default()
+                .push((name.clone(), target.match_audience_url));
+            targets.insert(name, target);
+        }
+        for (audience, users) in &audiences {
+            let matching: Vec<&str> = users
+                .iter()
+                .filter(|(_, m)| *m)
+                .map(|(n, _)| n.as_str())
+                .collect();
+            if users.len() > 1 && matching.len() != 1 {
+                let names: Vec<&str> = users.iter().map(|(n, _)| n.as_str()).collect();
+                return Err(ConfigError(format!(
+                    "{origin}: targets {} share the audience {audience:?}; set match_audience_url = false on all but one",
+                    names.join(", ")
+                )));
+            }
+        }
+
+        Ok(Config {
+            server: ServerConfig {
+                listen,
+                public_url,
+                admin_listen,
+                behind_tls_proxy: self.server.behind_tls_proxy,
+                shutdown_grace: self.server.shutdown_grace.get(),
+            },
+            storage: StorageConfig {
+                data_dir: Some(self.storage.data_dir),
+            },
+            policies: PoliciesConfig {
+                dir: self.policies.dir,
+            },
+            keys: KeysConfig {
+                min_publish: self.keys.min_publish.get(),
+            },
+            issuers,
+            targets,
+            dev: false,
+        })
+    }
+}
+
+fn nonzero(
+    value: HumanDuration,
+    key: &str,
+    fail: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Duration, ConfigError> {
+    if value.get().is_zero() {
+        Err(fail(key, "must be longer than 0s".to_owned()))
+    } else {
+        Ok(value.get())
+    }
+}
+
+/// `public_url`: absolute https URL (http only for loopback), no query, trailing slash removed.
+pub(crate) fn normalise_public_url(text: &str) -> Result<String, String> {
+    let url = check_https_url("public_url", text)?;
+    let mut normalised = url.as_str().to_owned();
+    while normalised.ends_with('/') {
+        normalised.pop();
+    }
+    Ok(normalised)
+}
