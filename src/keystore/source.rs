@@ -1,0 +1,449 @@
+//! Where an issuer's JWK set comes from: HTTP (discovery or an explicit `jwks_uri`) or a
+//! file, and the bounded outbound HTTP client both HTTP fetches use.
+
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use url::{Host, Url};
+
+use super::error::FetchError;
+use super::{DEFAULT_MAX_BODY_BYTES, KeystoreSettings};
+
+/// `User-Agent` of every outbound request.
+pub const USER_AGENT: &str = concat!("tokenmint/", env!("CARGO_PKG_VERSION"));
+
+/// Most redirects one request may follow.
+const MAX_REDIRECTS: usize = 3;
+
+/// Where one issuer's JWK set comes from.
+#[async_trait]
+pub trait KeySource: Send + Sync + 'static {
+    /// Fetches the current set. JWKs that do not parse are left out (debug log); the
+    /// caller decides which of the rest are usable.
+    async fn fetch(&self) -> Result<JwkSet, FetchError>;
+    /// For logs and errors: the URL or file path.
+    fn describe(&self) -> String;
+}
+
+/// The shared outbound client: rustls, no cookie store, no `Referer`, `User-Agent`
+/// [`USER_AGENT`], and at most 3 redirects, each to the same scheme, host and port as
+/// the original request. Timeouts are set per request from [`KeystoreSettings`].
+///
+/// Fails only when the TLS backend cannot be initialised.
+pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .user_agent(USER_AGENT)
+        .redirect(reqwest::redirect::Policy::custom(same_origin_redirects))
+        .referer(false)
+        .build()
+}
+
+/// Why the redirect policy stopped a request; recovered from the `reqwest::Error` chain.
+#[derive(Debug, thiserror::Error)]
+enum RedirectRefusal {
+    #[error("redirect to another host refused (to {0})")]
+    OtherHost(String),
+    #[error("more than {MAX_REDIRECTS} redirects")]
+    TooMany,
+}
+
+fn same_origin_redirects(attempt: reqwest::redirect::Attempt<'_>) -> reqwest::redirect::Action {
+    // `previous` holds every URL requested so far, the original request first.
+    let Some(original) = attempt.previous().first() else {
+        return attempt.error(RedirectRefusal::TooMany);
+    };
+    if attempt.url().origin() != original.origin() {
+        let location = attempt.url().to_string();
+        return attempt.error(RedirectRefusal::OtherHost(location));
+    }
+    if attempt.previous().len() > MAX_REDIRECTS {
+        return attempt.error(RedirectRefusal::TooMany);
+    }
+    attempt.follow()
+}
+
+/// Whether we may fetch `url`: `https`, or `http` to a loopback host.
+fn check_fetchable(url: &Url) -> Result<(), FetchError> {
+    let loopback = match url.host() {
+        Some(Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => false,
+    };
+    match url.scheme() {
+        "https" if url.host().is_some() => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => Err(FetchError::InsecureUrl {
+            url: url.to_string(),
+        }),
+    }
+}
+
+/// GETs `url` with the bounds of `limits`: the whole exchange within `timeout`, the body
+/// read chunk by chunk and abandoned as soon as it passes `max_body_bytes`.
+async fn get_bounded(
+    client: &reqwest::Client,
+    url: &Url,
+    timeout: Duration,
+    max_body_bytes: usize,
+) -> Result<Bytes, FetchError> {
+    check_fetchable(url)?;
+    let exchange = async {
+        let mut response = client
+            .get(url.clone())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|err| request_error(url, timeout, &err))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(FetchError::Status {
+                url: url.to_string(),
+                status: status.as_u16(),
+            });
+        }
+        let too_large = || FetchError::BodyTooLarge {
+            from: url.to_string(),
+            limit: max_body_bytes,
+        };
+        let declared = response.content_length();
+        if declared.is_some_and(|len| len > max_body_bytes as u64) {
+            return Err(too_large());
+        }
+        let capacity = declared.map_or(0, |len| len as usize);
+        let mut body = BytesMut::with_capacity(capacity);
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|err| request_error(url, timeout, &err))?
+        {
+            if body.len() + chunk.len() > max_body_bytes {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(result) => result,
+        Err(_elapsed) => Err(FetchError::Timeout {
+            url: url.to_string(),
+            after: timeout,
+        }),
+    }
+}
+
+fn request_error(url: &Url, timeout: Duration, err: &reqwest::Error) -> FetchError {
+    let url_text = url.to_string();
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(current) = cause {
+        if let Some(refusal) = current.downcast_ref::<RedirectRefusal>() {
+            return match refusal {
+                RedirectRefusal::OtherHost(location) => FetchError::RedirectToOtherHost {
+                    url: url_text,
+                    location: location.clone(),
+                },
+                RedirectRefusal::TooMany => FetchError::TooManyRedirects {
+                    url: url_text,
+                    max: MAX_REDIRECTS,
+                },
+            };
+        }
+        cause = current.source();
+    }
+    if err.is_timeout() {
+        return FetchError::Timeout {
+            url: url_text,
+            after: timeout,
+        };
+    }
+    FetchError::Request {
+        url: url_text,
+        message: error_chain(err),
+    }
+}
+
+/// `err` and its sources, joined with ": ".
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(current) = cause {
+        let part = current.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = current.source();
+    }
+    text
+}
+
+/// Parses a JWK set, leaving out (with a debug log) each JWK that does not parse, e.g.
+/// one of a key type this library does not know.
+fn parse_jwks(body: &[u8], from: &str) -> Result<JwkSet, FetchError> {
+    #[derive(serde::Deserialize)]
+    struct RawSet {
+        keys: Vec<serde_json::Value>,
+    }
+    let raw: RawSet = serde_json::from_slice(body).map_err(|err| FetchError::InvalidJwks {
+        from: from.to_owned(),
+        message: err.to_string(),
+    })?;
+    let mut keys = Vec::with_capacity(raw.keys.len());
+    for (index, value) in raw.keys.into_iter().enumerate() {
+        match serde_json::from_value::<Jwk>(value) {
+            Ok(jwk) => keys.push(jwk),
+            Err(err) => {
+                tracing::debug!(from, index, error = %err, "skipping a JWK that does not parse");
+            }
+        }
+    }
+    Ok(JwkSet { keys })
+}
+
+/// The issuer as it must appear, byte for byte, in `iss` and in the discovery document.
+/// `Url` adds a `/` to an empty path; that one is not part of the issuer.
+fn issuer_text(issuer: &Url) -> &str {
+    let text = issuer.as_str();
+    if issuer.path() == "/" && issuer.query().is_none() && issuer.fragment().is_none() {
+        text.strip_suffix('/').unwrap_or(text)
+    } else {
+        text
+    }
+}
+
+/// Keys served over HTTP: from an explicit `jwks_uri`, or from the `jwks_uri` of the
+/// issuer's OpenID discovery document (`{issuer}/.well-known/openid-configuration`).
+///
+/// The discovered `jwks_uri` is kept and reused; discovery runs again only when a JWKS
+/// GET to it answers 404. Never build the JWKS URL from the issuer: GitHub's
+/// enterprise-slug issuer serves its keys at the root `jwks_uri` on another path.
+pub struct HttpKeySource {
+    client: reqwest::Client,
+    issuer: Url,
+    configured_jwks_uri: Option<Url>,
+    discovered_jwks_uri: ArcSwapOption<Url>,
+    fetch_timeout: Duration,
+    max_body_bytes: usize,
+}
+
+#[derive(serde::Deserialize)]
+struct DiscoveryDocument {
+    issuer: Option<String>,
+    jwks_uri: Option<String>,
+}
+
+impl HttpKeySource {
+    /// A source for `issuer`; with `jwks_uri` set, discovery is skipped.
+    pub fn new(
+        client: reqwest::Client,
+        issuer: Url,
+        jwks_uri: Option<Url>,
+        settings: KeystoreSettings,
+    ) -> Self {
+        Self {
+            client,
+            issuer,
+            configured_jwks_uri: jwks_uri,
+            discovered_jwks_uri: ArcSwapOption::empty(),
+            fetch_timeout: settings.fetch_timeout,
+            max_body_bytes: settings.max_body_bytes,
+        }
+    }
+
+    /// The `jwks_uri` fetches use now: the configured one, else the one last discovered.
+    pub fn jwks_uri(&self) -> Option<Url> {
+        self.configured_jwks_uri.clone().or_else(|| {
+            self.discovered_jwks_uri
+                .load_full()
+                .map(|uri| (*uri).clone())
+        })
+    }
+
+    async fn get(&self, url: &Url) -> Result<Bytes, FetchError> {
+        get_bounded(&self.client, url, self.fetch_timeout, self.max_body_bytes).await
+    }
+
+    /// Runs discovery, checks the document's issuer and `jwks_uri`, and remembers the latter.
+    async fn discover(&self) -> Result<Arc<Url>, FetchError> {
+        let expected = issuer_text(&self.issuer);
+        let discovery_text = format!(
+            "{}/.well-known/openid-configuration",
+            expected.trim_end_matches('/')
+        );
+        let invalid = |url: &str, message: String| FetchError::InvalidDiscovery {
+            url: url.to_owned(),
+            message,
+        };
+        let discovery_url =
+            Url::parse(&discovery_text).map_err(|err| invalid(&discovery_text, err.to_string()))?;
+        let body = self.get(&discovery_url).await?;
+        let document: DiscoveryDocument = serde_json::from_slice(&body)
+            .map_err(|err| invalid(&discovery_text, err.to_string()))?;
+        let got = document
+            .issuer
+            .ok_or_else(|| invalid(&discovery_text, "no \"issuer\"".to_owned()))?;
+        if got != expected {
+            return Err(FetchError::IssuerMismatch {
+                expected: expected.to_owned(),
+                got,
+            });
+        }
+        let jwks_text = document
+            .jwks_uri
+            .ok_or_else(|| invalid(&discovery_text, "no \"jwks_uri\"".to_owned()))?;
+        let jwks_uri = Url::parse(&jwks_text).map_err(|err| {
+            invalid(
+                &discovery_text,
+                format!("\"jwks_uri\" {jwks_text:?} is not an absolute URL: {err}"),
+            )
+        })?;
+        check_fetchable(&jwks_uri)?;
+        let jwks_uri = Arc::new(jwks_uri);
+        tracing::debug!(issuer = expected, jwks_uri = %jwks_uri, "discovered jwks_uri");
+        self.discovered_jwks_uri.store(Some(Arc::clone(&jwks_uri)));
+        Ok(jwks_uri)
+    }
+
+    async fn get_jwks(&self, url: &Url) -> Result<JwkSet, FetchError> {
+        let body = self.get(url).await?;
+        parse_jwks(&body, url.as_str())
+    }
+}
+
+#[async_trait]
+impl KeySource for HttpKeySource {
+    async fn fetch(&self) -> Result<JwkSet, FetchError> {
+        if let Some(uri) = &self.configured_jwks_uri {
+            return self.get_jwks(uri).await;
+        }
+        let Some(known) = self.discovered_jwks_uri.load_full() else {
+            let uri = self.discover().await?;
+            return self.get_jwks(&uri).await;
+        };
+        match self.get_jwks(&known).await {
+            Err(FetchError::Status { status: 404, .. }) => {
+                tracing::info!(
+                    issuer = issuer_text(&self.issuer),
+                    jwks_uri = %known,
+                    "jwks_uri answered 404; running discovery again"
+                );
+                self.discovered_jwks_uri.store(None);
+                let uri = self.discover().await?;
+                self.get_jwks(&uri).await
+            }
+            other => other,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self.jwks_uri() {
+            Some(uri) => uri.to_string(),
+            None => format!("discovery of {}", issuer_text(&self.issuer)),
+        }
+    }
+}
+
+/// Keys read from a JWKS file (`jwks_file`), read again on every fetch so an operator can
+/// replace the file without a restart.
+pub struct FileKeySource {
+    path: PathBuf,
+    max_bytes: usize,
+}
+
+impl FileKeySource {
+    /// A source reading `path`, at most [`DEFAULT_MAX_BODY_BYTES`] of it.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            max_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+
+    /// Caps the file size (`max_body_bytes` of the issuer's settings).
+    #[must_use]
+    pub fn with_max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+}
+
+#[async_trait]
+impl KeySource for FileKeySource {
+    async fn fetch(&self) -> Result<JwkSet, FetchError> {
+        let path = self.path.clone();
+        let limit = self.max_bytes;
+        let read = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+            let file = std::fs::File::open(&path)?;
+            let mut body = Vec::new();
+            file.take(limit as u64 + 1).read_to_end(&mut body)?;
+            Ok(body)
+        })
+        .await;
+        let file_error = |message: String| FetchError::File {
+            path: self.describe(),
+            message,
+        };
+        let body = match read {
+            Ok(Ok(body)) => body,
+            Ok(Err(err)) => return Err(file_error(err.to_string())),
+            Err(join) => return Err(file_error(join.to_string())),
+        };
+        if body.len() > limit {
+            return Err(FetchError::BodyTooLarge {
+                from: self.describe(),
+                limit,
+            });
+        }
+        parse_jwks(&body, &self.describe())
+    }
+
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn issuer_text_drops_only_the_slash_url_adds() {
+        let parse = |text: &str| Url::parse(text).expect("test URL");
+        assert_eq!(
+            issuer_text(&parse("https://gitlab.com")),
+            "https://gitlab.com"
+        );
+        assert_eq!(
+            issuer_text(&parse("https://h.example/acme-corp")),
+            "https://h.example/acme-corp"
+        );
+        assert_eq!(
+            issuer_text(&parse("https://h.example/_services/token/")),
+            "https://h.example/_services/token/"
+        );
+    }
+
+    #[test]
+    fn only_https_or_loopback_http_is_fetchable() {
+        let ok = |text: &str| check_fetchable(&Url::parse(text).expect("test URL")).is_ok();
+        assert!(ok(
+            "https://token.actions.githubusercontent.com/.well-known/jwks"
+        ));
+        assert!(ok("http://127.0.0.1:8080/jwks"));
+        assert!(ok("http://127.8.0.1/jwks"));
+        assert!(ok("http://[::1]:9000/jwks"));
+        assert!(ok("http://localhost/jwks"));
+        assert!(!ok("http://gitlab.com/oauth/discovery/keys"));
+        assert!(!ok("http://10.0.0.1/jwks"));
+        assert!(!ok("ftp://127.0.0.1/jwks"));
+        assert!(!ok("file:///etc/jwks.json"));
+    }
+}
