@@ -1,0 +1,170 @@
+//! The audit record: one per request that reaches token verification, written before the response.
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::claims::VerifiedClaims;
+use crate::config::IssuerKind;
+use crate::policy::Decision;
+
+/// How a decision ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// A token was handed out.
+    Allow,
+    /// The request was refused because of the caller's token or the policies.
+    Deny,
+    /// tokenmint or a dependency failed; the caller may retry.
+    Error,
+    /// A remote target is being called.
+    Pending,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::Deny => "deny",
+            Outcome::Error => "error",
+            Outcome::Pending => "pending",
+        }
+    }
+}
+
+/// One audit record. Never holds a token: only the SHA-256 of the one handed out.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditRecord {
+    pub request_id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    pub outcome: Outcome,
+    /// A closed list shared with metrics (`allowed`, `no_policy_matched`, `expired`, ...).
+    pub reason: String,
+    pub policy: Option<String>,
+    pub policy_sha256: Option<String>,
+    pub policy_set_version: Option<String>,
+    pub target: Option<String>,
+    /// The `audience` parameter as requested.
+    pub audience: Option<String>,
+    pub requested_scope: Option<String>,
+    /// The scope granted.
+    pub scope: Option<String>,
+    pub issuer: Option<String>,
+    pub subject: Option<String>,
+    pub repository: Option<String>,
+    pub repository_id: Option<String>,
+    #[serde(rename = "ref")]
+    pub git_ref: Option<String>,
+    pub environment: Option<String>,
+    pub event_name: Option<String>,
+    pub run_id: Option<String>,
+    pub run_attempt: Option<String>,
+    pub sha: Option<String>,
+    pub actor: Option<String>,
+    pub workflow_ref: Option<String>,
+    pub job_workflow_ref: Option<String>,
+    pub project_id: Option<String>,
+    pub pipeline_id: Option<String>,
+    pub job_id: Option<String>,
+    /// SHA-256 (hex) of the access token handed out.
+    pub token_sha256: Option<String>,
+    pub token_jti: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+    pub client_ip: Option<String>,
+    pub user_agent: Option<String>,
+    /// Policies in `mode: audit` that would have allowed this request.
+    pub would_allow: Vec<String>,
+    /// The evaluated policies, condition by condition.
+    pub decisions: Vec<Decision>,
+    /// The full reason, as logged (never shown to unbound callers).
+    pub detail: Option<String>,
+}
+
+impl AuditRecord {
+    /// A record with the request's identity filled in and everything else empty.
+    pub fn new(request_id: &str, time: OffsetDateTime, outcome: Outcome, reason: &str) -> Self {
+        Self {
+            request_id: request_id.to_owned(),
+            time,
+            outcome,
+            reason: reason.to_owned(),
+            policy: None,
+            policy_sha256: None,
+            policy_set_version: None,
+            target: None,
+            audience: None,
+            requested_scope: None,
+            scope: None,
+            issuer: None,
+            subject: None,
+            repository: None,
+            repository_id: None,
+            git_ref: None,
+            environment: None,
+            event_name: None,
+            run_id: None,
+            run_attempt: None,
+            sha: None,
+            actor: None,
+            workflow_ref: None,
+            job_workflow_ref: None,
+            project_id: None,
+            pipeline_id: None,
+            job_id: None,
+            token_sha256: None,
+            token_jti: None,
+            expires_at: None,
+            client_ip: None,
+            user_agent: None,
+            would_allow: Vec::new(),
+            decisions: Vec::new(),
+            detail: None,
+        }
+    }
+
+    /// Copies the job's identifying claims; GitLab's `project_path` fills `repository`
+    /// and `ref_path` fills `ref`.
+    pub fn set_workload(&mut self, claims: &VerifiedClaims, kind: IssuerKind) {
+        let text = |name: &str| claim_text(claims, name);
+        self.issuer = Some(claims.issuer_name().to_owned());
+        self.subject = text("sub");
+        match kind {
+            IssuerKind::Gitlab => {
+                self.repository = text("project_path");
+                self.git_ref = text("ref_path").or_else(|| text("ref"));
+            }
+            IssuerKind::Terraform => {
+                self.repository = text("terraform_full_workspace");
+                self.git_ref = None;
+            }
+            IssuerKind::Github | IssuerKind::Generic => {
+                self.repository = text("repository");
+                self.git_ref = text("ref");
+            }
+        }
+        self.repository_id = text("repository_id");
+        self.environment = text("environment");
+        self.event_name = text("event_name");
+        self.run_id = text("run_id").or_else(|| text("terraform_run_id"));
+        self.run_attempt = text("run_attempt");
+        self.sha = text("sha");
+        self.actor = text("actor").or_else(|| text("user_login"));
+        self.workflow_ref = text("workflow_ref");
+        self.job_workflow_ref = text("job_workflow_ref");
+        self.project_id = text("project_id");
+        self.pipeline_id = text("pipeline_id");
+        self.job_id = text("job_id");
+    }
+}
+
+/// A claim as text: strings as they are, integers and booleans as their JSON text.
+pub fn claim_text(claims: &VerifiedClaims, name: &str) -> Option<String> {
+    match claims.get(name)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}

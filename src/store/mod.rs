@@ -1,0 +1,59 @@
+//! The state store behind one trait: replay records of CI tokens and the audit trail.
+//!
+//! This release ships [`MemoryStore`]; the persistent stores (SQLite, PostgreSQL) implement
+//! the same trait, so the exchange never knows which one it talks to.
+
+mod memory;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use crate::audit::AuditRecord;
+pub use memory::MemoryStore;
+
+/// What a CI token is remembered by: (issuer name, `jti`) or (issuer name, SHA-256 of the signing input).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ReplayKey {
+    pub issuer: String,
+    /// `jti:<value>` or `sha256:<hex>`.
+    pub id: String,
+}
+
+/// The answer to a reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reservation {
+    /// Ours now; call [`Store::consume`] once a token was handed out, else [`Store::release`].
+    Reserved,
+    /// An earlier exchange returned a token for this CI token.
+    AlreadyUsed,
+    /// Another request holds the reservation right now.
+    InUse,
+}
+
+/// The store failed; the exchange answers 503 and hands nothing out.
+#[derive(Debug, thiserror::Error)]
+#[error("store failure: {0}")]
+pub struct StoreError(pub String);
+
+/// Replay records and audit records, in one place so that both see the same truth.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Atomically reserves `key` until `keep_until` unless it is reserved or used.
+    async fn reserve(
+        &self,
+        key: &ReplayKey,
+        keep_until: OffsetDateTime,
+    ) -> Result<Reservation, StoreError>;
+    /// Marks a reserved key as used: the CI token bought its access token.
+    async fn consume(&self, key: &ReplayKey) -> Result<(), StoreError>;
+    /// Forgets a reservation whose exchange did not hand out a token.
+    async fn release(&self, key: &ReplayKey) -> Result<(), StoreError>;
+    /// When a used or reserved key will be forgotten, if it is known.
+    async fn replay_expiry(&self, key: &ReplayKey) -> Result<Option<OffsetDateTime>, StoreError>;
+    /// Appends one audit record; it must be durable when this returns.
+    async fn append_audit(&self, record: &AuditRecord) -> Result<(), StoreError>;
+    /// Audit records in the order they were written.
+    async fn audit_records(&self) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Whether the store can take writes (readiness).
+    async fn healthy(&self) -> bool;
+}
