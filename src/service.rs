@@ -1,0 +1,441 @@
+//! Assembling a running service from configuration: issuers, policies, keys, store, listeners.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use arc_swap::ArcSwap;
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+
+use crate::config::{Config, IssuerConfig, TargetConfig, TargetKindConfig};
+use crate::dev::{DEV_ISSUER_NAME, DEV_POLICY_YAML, DEV_TARGET_NAME, DevIssuer};
+use crate::exchange::{Exchanger, Target};
+use crate::http::{AppState, admin_router, router};
+use crate::keys::{KeyRing, SigningAlgorithm, SigningKey};
+use crate::keystore::{
+    FileKeySource, HttpKeySource, IssuerKeys, KeySource, KeystoreSettings, http_client,
+};
+use crate::metrics::Metrics;
+use crate::mint::LocalSigner;
+use crate::policy::{self, PolicyContext, PolicySet, TargetInfo, TargetKind};
+use crate::store::{MemoryStore, Store};
+use crate::verify::{TrustedIssuer, Verifier};
+
+/// How often a running service looks for a key rotation done by `tokenmint keys rotate`.
+pub const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A service ready to serve: its state plus the background tasks it owns.
+pub struct Service {
+    pub state: AppState,
+    pub config: Config,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// The policy context (issuer kinds, target kinds and lifetimes) for compiling policies.
+pub fn policy_context(config: &Config) -> PolicyContext {
+    PolicyContext {
+        issuers: config
+            .issuers
+            .iter()
+            .map(|(name, i)| (name.clone(), i.kind))
+            .collect(),
+        targets: config
+            .targets
+            .iter()
+            .map(|(name, t)| {
+                let kind = match t.kind {
+                    TargetKindConfig::Local { .. } => TargetKind::Local,
+                };
+                (
+                    name.clone(),
+                    TargetInfo {
+                        kind,
+                        max_ttl: t.max_ttl,
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+/// Loads the policy directory; every error is one line naming file, line and field.
+pub fn load_policies(config: &Config, dir: &Path) -> anyhow::Result<PolicySet> {
+    if !dir.is_dir() {
+        bail!("policies directory {} does not exist", dir.display());
+    }
+    policy::load_dir(dir, &policy_context(config)).map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("{} policy error(s):\n{}", lines.len(), lines.join("\n"))
+    })
+}
+
+/// The configuration of dev mode, for a listener bound at `listen`.
+pub fn dev_config(listen: SocketAddr) -> anyhow::Result<Config> {
+    use crate::config::*;
+    let public_url = format!("http://{listen}");
+    let mut issuers = BTreeMap::new();
+    issuers.insert(
+        DEV_ISSUER_NAME.to_owned(),
+        IssuerConfig {
+            name: DEV_ISSUER_NAME.to_owned(),
+            issuer: format!("{public_url}/dev"),
+            issuer_url: url::Url::parse(&format!("{public_url}/dev")).context("dev issuer URL")?,
+            kind: IssuerKind::Generic,
+            audience: public_url.clone(),
+            jwks_uri: None,
+            jwks_file: None,
+            algorithms: vec![jsonwebtoken::Algorithm::ES256],
+            leeway: Duration::from_secs(60),
+            max_token_lifetime: Duration::from_secs(6 * 3600),
+            strict_audience: true,
+            replay: ReplayMode::Reject,
+            jwks_refresh: Duration::from_secs(15 * 60),
+            jwks_max_stale: Duration::from_secs(24 * 3600),
+            jwks_refetch_cooldown: Duration::from_secs(60),
+            jwks_fetch_timeout: Duration::from_secs(5),
+        },
+    );
+    let mut targets = BTreeMap::new();
+    targets.insert(
+        DEV_TARGET_NAME.to_owned(),
+        TargetConfig {
+            name: DEV_TARGET_NAME.to_owned(),
+            audience: format!("{public_url}/{DEV_TARGET_NAME}"),
+            match_audience_url: true,
+            max_ttl: Duration::from_secs(3600),
+            kind: TargetKindConfig::Local {
+                algorithm: SigningAlgorithm::ES256,
+                signing_key_file: None,
+            },
+        },
+    );
+    Ok(Config {
+        server: ServerConfig {
+            listen,
+            public_url,
+            admin_listen: None,
+            behind_tls_proxy: false,
+            shutdown_grace: Duration::from_secs(30),
+        },
+        storage: StorageConfig { data_dir: None },
+        policies: PoliciesConfig {
+            dir: PathBuf::from("./policies"),
+        },
+        keys: KeysConfig {
+            min_publish: Duration::from_secs(3600),
+        },
+        issuers,
+        targets,
+        dev: true,
+    })
+}
+
+/// Dev mode's policies: the built-in one, plus `./policies` files for issuer `dev` and target `dev-api`.
+fn dev_policies(config: &Config) -> anyhow::Result<PolicySet> {
+    let ctx = policy_context(config);
+    let mut policies = policy::load_source("built-in dev policy", DEV_POLICY_YAML, &ctx)
+        .map_err(|errors| anyhow::anyhow!("built-in dev policy: {}", errors[0]))?;
+    let dir = &config.policies.dir;
+    if dir.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .filter(|path| {
+                path.is_file()
+                    && matches!(
+                        path.extension().and_then(|e| e.to_str()),
+                        Some("yaml" | "yml")
+                    )
+            })
+            .collect();
+        files.sort();
+        for file in files {
+            let label = file.display().to_string();
+            let text = match std::fs::read_to_string(&file) {
+                Ok(text) => text,
+                Err(err) => {
+                    tracing::warn!("dev mode: skipping {label}: {err}");
+                    continue;
+                }
+            };
+            match policy::load_source(&label, &text, &ctx) {
+                Ok(loaded) => policies.extend(loaded),
+                Err(errors) => tracing::warn!(
+                    "dev mode: skipping {label}: only policies for issuer \"dev\" and target \"dev-api\" load in dev mode ({})",
+                    errors[0]
+                ),
+            }
+        }
+    }
+    PolicySet::new(policies).map_err(|errors| anyhow::anyhow!("{}", errors[0]))
+}
+
+impl Service {
+    /// Builds the service: loads policies and keys, starts JWKS refreshers and the key-reload task.
+    pub async fn build(config: Config, metrics: Arc<Metrics>) -> anyhow::Result<Service> {
+        let mut tasks = Vec::new();
+        let dev = if config.dev {
+            Some(Arc::new(
+                DevIssuer::new(&config.server.public_url).context("creating the dev issuer key")?,
+            ))
+        } else {
+            None
+        };
+
+        let policies = match &dev {
+            Some(_) => dev_policies(&config)?,
+            None => load_policies(&config, &config.policies.dir)?,
+        };
+
+        let client = http_client().context("building the HTTP client for issuer keys")?;
+        let mut trusted = Vec::new();
+        let mut issuer_kinds = HashMap::new();
+        for issuer in config.issuers.values() {
+            let source: Arc<dyn KeySource> = match (&dev, &issuer.jwks_file) {
+                (Some(dev), _) => dev.key_source(),
+                (None, Some(path)) => Arc::new(FileKeySource::new(path.clone())),
+                (None, None) => Arc::new(HttpKeySource::new(
+                    client.clone(),
+                    issuer.issuer_url.clone(),
+                    issuer.jwks_uri.clone(),
+                    keystore_settings(issuer),
+                )),
+            };
+            let keys = IssuerKeys::new(
+                &issuer.name,
+                source,
+                keystore_settings(issuer),
+                metrics.clone(),
+            );
+            tasks.push(keys.spawn_refresher());
+            issuer_kinds.insert(
+                issuer.name.clone(),
+                (issuer.kind, issuer.replay, issuer.issuer.clone()),
+            );
+            trusted.push(Arc::new(TrustedIssuer {
+                config: issuer.clone(),
+                keys,
+            }));
+        }
+
+        let signer = build_signer(&config)?;
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let mut targets = BTreeMap::new();
+        let mut audience_index = HashMap::new();
+        for target in config.targets.values() {
+            if target.match_audience_url {
+                audience_index.insert(target.audience.clone(), target.name.clone());
+            }
+            targets.insert(
+                target.name.clone(),
+                Target {
+                    config: target.clone(),
+                },
+            );
+        }
+        let exchanger = Arc::new(Exchanger {
+            public_url: config.server.public_url.clone(),
+            verifier: Verifier::new(trusted),
+            issuer_kinds,
+            policies: ArcSwap::from_pointee(policies),
+            targets,
+            audience_index,
+            store,
+            signer,
+        });
+        if let (None, Some(dir)) = (&dev, key_dir(&config)) {
+            tasks.push(spawn_key_reloader(exchanger.clone(), dir));
+        }
+        let state = AppState {
+            exchanger,
+            metrics,
+            ready: Arc::new(AtomicBool::new(true)),
+            dev,
+        };
+        Ok(Service {
+            state,
+            config,
+            tasks,
+        })
+    }
+
+    /// Serves until `shutdown` resolves, then lets in-flight requests finish.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        admin: Option<TcpListener>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        if let Some(admin) = admin {
+            let app = admin_router(self.state.clone());
+            let mut rx = stop_rx.clone();
+            tokio::spawn(async move {
+                let result = axum::serve(admin, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = rx.wait_for(|stop| *stop).await;
+                    })
+                    .await;
+                if let Err(err) = result {
+                    tracing::error!(error = %err, "admin listener failed");
+                }
+            });
+        }
+        let ready = self.state.ready.clone();
+        let app = router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                ready.store(false, Ordering::Release);
+                let _ = stop_tx.send(true);
+                tracing::info!("shutting down: no new connections, finishing in-flight requests");
+            })
+            .await
+            .context("serving HTTP")?;
+        drop(stop_rx);
+        Ok(())
+    }
+}
+
+fn keystore_settings(issuer: &IssuerConfig) -> KeystoreSettings {
+    KeystoreSettings {
+        fetch_timeout: issuer.jwks_fetch_timeout,
+        max_body_bytes: 256 * 1024,
+        refresh_interval: issuer.jwks_refresh,
+        max_stale: issuer.jwks_max_stale,
+        refetch_cooldown: issuer.jwks_refetch_cooldown,
+    }
+}
+
+/// Where local signing keys live: `{data_dir}/keys`; `None` in dev mode.
+pub fn key_dir(config: &Config) -> Option<PathBuf> {
+    config.storage.data_dir.as_ref().map(|d| d.join("keys"))
+}
+
+/// Algorithms that need rotated keys: those of local targets without a fixed key file.
+pub fn ring_algorithms(targets: &BTreeMap<String, TargetConfig>) -> Vec<SigningAlgorithm> {
+    let set: BTreeSet<SigningAlgorithm> = targets
+        .values()
+        .filter_map(|t| match &t.kind {
+            TargetKindConfig::Local {
+                algorithm,
+                signing_key_file: None,
+            } => Some(*algorithm),
+            TargetKindConfig::Local { .. } => None,
+        })
+        .collect();
+    set.into_iter().collect()
+}
+
+/// Added to a retired key's publication: running services notice a rotation only after
+/// up to [`KEY_RELOAD_INTERVAL`], and relying parties allow some clock skew.
+pub const ROTATION_MARGIN: Duration = Duration::from_secs(5 * 60);
+
+/// How long a key that stops signing must stay published: the longest lifetime of a
+/// token signed with `alg`, plus [`ROTATION_MARGIN`].
+pub fn max_token_ttl(targets: &BTreeMap<String, TargetConfig>, alg: SigningAlgorithm) -> Duration {
+    let longest = targets
+        .values()
+        .filter(|t| matches!(t.kind, TargetKindConfig::Local { algorithm, .. } if algorithm == alg))
+        .map(|t| t.max_ttl)
+        .max()
+        .unwrap_or(Duration::from_secs(3600));
+    longest + KEY_RELOAD_INTERVAL + ROTATION_MARGIN
+}
+
+fn build_signer(config: &Config) -> anyhow::Result<LocalSigner> {
+    let now = OffsetDateTime::now_utc();
+    let algorithms = ring_algorithms(&config.targets);
+    let ring = match key_dir(config) {
+        None => {
+            KeyRing::in_memory(&algorithms, now).context("generating in-memory signing keys")?
+        }
+        Some(dir) => {
+            let ring = KeyRing::load_or_create(&dir, &algorithms, now)
+                .with_context(|| format!("loading signing keys from {}", dir.display()))?;
+            for warning in ring.warnings() {
+                tracing::warn!("{warning}");
+            }
+            ring
+        }
+    };
+    let mut fixed = BTreeMap::new();
+    for target in config.targets.values() {
+        let TargetKindConfig::Local {
+            algorithm,
+            signing_key_file: Some(path),
+        } = &target.kind
+        else {
+            continue;
+        };
+        warn_if_readable_by_others(path);
+        let pem = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "targets.{}.signing_key_file: reading {}",
+                target.name,
+                path.display()
+            )
+        })?;
+        let key = SigningKey::from_pkcs8_pem(*algorithm, &pem).with_context(|| {
+            format!(
+                "targets.{}.signing_key_file: {}",
+                target.name,
+                path.display()
+            )
+        })?;
+        fixed.insert(target.name.clone(), Arc::new(key));
+    }
+    Ok(LocalSigner::new(ring, fixed))
+}
+
+/// Key and secret files readable by group or others draw a warning.
+pub fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            "{} is readable by group or others (mode {:o}); chmod 600 it",
+            path.display(),
+            meta.permissions().mode() & 0o777
+        );
+    }
+}
+
+fn spawn_key_reloader(exchanger: Arc<Exchanger>, dir: PathBuf) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(KEY_RELOAD_INTERVAL);
+        interval.tick().await;
+        loop {
+            interval.tick().await;
+            let dir = dir.clone();
+            let signer_exchanger = exchanger.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                signer_exchanger.signer.reload_if_changed(&dir)
+            })
+            .await;
+            match result {
+                Ok(Ok(true)) => tracing::info!("signing keys reloaded after a rotation"),
+                Ok(Ok(false)) => {}
+                Ok(Err(err)) => {
+                    tracing::error!(error = %err, "signing keys could not be reloaded; keeping the current ones")
+                }
+                Err(err) => tracing::error!(error = %err, "key reload task failed"),
+            }
+        }
+    })
+}
