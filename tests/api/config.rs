@@ -1,0 +1,125 @@
+//! Configuration loading: defaults, file, `TOKENMINT_*__*` variables, and the errors that name key and file.
+#![expect(
+    clippy::result_large_err,
+    reason = "figment::Jail closures return figment::Error"
+)]
+
+use std::path::Path;
+
+use figment::Jail;
+use tokenmint::config::{Config, ConfigSource, IssuerKind};
+
+fn load(file: &str) -> Result<Config, String> {
+    Config::load(&ConfigSource {
+        file: Some(Path::new(file).to_path_buf()),
+        listen: None,
+    })
+    .map_err(|e| e.to_string())
+}
+
+#[test]
+fn defaults_file_and_variables_layer_in_order() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "tokenmint.toml",
+            r#"
+[server]
+public_url = "https://sts.example.com/"
+[issuers.github]
+issuer = "https://token.actions.githubusercontent.com"
+[issuers.gitlab]
+issuer = "https://gitlab.com"
+leeway = "30s"
+"#,
+        )?;
+        jail.set_env("TOKENMINT_ISSUERS__GITLAB__LEEWAY", "45s");
+        jail.set_env("TOKENMINT_ID_TOKEN", "ignored: not configuration");
+        let config = Config::load(&ConfigSource::default()).map_err(|e| e.to_string())?;
+        assert_eq!(config.server.public_url, "https://sts.example.com");
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.issuers["github"].kind, IssuerKind::Github);
+        assert_eq!(config.issuers["github"].audience, "https://sts.example.com");
+        assert_eq!(config.issuers["github"].leeway.as_secs(), 60);
+        assert_eq!(config.issuers["gitlab"].kind, IssuerKind::Gitlab);
+        assert_eq!(config.issuers["gitlab"].leeway.as_secs(), 45);
+        Ok(())
+    });
+}
+
+#[test]
+fn configuration_errors_name_the_key_and_the_file() {
+    Jail::expect_with(|jail| {
+        let cases = [
+            (
+                "[server]\npublic_url = \"https://a.example\"\ncolour = \"red\"\n",
+                "a.toml: unknown key `server.colour`",
+            ),
+            (
+                "[server]\nlisten = \"127.0.0.1:8080\"\n",
+                "a.toml: `server.public_url`: is required (our issuer URL and the default CI-token audience)",
+            ),
+            (
+                "[server]\npublic_url = \"http://sts.example.com\"\n",
+                "a.toml: `server.public_url`: public_url \"http://sts.example.com\" uses http://, which is allowed only for loopback hosts; use https://",
+            ),
+            (
+                "[server]\npublic_url = \"https://a.example?x=1\"\n",
+                "a.toml: `server.public_url`: public_url \"https://a.example?x=1\" must not have a query or fragment",
+            ),
+            (
+                "[server]\npublic_url = \"https://a.example\"\nlisten = \"0.0.0.0:8080\"\n",
+                "a.toml: `server.listen`: 0.0.0.0:8080 is not a loopback address and tokenmint serves plain HTTP; terminate TLS in a proxy and set server.behind_tls_proxy = true",
+            ),
+            (
+                "[server]\npublic_url = \"https://a.example\"\n[issuers.ci]\nissuer = \"https://ci.acme.example\"\n",
+                "a.toml: `issuers.ci.kind`: is required for \"https://ci.acme.example\": set github, gitlab, terraform or generic",
+            ),
+            (
+                "[server]\npublic_url = \"https://a.example\"\n[issuers.ci]\nissuer = \"http://ci.acme.example\"\nkind = \"generic\"\n",
+                "a.toml: `issuers.ci.issuer`: issuer \"http://ci.acme.example\" uses http://, which is allowed only for loopback hosts; use https://",
+            ),
+            (
+                "[server]\npublic_url = \"https://a.example\"\n[issuers.gh]\nissuer = \"https://token.actions.githubusercontent.com\"\nalgorithms = [\"HS256\"]\n",
+                "a.toml: `issuers.gh.algorithms`: algorithm \"HS256\" can never be configured: CI tokens must be signed with an asymmetric key",
+            ),
+            (
+                "[server]\npublic_url = \"https://a.example\"\n[issuers.gh]\nissuer = \"https://token.actions.githubusercontent.com\"\nleeway = \"60\"\n",
+                "a.toml: `issuers.gh.leeway`: duration \"60\" has no unit; write it like \"90s\", \"15m\" or \"1h\"",
+            ),
+            (
+                "[server]\npublic_url = \"https://a.example\"\n[issuers.a]\nissuer = \"https://gitlab.com\"\n[issuers.b]\nissuer = \"https://gitlab.com\"\n",
+                "a.toml: `issuers.b.issuer`: issuer \"https://gitlab.com\" is also configured as issuers.a",
+            ),
+            (
+                "[server]\npublic_url = \"https://a.example\"\n[targets.a]\nkind = \"local\"\naudience = \"https://api\"\n[targets.b]\nkind = \"local\"\naudience = \"https://api\"\n",
+                "a.toml: targets a, b share the audience \"https://api\"; set match_audience_url = false on all but one",
+            ),
+            (
+                "[server]\npublic_url = \"https://a.example\"\n[targets.Bad]\nkind = \"local\"\naudience = \"https://api\"\n",
+                "a.toml: `targets.Bad`: target names must match [a-z0-9][a-z0-9_-]{0,62}",
+            ),
+        ];
+        for (text, expected) in cases {
+            jail.create_file("a.toml", text)?;
+            let err = load("a.toml").expect_err(expected);
+            assert!(
+                err.starts_with(expected) || err == expected,
+                "got {err:?}\nwant {expected:?}"
+            );
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn behind_a_tls_proxy_a_non_loopback_listen_is_accepted() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "a.toml",
+            "[server]\npublic_url = \"https://a.example\"\nlisten = \"0.0.0.0:8080\"\nbehind_tls_proxy = true\n",
+        )?;
+        let config = load("a.toml")?;
+        assert_eq!(config.server.listen.to_string(), "0.0.0.0:8080");
+        Ok(())
+    });
+}

@@ -1,0 +1,206 @@
+//! Dev mode: the dev CI issuer, the built-in policy, and every refusal that keeps it a playground.
+
+use std::process::Command;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::Request;
+use serde_json::json;
+use tower::ServiceExt as _;
+
+use crate::exchange::jwt_parts;
+use crate::helpers::*;
+use tokenmint::metrics::Metrics;
+use tokenmint::service::{Service, dev_config};
+
+async fn post_json(
+    router: &axum::Router,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let response = router
+        .clone()
+        .oneshot(
+            Request::post(path)
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .expect("request"),
+        )
+        .await
+        .expect("answer");
+    let status = response.status().as_u16();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn the_two_curl_calls_of_the_readme_complete_an_exchange() {
+    let config = dev_config(loopback(8080)).expect("dev config");
+    assert_eq!(config.server.public_url, "http://127.0.0.1:8080");
+    let service = Service::build(config, Arc::new(Metrics::new()))
+        .await
+        .expect("dev service");
+    let router = tokenmint::http::router(service.state.clone());
+
+    let (status, body) = post_json(
+        &router,
+        "/dev/ci-token",
+        json!({"repository": "acme/app", "ref": "refs/heads/main"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let ci_token = body["token"].as_str().expect("token").to_owned();
+    let (_, claims) = jwt_parts(&ci_token);
+    assert_eq!(claims["iss"], "http://127.0.0.1:8080/dev");
+    assert_eq!(claims["aud"], "http://127.0.0.1:8080");
+    assert_eq!(claims["sub"], "repo:acme/app:ref:refs/heads/main");
+    assert_eq!(claims["dev"], true);
+    assert_eq!(
+        claims["exp"].as_i64().expect("exp") - claims["iat"].as_i64().expect("iat"),
+        600
+    );
+
+    let (status, body) = post_json(
+        &router,
+        "/token",
+        json!({
+            "grant_type": TOKEN_EXCHANGE,
+            "subject_token": ci_token,
+            "subject_token_type": ID_TOKEN,
+            "audience": "dev-api",
+        }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["scope"], "read write");
+    assert_eq!(body["policy"], "dev-any-repository");
+    let (_, access) = jwt_parts(body["access_token"].as_str().expect("access token"));
+    assert_eq!(access["sub"], "dev:repo:acme/app:ref:refs/heads/main");
+    assert_eq!(access["aud"], "http://127.0.0.1:8080/dev-api");
+}
+
+#[tokio::test]
+async fn the_dev_issuer_cannot_be_overridden_and_needs_a_repository() {
+    let config = dev_config(loopback(8080)).expect("dev config");
+    let service = Service::build(config, Arc::new(Metrics::new()))
+        .await
+        .expect("dev service");
+    let router = tokenmint::http::router(service.state.clone());
+    let (_, body) = post_json(
+        &router,
+        "/dev/ci-token",
+        json!({"iss": "https://token.actions.githubusercontent.com", "dev": false}),
+    )
+    .await;
+    let token = body["token"].as_str().expect("token").to_owned();
+    let (_, claims) = jwt_parts(&token);
+    assert_eq!(claims["iss"], "http://127.0.0.1:8080/dev");
+    assert_eq!(claims["dev"], true);
+    let (status, body) = post_json(
+        &router,
+        "/token",
+        json!({"grant_type": TOKEN_EXCHANGE, "subject_token": token, "subject_token_type": ID_TOKEN, "audience": "dev-api"}),
+    )
+    .await;
+    assert_eq!(status, 403, "no repository claim, no token: {body}");
+    let (status, _) = post_json(&router, "/dev/ci-token", json!([1])).await;
+    assert_eq!(status, 400);
+}
+
+fn tokenmint() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tokenmint"));
+    command.env_remove("RUST_LOG");
+    for (name, _) in std::env::vars() {
+        if name.starts_with("TOKENMINT_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+#[test]
+fn dev_mode_refuses_config_files_variables_and_non_loopback_addresses() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("tokenmint.toml");
+    std::fs::write(&config, "").expect("write");
+    let cases: Vec<(Command, &str)> = vec![
+        (
+            {
+                let mut c = tokenmint();
+                c.args(["serve", "--dev", "--config"]).arg(&config);
+                c
+            },
+            "tokenmint: --dev cannot be combined with --config: dev mode never reads configuration\n",
+        ),
+        (
+            {
+                let mut c = tokenmint();
+                c.args(["serve", "--dev"])
+                    .env("TOKENMINT_SERVER__LISTEN", "127.0.0.1:1");
+                c
+            },
+            "tokenmint: --dev refuses to start while configuration variables are set: TOKENMINT_SERVER__LISTEN\n",
+        ),
+        (
+            {
+                let mut c = tokenmint();
+                c.args(["serve", "--dev", "--listen", "0.0.0.0:8080"]);
+                c
+            },
+            "tokenmint: --dev binds loopback addresses only; 0.0.0.0:8080 is not one\n",
+        ),
+    ];
+    for (mut command, expected) in cases {
+        let output = command
+            .current_dir(dir.path())
+            .output()
+            .expect("run tokenmint");
+        assert_eq!(output.status.code(), Some(1));
+        assert_eq!(String::from_utf8_lossy(&output.stderr), expected);
+    }
+}
+
+#[test]
+fn serve_with_a_bad_config_prints_one_line_and_exits_1() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "[server]\npublic_url = \"https://sts.example.com\"\nlisten_addr = \"x\"\n",
+    )
+    .expect("write");
+    let output = tokenmint()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .current_dir(dir.path())
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("unknown key `server.listen_addr`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("bad.toml"), "{stderr}");
+}
+
+#[test]
+fn help_lists_only_working_commands() {
+    let output = tokenmint().arg("--help").output().expect("run");
+    let help = String::from_utf8_lossy(&output.stdout);
+    for command in ["serve", "policy", "keys"] {
+        assert!(help.contains(command), "{help}");
+    }
+    for absent in ["audit", "exchange", "doctor"] {
+        assert!(
+            !help.lines().any(|l| l.trim_start().starts_with(absent)),
+            "{help}"
+        );
+    }
+}

@@ -1,0 +1,136 @@
+//! Issuer key rotation and removal as seen through the exchange.
+
+use crate::exchange::{DEPLOY_POLICY, LOCAL_TARGET};
+use crate::helpers::*;
+
+#[tokio::test]
+async fn a_new_issuer_key_is_found_and_a_removed_one_stops_working() {
+    let fake = FakeIssuer::start(Shape::Github).await;
+    let app = AppBuilder::new()
+        .issuer("github", "github", &fake, "jwks_refresh = \"1h\"")
+        .config(LOCAL_TARGET)
+        .policy("deploy-api.yaml", DEPLOY_POLICY)
+        .spawn()
+        .await;
+    assert_eq!(
+        app.exchange(&fake.token("github-push-main"), "internal-api", &[])
+            .await
+            .status,
+        200
+    );
+
+    // The issuer rotates: key B is added under a new kid, key A removed.
+    let key_b = test_key("ci-issuer-b");
+    let kid_b = "1F2AB83404C08EC9EA0BB99DAED02186B091DBF4";
+    fake.publish(vec![jwk_with_kid(&key_b, kid_b)]);
+    let with_b = fake.sign_as(&key_b, kid_b, &fake.claims("github-push-main"));
+    let answer = app.exchange(&with_b, "internal-api", &[]).await;
+    assert_eq!(
+        answer.status, 200,
+        "an unknown kid triggers a refetch: {}",
+        answer.text
+    );
+
+    // The refetch replaced the key set, so the removed key A no longer verifies.
+    let with_a = fake.token("github-push-main");
+    let answer = app.exchange(&with_a, "internal-api", &[]).await;
+    assert_error(
+        &answer,
+        400,
+        "invalid_grant",
+        &format!(
+            "no key with kid \"{}\" is published by issuer \"github\"",
+            fake.kid
+        ),
+    );
+}
+
+#[tokio::test]
+async fn an_issuer_whose_keys_cannot_be_fetched_fails_closed_with_503() {
+    let fake = FakeIssuer::start(Shape::Github).await;
+    let app = AppBuilder::new()
+        .issuer(
+            "github",
+            "github",
+            &fake,
+            "jwks_uri = \"http://127.0.0.1:9/jwks\"",
+        )
+        .config(LOCAL_TARGET)
+        .policy("deploy-api.yaml", DEPLOY_POLICY)
+        .spawn()
+        .await;
+    let answer = app
+        .exchange(&fake.token("github-push-main"), "internal-api", &[])
+        .await;
+    assert_error(
+        &answer,
+        503,
+        "temporarily_unavailable",
+        "the CI issuer's signing keys are unavailable; retry later",
+    );
+    assert_eq!(answer.headers["retry-after"], "30");
+    let record = app.last_audit().await;
+    assert_eq!(record.outcome, tokenmint::audit::Outcome::Error);
+    assert_eq!(record.reason, "issuer_keys_unavailable");
+}
+
+#[tokio::test]
+async fn a_running_service_picks_up_a_local_key_rotation() {
+    let fake = FakeIssuer::start(Shape::Github).await;
+    let app = AppBuilder::new()
+        .github("github", &fake)
+        .config(LOCAL_TARGET)
+        .policy("deploy-api.yaml", DEPLOY_POLICY)
+        .spawn()
+        .await;
+    let before = app.get("/.well-known/jwks.json").await.body["keys"].clone();
+    let kids = |keys: &serde_json::Value| -> Vec<String> {
+        keys.as_array()
+            .expect("keys")
+            .iter()
+            .map(|k| k["kid"].as_str().expect("kid").to_owned())
+            .collect()
+    };
+    let before = kids(&before);
+    // What `tokenmint keys rotate --force` does, from another process's point of view.
+    let report = tokenmint::keys::rotate(
+        &app.data_dir.join("keys"),
+        std::time::Duration::from_secs(3600),
+        true,
+        &|_| std::time::Duration::from_secs(900),
+        time::OffsetDateTime::now_utc(),
+    )
+    .expect("rotate");
+    let rotation = &report.algorithms[0];
+    assert_eq!(
+        rotation.new_current, before[1],
+        "next was promoted to current"
+    );
+    let reloaded = app
+        .service
+        .state
+        .exchanger
+        .signer
+        .reload_if_changed(&app.data_dir.join("keys"))
+        .expect("reload");
+    assert!(reloaded);
+    let after = kids(&app.get("/.well-known/jwks.json").await.body["keys"]);
+    assert_eq!(
+        after.len(),
+        3,
+        "current, next and previous are published: {after:?}"
+    );
+    for kid in &before {
+        assert!(after.contains(kid), "{kid} is still published");
+    }
+    let answer = app
+        .exchange(&fake.token("github-push-main"), "internal-api", &[])
+        .await;
+    let (header, _) =
+        crate::exchange::jwt_parts(answer.body["access_token"].as_str().expect("token"));
+    assert_eq!(
+        header["kid"],
+        rotation.new_current.as_str(),
+        "new tokens use the new current key"
+    );
+}

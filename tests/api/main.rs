@@ -1,0 +1,11 @@
+//! The integration tests: one binary driving the real router against fake CI issuers.
+
+mod config;
+mod dev;
+mod errors;
+mod exchange;
+mod helpers;
+mod issuer_keys;
+mod policies;
+mod replay;
+mod verification;
