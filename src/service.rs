@@ -128,7 +128,6 @@ pub fn dev_config(listen: SocketAddr) -> anyhow::Result<Config> {
             public_url,
             admin_listen: None,
             behind_tls_proxy: false,
-            shutdown_grace: Duration::from_secs(30),
         },
         storage: StorageConfig { data_dir: None },
         policies: PoliciesConfig {

@@ -44,8 +44,6 @@ pub struct ServerConfig {
     pub public_url: String,
     pub admin_listen: Option<SocketAddr>,
     pub behind_tls_proxy: bool,
-    /// How long SIGTERM waits for in-flight requests.
-    pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -41,8 +41,6 @@ struct RawServer {
     admin_listen: String,
     #[serde(default)]
     behind_tls_proxy: bool,
-    #[serde(default = "default_shutdown_grace")]
-    shutdown_grace: HumanDuration,
 }
 
 impl Default for RawServer {
@@ -52,7 +50,6 @@ impl Default for RawServer {
             public_url: None,
             admin_listen: default_admin_listen(),
             behind_tls_proxy: false,
-            shutdown_grace: default_shutdown_grace(),
         }
     }
 }
@@ -62,9 +59,6 @@ fn default_listen() -> String {
 }
 fn default_admin_listen() -> String {
     "127.0.0.1:9090".to_owned()
-}
-fn default_shutdown_grace() -> HumanDuration {
-    HumanDuration::secs(30)
 }
 
 #[derive(Debug, Deserialize)]
@@ -487,7 +481,6 @@ impl RawConfig {
                 public_url,
                 admin_listen,
                 behind_tls_proxy: self.server.behind_tls_proxy,
-                shutdown_grace: self.server.shutdown_grace.get(),
             },
             storage: StorageConfig {
                 data_dir: Some(self.storage.data_dir),

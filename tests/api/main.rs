@@ -6,6 +6,7 @@ mod errors;
 mod exchange;
 mod helpers;
 mod issuer_keys;
+mod operations;
 mod policies;
 mod replay;
 mod verification;

@@ -1,0 +1,171 @@
+//! Operations: health, readiness, metrics, structured logs, and graceful SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use axum::body::Body;
+use axum::http::Request;
+use tower::ServiceExt as _;
+
+use crate::exchange::github_app;
+use crate::helpers::*;
+
+#[tokio::test]
+async fn health_and_readiness_answer_status_only_on_the_public_listener() {
+    let (_fake, app) = github_app().await;
+    let health = app.get("/healthz").await;
+    assert_eq!(health.status, 200);
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.text, "", "no detail on the public listener");
+    assert_eq!(
+        app.get("/metrics").await.status,
+        404,
+        "metrics are on the admin listener"
+    );
+}
+
+#[tokio::test]
+async fn the_admin_listener_serves_metrics_and_readiness_detail() {
+    let (fake, app) = github_app().await;
+    assert_eq!(
+        app.exchange(&fake.token("github-push-main"), "internal-api", &[])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(app.exchange("junk", "internal-api", &[]).await.status, 400);
+    assert_eq!(
+        app.post_form(&[("grant_type", "password")]).await.status,
+        400
+    );
+
+    let admin = tokenmint::http::admin_router(app.service.state.clone());
+    let response = admin
+        .clone()
+        .oneshot(
+            Request::get("/metrics")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("answer");
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    let metrics = String::from_utf8_lossy(&bytes);
+    for line in [
+        "tokenmint_exchanges_total{outcome=\"allow\",reason=\"allowed\"} 1",
+        "tokenmint_exchanges_total{outcome=\"deny\",reason=\"malformed_token\"} 1",
+        "tokenmint_exchanges_total{outcome=\"rejected\",reason=\"unsupported_grant_type\"} 1",
+        "tokenmint_exchange_duration_seconds_count 3",
+        "tokenmint_jwks_fetches_total{issuer=\"github\",outcome=\"ok\"}",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
+    }
+
+    let response = admin
+        .oneshot(
+            Request::get("/readyz")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), 200);
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    let detail: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+    assert_eq!(detail["ready"], true);
+    assert_eq!(detail["policies"], 1);
+    assert_eq!(detail["issuers"][0]["name"], "github");
+    assert_eq!(detail["issuers"][0]["keys"], 1);
+}
+
+#[tokio::test]
+async fn a_target_with_a_fixed_signing_key_signs_with_it() {
+    let fake = FakeIssuer::start(Shape::Github).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = tokenmint::keys::SigningKey::generate(tokenmint::keys::SigningAlgorithm::EdDSA)
+        .expect("key");
+    let pem_path = dir.path().join("fixed.pem");
+    {
+        use secrecy::ExposeSecret as _;
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&pem_path)
+            .expect("create");
+        file.write_all(key.to_pkcs8_pem().expose_secret().as_bytes())
+            .expect("write");
+    }
+    let app = AppBuilder::new()
+        .github("github", &fake)
+        .config(&format!(
+            "[targets.internal-api]\nkind = \"local\"\naudience = \"https://api.internal.example\"\nalgorithm = \"EdDSA\"\nsigning_key_file = \"{}\"\n",
+            pem_path.display()
+        ))
+        .policy("deploy-api.yaml", crate::exchange::DEPLOY_POLICY)
+        .spawn()
+        .await;
+    let answer = app
+        .exchange(&fake.token("github-push-main"), "internal-api", &[])
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let (header, _) =
+        crate::exchange::jwt_parts(answer.body["access_token"].as_str().expect("token"));
+    assert_eq!(header["alg"], "EdDSA");
+    assert_eq!(header["kid"], key.kid());
+    let jwks = app.get("/.well-known/jwks.json").await;
+    assert!(
+        jwks.body["keys"]
+            .as_array()
+            .expect("keys")
+            .iter()
+            .any(|k| k["kid"] == key.kid())
+    );
+}
+
+#[test]
+fn sigterm_stops_the_service_and_exits_0() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tokenmint"))
+        .args([
+            "serve",
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tokenmint");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let serving = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|line| line.contains("tokenmint is serving"))
+        .expect("a serving log line");
+    let log: serde_json::Value = serde_json::from_str(&serving).expect("JSON log line");
+    assert_eq!(log["level"], "INFO");
+    assert!(
+        log["listen"]
+            .as_str()
+            .expect("listen")
+            .starts_with("127.0.0.1:")
+    );
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = child.wait().expect("wait");
+    assert_eq!(exit.code(), Some(0));
+}
