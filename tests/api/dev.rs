@@ -112,17 +112,6 @@ async fn the_dev_issuer_cannot_be_overridden_and_needs_a_repository() {
     assert_eq!(status, 400);
 }
 
-fn tokenmint() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tokenmint"));
-    command.env_remove("RUST_LOG");
-    for (name, _) in std::env::vars() {
-        if name.starts_with("TOKENMINT_") {
-            command.env_remove(name);
-        }
-    }
-    command
-}
-
 #[test]
 fn dev_mode_refuses_config_files_variables_and_non_loopback_addresses() {
     let dir = tempfile::tempdir().expect("tempdir");

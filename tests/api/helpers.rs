@@ -399,3 +399,15 @@ pub fn assert_error(answer: &Answer, status: u16, error: &str, description: &str
 pub fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
+
+/// The `tokenmint` binary with no configuration variables or log filter inherited.
+pub fn tokenmint() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tokenmint"));
+    command.env_remove("RUST_LOG");
+    for (name, _) in std::env::vars() {
+        if name.starts_with("TOKENMINT_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}

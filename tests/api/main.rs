@@ -1,5 +1,6 @@
 //! The integration tests: one binary driving the real router against fake CI issuers.
 
+mod commands;
 mod config;
 mod dev;
 mod errors;

@@ -1,0 +1,115 @@
+//! The offline commands: `policy check` and `keys rotate`.
+
+use std::path::Path;
+
+use crate::helpers::tokenmint;
+
+fn write_config(dir: &Path, policies: &[(&str, &str)]) {
+    std::fs::create_dir_all(dir.join("policies")).expect("policies dir");
+    for (file, yaml) in policies {
+        std::fs::write(dir.join("policies").join(file), yaml).expect("policy");
+    }
+    std::fs::write(
+        dir.join("tokenmint.toml"),
+        r#"
+[server]
+public_url = "https://sts.example.com"
+[storage]
+data_dir = "./data"
+[policies]
+dir = "./policies"
+[issuers.github]
+issuer = "https://token.actions.githubusercontent.com"
+[targets.internal-api]
+kind = "local"
+audience = "https://api.internal.example"
+max_ttl = "15m"
+"#,
+    )
+    .expect("config");
+}
+
+fn run(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let output = tokenmint()
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run tokenmint");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn policy_check_passes_good_policies_and_reports_unbound_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(
+        dir.path(),
+        &[
+            ("deploy.yaml", crate::exchange::DEPLOY_POLICY),
+            (
+                "by-name.yaml",
+                "issuer: github\ntarget: internal-api\nscopes: [read]\nunbound: true\nclaims:\n  repository: acme/app\n",
+            ),
+        ],
+    );
+    let (code, stdout, _) = run(dir.path(), &["policy", "check"]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(
+        stdout.contains("warning: ./policies/by-name.yaml: policy \"by-name\" sets unbound: true"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("2 policies in ./policies loaded; 1 warning(s)"),
+        "{stdout}"
+    );
+    let (code, _, _) = run(dir.path(), &["policy", "check", "--strict"]);
+    assert_eq!(code, 1, "--strict fails on warnings");
+}
+
+#[test]
+fn policy_check_names_file_line_and_field_and_exits_1() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(
+        dir.path(),
+        &[(
+            "broken.yaml",
+            "issuer: github\ntarget: internal-api\nscopes: [read]\nclaims:\n  repository_id: \"1\"\n  ref: { glob: 'refs/heads/\\x' }\n",
+        )],
+    );
+    let (code, _, stderr) = run(dir.path(), &["policy", "check"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("./policies/broken.yaml:6: claims.ref.glob: "),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn keys_rotate_waits_for_min_publish_unless_forced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(
+        dir.path(),
+        &[("deploy.yaml", crate::exchange::DEPLOY_POLICY)],
+    );
+    let (code, _, stderr) = run(dir.path(), &["keys", "rotate"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.starts_with("tokenmint: next ES256 key kid "),
+        "{stderr}"
+    );
+    assert!(
+        stderr.ends_with(
+            "has been published for 0s; keys.min_publish is 1h; wait 1h or use --force\n"
+        ),
+        "{stderr}"
+    );
+    let (code, stdout, stderr) = run(dir.path(), &["keys", "rotate", "--force"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.starts_with("rotated signing keys (generation 2)"),
+        "{stdout}"
+    );
+}
