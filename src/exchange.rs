@@ -94,7 +94,8 @@ pub struct Exchanger {
     pub public_url: String,
     pub verifier: Verifier,
     pub issuer_kinds: HashMap<String, (IssuerKind, ReplayMode, String)>,
-    pub policies: ArcSwap<PolicySet>,
+    /// Swapped whole by the policy reloader.
+    pub policies: Arc<ArcSwap<PolicySet>>,
     pub targets: BTreeMap<String, Target>,
     /// Audience URL → target name, for targets with `match_audience_url`.
     pub audience_index: HashMap<String, String>,

@@ -19,6 +19,7 @@ pub mod keystore;
 pub mod metrics;
 pub mod mint;
 pub mod policy;
+pub mod policy_reload;
 pub mod service;
 pub mod store;
 pub mod telemetry;

@@ -23,6 +23,7 @@ use crate::keystore::{
 use crate::metrics::Metrics;
 use crate::mint::LocalSigner;
 use crate::policy::{self, PolicyContext, PolicySet, TargetInfo, TargetKind};
+use crate::policy_reload::PolicyReloader;
 use crate::store::{MemoryStore, Store};
 use crate::verify::{TrustedIssuer, Verifier};
 
@@ -33,6 +34,8 @@ pub const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 pub struct Service {
     pub state: AppState,
     pub config: Config,
+    /// Policy hot reload (not in dev mode).
+    pub reloader: Option<Arc<PolicyReloader>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -132,6 +135,7 @@ pub fn dev_config(listen: SocketAddr) -> anyhow::Result<Config> {
         storage: StorageConfig { data_dir: None },
         policies: PoliciesConfig {
             dir: PathBuf::from("./policies"),
+            max_stale: Duration::from_secs(15 * 60),
         },
         keys: KeysConfig {
             min_publish: Duration::from_secs(3600),
@@ -149,32 +153,13 @@ fn dev_policies(config: &Config) -> anyhow::Result<PolicySet> {
         .map_err(|errors| anyhow::anyhow!("built-in dev policy: {}", errors[0]))?;
     let dir = &config.policies.dir;
     if dir.is_dir() {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .with_context(|| format!("reading {}", dir.display()))?
-            .filter_map(Result::ok)
-            .map(|entry| entry.path())
-            .filter(|path| {
-                path.is_file()
-                    && matches!(
-                        path.extension().and_then(|e| e.to_str()),
-                        Some("yaml" | "yml")
-                    )
-            })
-            .collect();
-        files.sort();
+        let (files, _) = policy::list_policy_files(dir);
         for file in files {
-            let label = file.display().to_string();
-            let text = match std::fs::read_to_string(&file) {
-                Ok(text) => text,
-                Err(err) => {
-                    tracing::warn!("dev mode: skipping {label}: {err}");
-                    continue;
-                }
-            };
-            match policy::load_source(&label, &text, &ctx) {
+            match policy::load_file(&file, &ctx) {
                 Ok(loaded) => policies.extend(loaded),
                 Err(errors) => tracing::warn!(
-                    "dev mode: skipping {label}: only policies for issuer \"dev\" and target \"dev-api\" load in dev mode ({})",
+                    "dev mode: skipping {}: only policies for issuer \"dev\" and target \"dev-api\" load in dev mode ({})",
+                    file.display(),
                     errors[0]
                 ),
             }
@@ -195,10 +180,10 @@ impl Service {
             None
         };
 
-        let policies = match &dev {
+        let policies = Arc::new(ArcSwap::from_pointee(match &dev {
             Some(_) => dev_policies(&config)?,
             None => load_policies(&config, &config.policies.dir)?,
-        };
+        }));
 
         let client = http_client().context("building the HTTP client for issuer keys")?;
         let mut trusted = Vec::new();
@@ -250,7 +235,7 @@ impl Service {
             public_url: config.server.public_url.clone(),
             verifier: Verifier::new(trusted),
             issuer_kinds,
-            policies: ArcSwap::from_pointee(policies),
+            policies: policies.clone(),
             targets,
             audience_index,
             store,
@@ -259,15 +244,31 @@ impl Service {
         if let (None, Some(dir)) = (&dev, key_dir(&config)) {
             tasks.push(spawn_key_reloader(exchanger.clone(), dir));
         }
+        let ready = Arc::new(AtomicBool::new(true));
+        let reloader = match dev {
+            Some(_) => None,
+            None => {
+                let reloader = Arc::new(PolicyReloader::new(
+                    config.policies.dir.clone(),
+                    policy_context(&config),
+                    config.policies.max_stale,
+                    policies,
+                    ready.clone(),
+                ));
+                tasks.push(reloader.clone().spawn());
+                Some(reloader)
+            }
+        };
         let state = AppState {
             exchanger,
             metrics,
-            ready: Arc::new(AtomicBool::new(true)),
+            ready,
             dev,
         };
         Ok(Service {
             state,
             config,
+            reloader,
             tasks,
         })
     }

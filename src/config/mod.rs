@@ -55,6 +55,8 @@ pub struct StorageConfig {
 #[derive(Debug, Clone)]
 pub struct PoliciesConfig {
     pub dir: PathBuf,
+    /// How long a policy file that fails to compile keeps its last good version.
+    pub max_stale: Duration,
 }
 
 #[derive(Debug, Clone)]

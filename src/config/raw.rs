@@ -87,14 +87,21 @@ fn default_data_dir() -> PathBuf {
 struct RawPolicies {
     #[serde(default = "default_policies_dir")]
     dir: PathBuf,
+    #[serde(default = "default_policies_max_stale")]
+    max_stale: HumanDuration,
 }
 
 impl Default for RawPolicies {
     fn default() -> Self {
         Self {
             dir: default_policies_dir(),
+            max_stale: default_policies_max_stale(),
         }
     }
+}
+
+fn default_policies_max_stale() -> HumanDuration {
+    HumanDuration::secs(15 * 60)
 }
 
 fn default_policies_dir() -> PathBuf {
@@ -487,6 +494,7 @@ impl RawConfig {
             },
             policies: PoliciesConfig {
                 dir: self.policies.dir,
+                max_stale: self.policies.max_stale.get(),
             },
             keys: KeysConfig {
                 min_publish: self.keys.min_publish.get(),

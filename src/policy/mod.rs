@@ -22,7 +22,7 @@ mod source;
 mod testing;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -87,28 +87,54 @@ pub struct PolicyError {
 /// in byte order of their names so the result and the errors are deterministic. Every
 /// error of every file is returned, not just the first.
 pub fn load_dir(dir: &Path, ctx: &PolicyContext) -> Result<PolicySet, Vec<PolicyError>> {
-    let dir_label = dir.display().to_string();
-    let entries = std::fs::read_dir(dir).map_err(|err| {
-        vec![PolicyError {
-            file: dir_label.clone(),
-            line: 0,
-            field: "policies.dir".to_owned(),
-            message: format!("cannot read the policy directory: {err}"),
-        }]
-    })?;
+    let (files, mut errors) = list_policy_files(dir);
+    let mut policies = Vec::new();
+    for path in files {
+        match load_file(&path, ctx) {
+            Ok(compiled) => policies.extend(compiled),
+            Err(file_errors) => errors.extend(file_errors),
+        }
+    }
+    match PolicySet::new(policies) {
+        Ok(set) if errors.is_empty() => Ok(set),
+        Ok(_) => Err(errors),
+        Err(set_errors) => {
+            errors.extend(set_errors);
+            Err(errors)
+        }
+    }
+}
 
+/// The policy files directly in `dir`, sorted by name: `*.yaml` and `*.yml`, not dotfiles,
+/// not directories (so never `tests/`), symlinks followed. Also the errors met listing it.
+pub fn list_policy_files(dir: &Path) -> (Vec<PathBuf>, Vec<PolicyError>) {
+    let dir_label = dir.display().to_string();
+    let dir_error = |message: String| PolicyError {
+        file: dir_label.clone(),
+        line: 0,
+        field: "policies.dir".to_owned(),
+        message,
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) => {
+            return (
+                Vec::new(),
+                vec![dir_error(format!(
+                    "cannot read the policy directory: {err}"
+                ))],
+            );
+        }
+    };
     let mut errors = Vec::new();
     let mut files = Vec::new();
     for entry in entries {
         let entry = match entry {
             Ok(entry) => entry,
             Err(err) => {
-                errors.push(PolicyError {
-                    file: dir_label.clone(),
-                    line: 0,
-                    field: "policies.dir".to_owned(),
-                    message: format!("cannot list the policy directory: {err}"),
-                });
+                errors.push(dir_error(format!(
+                    "cannot list the policy directory: {err}"
+                )));
                 continue;
             }
         };
@@ -121,35 +147,27 @@ pub fn load_dir(dir: &Path, ctx: &PolicyContext) -> Result<PolicySet, Vec<Policy
         let path = entry.path();
         // `is_file` follows symlinks, so a linked policy file is loaded like any other.
         if is_policy_name && path.is_file() {
-            files.push((file_name.to_owned(), path));
+            files.push(path);
         }
     }
     files.sort();
+    (files, errors)
+}
 
-    let mut policies = Vec::new();
-    for (_, path) in files {
-        let label = path.display().to_string();
-        match std::fs::read_to_string(&path) {
-            Ok(text) => match load_source(&label, &text, ctx) {
-                Ok(compiled) => policies.extend(compiled),
-                Err(file_errors) => errors.extend(file_errors),
-            },
-            Err(err) => errors.push(PolicyError {
-                file: label,
-                line: 0,
-                field: "yaml".to_owned(),
-                message: format!("cannot read the policy file (it must be UTF-8 text): {err}"),
-            }),
-        }
-    }
-
-    match PolicySet::new(policies) {
-        Ok(set) if errors.is_empty() => Ok(set),
-        Ok(_) => Err(errors),
-        Err(set_errors) => {
-            errors.extend(set_errors);
-            Err(errors)
-        }
+/// Reads and compiles one policy file.
+pub fn load_file(
+    path: &Path,
+    ctx: &PolicyContext,
+) -> Result<Vec<CompiledPolicy>, Vec<PolicyError>> {
+    let label = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => load_source(&label, &text, ctx),
+        Err(err) => Err(vec![PolicyError {
+            file: label,
+            line: 0,
+            field: "yaml".to_owned(),
+            message: format!("cannot read the policy file (it must be UTF-8 text): {err}"),
+        }]),
     }
 }
 

@@ -225,6 +225,7 @@ impl FakeIssuer {
 pub struct TestApp {
     pub service: Service,
     pub router: Router,
+    pub policies_dir: PathBuf,
     pub data_dir: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -232,6 +233,7 @@ pub struct TestApp {
 /// Builds configuration text, policies and the service.
 pub struct AppBuilder {
     config: String,
+    policies_section: String,
     policies: BTreeMap<String, String>,
 }
 
@@ -239,6 +241,7 @@ impl AppBuilder {
     pub fn new() -> Self {
         Self {
             config: String::new(),
+            policies_section: String::new(),
             policies: BTreeMap::new(),
         }
     }
@@ -262,6 +265,13 @@ impl AppBuilder {
         ))
     }
 
+    /// Extra keys for the `[policies]` section.
+    pub fn policies_config(mut self, toml: &str) -> Self {
+        self.policies_section.push_str(toml);
+        self.policies_section.push('\n');
+        self
+    }
+
     pub fn policy(mut self, file: &str, yaml: &str) -> Self {
         self.policies.insert(file.to_owned(), yaml.to_owned());
         self
@@ -280,9 +290,10 @@ impl AppBuilder {
             std::fs::write(policies_dir.join(file), yaml).expect("write policy");
         }
         let toml = format!(
-            "[server]\npublic_url = \"{PUBLIC_URL}\"\nadmin_listen = \"\"\n\n[storage]\ndata_dir = \"{}\"\n\n[policies]\ndir = \"{}\"\n\n{}",
+            "[server]\npublic_url = \"{PUBLIC_URL}\"\nadmin_listen = \"\"\n\n[storage]\ndata_dir = \"{}\"\n\n[policies]\ndir = \"{}\"\n{}\n{}",
             data_dir.display(),
             policies_dir.display(),
+            self.policies_section,
             self.config
         );
         let config_file = dir.path().join("tokenmint.toml");
@@ -296,6 +307,7 @@ impl AppBuilder {
         Ok(TestApp {
             service,
             router,
+            policies_dir,
             data_dir,
             _dir: dir,
         })

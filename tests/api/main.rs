@@ -9,5 +9,6 @@ mod helpers;
 mod issuer_keys;
 mod operations;
 mod policies;
+mod reload;
 mod replay;
 mod verification;

@@ -1,0 +1,123 @@
+//! Policy hot reload: edits, deletions, broken files and their last good version.
+
+use std::time::Duration;
+
+use crate::exchange::{DEPLOY_POLICY, LOCAL_TARGET};
+use crate::helpers::*;
+
+async fn app(max_stale: &str) -> (FakeIssuer, TestApp) {
+    let fake = FakeIssuer::start(Shape::Github).await;
+    let app = AppBuilder::new()
+        .github("github", &fake)
+        .config(LOCAL_TARGET)
+        .policies_config(&format!("max_stale = \"{max_stale}\""))
+        .policy("deploy-api.yaml", DEPLOY_POLICY)
+        .spawn()
+        .await;
+    (fake, app)
+}
+
+fn reload(app: &TestApp) -> tokenmint::policy_reload::ReloadReport {
+    app.service.reloader.as_ref().expect("reloader").reload()
+}
+
+#[tokio::test]
+async fn an_edited_policy_applies_and_a_deleted_one_stops_matching() {
+    let (fake, app) = app("15m").await;
+    let narrowed = DEPLOY_POLICY.replace("scopes: [deploy, read]", "scopes: [read]");
+    std::fs::write(app.policies_dir.join("deploy-api.yaml"), narrowed).expect("write");
+    assert_eq!(reload(&app).policies, 1);
+    let answer = app
+        .exchange(&fake.token("github-push-main"), "internal-api", &[])
+        .await;
+    assert_eq!(answer.body["scope"], "read", "{}", answer.text);
+
+    std::fs::remove_file(app.policies_dir.join("deploy-api.yaml")).expect("remove");
+    assert_eq!(reload(&app).policies, 0);
+    let answer = app
+        .exchange(&fake.token("github-push-main"), "internal-api", &[])
+        .await;
+    assert_eq!(answer.status, 403, "{}", answer.text);
+}
+
+#[tokio::test]
+async fn a_broken_file_keeps_its_last_good_version_until_max_stale() {
+    let (fake, app) = app("300ms").await;
+    let file = app.policies_dir.join("deploy-api.yaml");
+    std::fs::write(&file, "name: [broken").expect("write");
+    let report = reload(&app);
+    assert_eq!(report.kept_stale, vec![file.display().to_string()]);
+    assert_eq!(app.get("/readyz").await.status, 200);
+    let answer = app
+        .exchange(&fake.token("github-push-main"), "internal-api", &[])
+        .await;
+    assert_eq!(
+        answer.status, 200,
+        "the last good version still decides: {}",
+        answer.text
+    );
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let report = reload(&app);
+    assert_eq!(report.dropped, vec![file.display().to_string()]);
+    assert_eq!(report.policies, 0);
+    assert_eq!(
+        app.get("/readyz").await.status,
+        503,
+        "dropped policies make the service unready"
+    );
+    let answer = app
+        .exchange(&fake.token("github-push-main"), "internal-api", &[])
+        .await;
+    assert_eq!(answer.status, 403);
+
+    std::fs::write(&file, DEPLOY_POLICY).expect("fix");
+    assert_eq!(reload(&app).policies, 1);
+    assert_eq!(app.get("/readyz").await.status, 200);
+}
+
+#[tokio::test]
+async fn a_reload_with_clashing_names_keeps_the_previous_set() {
+    let (fake, app) = app("15m").await;
+    std::fs::write(app.policies_dir.join("copy.yaml"), DEPLOY_POLICY).expect("write");
+    let report = reload(&app);
+    let refused = report.refused.expect("refused");
+    assert!(refused.contains("duplicate policy name"), "{refused}");
+    let answer = app
+        .exchange(&fake.token("github-push-main"), "internal-api", &[])
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+}
+
+#[tokio::test]
+async fn a_new_file_is_picked_up_without_a_signal() {
+    let (fake, app) = app("15m").await;
+    let read_only = "name: read-only\nissuer: github\ntarget: internal-api\nscopes: [audit]\nclaims:\n  repository_id: \"89012345\"\n";
+    std::fs::write(app.policies_dir.join("read-only.yaml"), read_only).expect("write");
+    // Bounded wait for the watcher (the contract promises within 2 s); not a timing assertion.
+    let mut picked_up = false;
+    for _ in 0..50 {
+        if app
+            .service
+            .state
+            .exchanger
+            .policies
+            .load()
+            .get("read-only")
+            .is_some()
+        {
+            picked_up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(picked_up, "the watcher reloaded the new file");
+    let answer = app
+        .exchange(
+            &fake.token("github-push-main"),
+            "internal-api",
+            &[("scope", "audit")],
+        )
+        .await;
+    assert_eq!(answer.body["policy"], "read-only", "{}", answer.text);
+}
