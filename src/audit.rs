@@ -124,6 +124,16 @@ impl AuditRecord {
         }
     }
 
+    /// Turns an allow record into the error record of a token that was minted but withheld.
+    pub fn withhold(&mut self, reason: &str, detail: &str) {
+        self.outcome = Outcome::Error;
+        self.reason = reason.to_owned();
+        self.detail = Some(format!("token withheld: {detail}"));
+        self.token_sha256 = None;
+        self.token_jti = None;
+        self.expires_at = None;
+    }
+
     /// Copies the job's identifying claims; GitLab's `project_path` fills `repository`
     /// and `ref_path` fills `ref`.
     pub fn set_workload(&mut self, claims: &VerifiedClaims, kind: IssuerKind) {

@@ -170,8 +170,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if service.config.dev {
         announce_dev_mode(&service.config.server.public_url);
     }
+    let shutdown = shutdown_signal()?;
     tracing::info!(listen = %bound, public_url = %service.config.server.public_url, "tokenmint is serving");
-    service.serve(listener, admin, shutdown_signal()).await
+    service.serve(listener, admin, shutdown).await
 }
 
 fn announce_dev_mode(public_url: &str) {
@@ -187,22 +188,19 @@ fn announce_dev_mode(public_url: &str) {
     tracing::warn!(issuer = %format!("{public_url}/dev"), "dev mode: the dev CI issuer is on; never expose this listener");
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is called, not when
+/// the future is first polled, so a signal right after start-up is never lost.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {},
+            _ = interrupt.recv() => {},
         }
-    };
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
+    })
 }
 
 fn policy_check(

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use secrecy::{ExposeSecret as _, SecretString};
 use time::OffsetDateTime;
 
 use crate::audit::{AuditRecord, Outcome};
@@ -18,7 +19,7 @@ use crate::config::{IssuerKind, ReplayMode, TargetConfig, TargetKindConfig};
 use crate::mint::LocalSigner;
 use crate::mint::local::LocalGrant;
 use crate::policy::{ConditionOutcome, PolicySet, Selection};
-use crate::store::{Reservation, Store};
+use crate::store::{ReplayKey, Reservation, Store, StoreError};
 use crate::verify::{VerifiedToken, Verifier, VerifyError, token_sha256};
 
 pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
@@ -31,7 +32,8 @@ pub const REPLAY_MARGIN: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 pub struct ExchangeRequest {
     pub request_id: String,
-    pub subject_token: String,
+    /// The CI token; `Debug` redacts it.
+    pub subject_token: SecretString,
     pub audience: String,
     /// Requested scopes, deduplicated in request order; `None` when absent.
     pub scope: Option<Vec<String>>,
@@ -44,7 +46,8 @@ pub struct ExchangeRequest {
 /// A successful exchange.
 #[derive(Debug)]
 pub struct Issued {
-    pub access_token: String,
+    /// The minted token; `Debug` redacts it.
+    pub access_token: SecretString,
     pub issued_token_type: &'static str,
     pub expires_in: u64,
     pub scope: String,
@@ -107,38 +110,94 @@ struct Outcomes {
     record: AuditRecord,
 }
 
+/// Longest attacker-controlled text copied into an audit record or log field.
+const MAX_RECORDED_TEXT: usize = 512;
+
+/// Cuts `text` to [`MAX_RECORDED_TEXT`] bytes (on a character boundary), marking the cut.
+fn bounded(text: &str) -> String {
+    if text.len() <= MAX_RECORDED_TEXT {
+        return text.to_owned();
+    }
+    let mut end = MAX_RECORDED_TEXT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len())
+}
+
+/// A reserved replay key. Until [`ReplayGuard::disarm`] (the token is on its way out),
+/// dropping it (a cancelled request) releases the key in the background, so a request
+/// that never returned a token never uses the CI token up.
+struct ReplayGuard {
+    store: Arc<dyn Store>,
+    key: Option<ReplayKey>,
+}
+
+impl ReplayGuard {
+    /// Marks the key used; the guard stays armed until [`ReplayGuard::disarm`].
+    async fn consume(&self) -> Result<(), StoreError> {
+        match &self.key {
+            Some(key) => self.store.consume(key).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The token is handed out: the key stays used.
+    fn disarm(mut self) {
+        self.key = None;
+    }
+
+    async fn release(mut self) {
+        if let Some(key) = self.key.take()
+            && let Err(err) = self.store.release(&key).await
+        {
+            tracing::error!(error = %err, "replay reservation could not be released");
+        }
+    }
+}
+
+impl Drop for ReplayGuard {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            let store = self.store.clone();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = store.release(&key).await;
+                });
+            }
+        }
+    }
+}
+
 impl Exchanger {
-    /// Runs one exchange and writes its audit record. `now` is injected for tests.
+    /// Runs one exchange and writes its one audit record. `now` is injected for tests.
     pub async fn exchange(
         &self,
         request: &ExchangeRequest,
         now: OffsetDateTime,
-    ) -> (Result<Issued, ExchangeError>, Option<AuditRecord>) {
+    ) -> (Result<Issued, ExchangeError>, AuditRecord) {
         let mut out = Outcomes {
             record: AuditRecord::new(&request.request_id, now, Outcome::Deny, "unknown"),
         };
-        out.record.audience = Some(request.audience.clone());
-        out.record.requested_scope = request.scope.as_ref().map(|s| s.join(" "));
+        out.record.audience = Some(bounded(&request.audience));
+        out.record.requested_scope = request.scope.as_ref().map(|s| bounded(&s.join(" ")));
         out.record.client_ip = request.client_ip.clone();
-        out.record.user_agent = request.user_agent.clone();
+        out.record.user_agent = request.user_agent.as_deref().map(bounded);
         let result = self.run(request, now, &mut out).await;
-        let result = match result {
-            Ok(issued) => Ok(issued),
-            Err(err) => {
-                // Refusals are recorded here; the success path wrote its own record.
-                if let Err(store_err) = self.store.append_audit(&out.record).await {
-                    tracing::error!(request_id = %request.request_id, error = %store_err, "audit record could not be written");
-                    Err(ExchangeError::Unavailable {
-                        description: "the audit trail cannot record this request; retry later"
-                            .to_owned(),
-                        retry_after: 5,
-                    })
-                } else {
-                    Err(err)
+        if let Err(err) = &result {
+            if let Some(detail) = &out.record.detail {
+                out.record.detail = Some(bounded(detail));
+            }
+            // Refusals are recorded here; the success path wrote its record before the
+            // token could leave.
+            if let Err(store_err) = self.store.append_audit(&out.record).await {
+                tracing::error!(request_id = %request.request_id, error = %store_err, "audit record could not be written");
+                if !matches!(err, ExchangeError::Unavailable { .. }) {
+                    return (Err(audit_unavailable()), out.record);
                 }
             }
-        };
-        (result, Some(out.record))
+        }
+        (result, out.record)
     }
 
     async fn run(
@@ -149,7 +208,7 @@ impl Exchanger {
     ) -> Result<Issued, ExchangeError> {
         let verified = match self
             .verifier
-            .verify(&request.subject_token, now.unix_timestamp())
+            .verify(request.subject_token.expose_secret(), now.unix_timestamp())
             .await
         {
             Ok(verified) => verified,
@@ -177,42 +236,47 @@ impl Exchanger {
             .unwrap_or((IssuerKind::Generic, ReplayMode::Reject, String::new()));
         out.record.set_workload(&verified.claims, kind);
 
-        let reserved = if replay_mode == ReplayMode::Reject {
-            self.reserve(&verified, out).await?;
-            Some(verified.replay_key.clone())
-        } else {
-            None
+        let guard = match replay_mode {
+            ReplayMode::Reject => Some(self.reserve(&verified, out).await?),
+            ReplayMode::Allow => None,
         };
-        let result = self
+        let issued = match self
             .decide_and_mint(request, &verified, &ci_issuer_url, now, out)
-            .await;
-        if let Some(key) = reserved {
-            let settle = if result.is_ok() {
-                self.store.consume(&key).await
-            } else {
-                self.store.release(&key).await
-            };
-            if let Err(err) = settle {
-                tracing::error!(request_id = %request.request_id, error = %err, "replay record could not be settled");
-                if result.is_ok() {
-                    // Fail closed: a token whose CI token is not marked used is not handed out.
-                    let mut failure = out.record.clone();
-                    failure.outcome = Outcome::Error;
-                    failure.reason = "store_unavailable".to_owned();
-                    failure.detail = Some(
-                        "the CI token could not be marked used; the minted token was withheld"
-                            .to_owned(),
-                    );
-                    let _ = self.store.append_audit(&failure).await;
-                    return Err(ExchangeError::Unavailable {
-                        description: "the replay store cannot record this request; retry later"
-                            .to_owned(),
-                        retry_after: 5,
-                    });
+            .await
+        {
+            Ok(issued) => issued,
+            Err(err) => {
+                if let Some(guard) = guard {
+                    guard.release().await;
                 }
+                return Err(err);
             }
+        };
+        // The CI token is marked used before the record that says a token left.
+        if let Some(guard) = &guard
+            && let Err(err) = guard.consume().await
+        {
+            tracing::error!(request_id = %request.request_id, error = %err, "the CI token could not be marked used; token withheld");
+            out.record.withhold("store_unavailable", &err.to_string());
+            return Err(ExchangeError::Unavailable {
+                description: "the replay store cannot record this request; retry later".to_owned(),
+                retry_after: 5,
+            });
         }
-        result
+        // The audit record is written before the token can leave. On failure the guard's
+        // drop undoes the consumption: no token left, so the CI token is not used up.
+        if let Err(err) = self.store.append_audit(&out.record).await {
+            tracing::error!(request_id = %request.request_id, error = %err, "audit record could not be written; token withheld");
+            if let Some(guard) = guard {
+                guard.release().await;
+            }
+            out.record.withhold("audit_unavailable", &err.to_string());
+            return Err(audit_unavailable());
+        }
+        if let Some(guard) = guard {
+            guard.disarm();
+        }
+        Ok(issued)
     }
 
     /// Reserves the CI token's replay key; refuses a used or in-use token.
@@ -220,16 +284,24 @@ impl Exchanger {
         &self,
         verified: &VerifiedToken,
         out: &mut Outcomes,
-    ) -> Result<(), ExchangeError> {
+    ) -> Result<ReplayGuard, ExchangeError> {
         let keep_until = replay_keep_until(verified.expires_at, verified.leeway);
         match self.store.reserve(&verified.replay_key, keep_until).await {
-            Ok(Reservation::Reserved) => Ok(()),
-            Ok(Reservation::AlreadyUsed) | Ok(Reservation::InUse) => {
+            Ok(Reservation::Reserved) => Ok(ReplayGuard {
+                store: self.store.clone(),
+                key: Some(verified.replay_key.clone()),
+            }),
+            Ok(Reservation::AlreadyUsed) => {
                 out.record.reason = "token_replayed".to_owned();
                 out.record.detail = Some(VerifyError::AlreadyUsed.to_string());
                 Err(ExchangeError::InvalidGrant(
                     VerifyError::AlreadyUsed.to_string(),
                 ))
+            }
+            Ok(Reservation::InUse) => {
+                out.record.reason = "token_in_use".to_owned();
+                out.record.detail = Some(VerifyError::InUse.to_string());
+                Err(ExchangeError::InvalidGrant(VerifyError::InUse.to_string()))
             }
             Err(err) => {
                 out.record.outcome = Outcome::Error;
@@ -313,7 +385,7 @@ impl Exchanger {
                     Some(decision) => Denial {
                         description: format!(
                             "{}; nearest policy {:?}: {}",
-                            generic_denial(target_name),
+                            generic_denial(&request.audience),
                             decision.policy,
                             decision.describe_failures()
                         ),
@@ -323,19 +395,25 @@ impl Exchanger {
                         )),
                     },
                     None => Denial {
-                        description: generic_denial(target_name),
+                        description: generic_denial(&request.audience),
                         nearest: None,
                     },
                 }));
             }
             Selection::ScopeExceeded { matching, .. } => {
                 out.record.reason = "scope_exceeded".to_owned();
-                let text = format!(
+                let named = format!(
                     "the requested scope exceeds every matching policy ({})",
                     quoted_list(&matching)
                 );
-                out.record.detail = Some(text.clone());
-                return Err(ExchangeError::InvalidScope(text));
+                out.record.detail = Some(named.clone());
+                // Policy names only for callers the policies bind (an `unbound: true`
+                // policy can match anyone).
+                return Err(ExchangeError::InvalidScope(if bound {
+                    named
+                } else {
+                    "the requested scope exceeds every matching policy".to_owned()
+                }));
             }
             Selection::Ambiguous { candidates, .. } => {
                 out.record.reason = "ambiguous_policy".to_owned();
@@ -355,7 +433,7 @@ impl Exchanger {
                         "no policy {pinned:?} for target {target_name:?}"
                     ))
                 } else {
-                    denied(generic_denial(target_name))
+                    denied(generic_denial(&request.audience))
                 });
             }
         };
@@ -402,25 +480,12 @@ impl Exchanger {
         out.record.token_sha256 = Some(token_sha256(&minted.token));
         out.record.token_jti = Some(minted.jti.clone());
         out.record.expires_at = Some(minted.expires_at);
-        // The audit record is written before the token can leave.
-        if let Err(err) = self.store.append_audit(&out.record).await {
-            tracing::error!(request_id = %request.request_id, error = %err, "audit record could not be written; token withheld");
-            out.record.outcome = Outcome::Error;
-            out.record.reason = "audit_unavailable".to_owned();
-            out.record.token_sha256 = None;
-            out.record.token_jti = None;
-            out.record.expires_at = None;
-            return Err(ExchangeError::Unavailable {
-                description: "the audit trail cannot record this request; retry later".to_owned(),
-                retry_after: 5,
-            });
-        }
         let issued_token_type = match request.requested_token_type.as_deref() {
             Some(TOKEN_TYPE_JWT) => TOKEN_TYPE_JWT,
             _ => TOKEN_TYPE_ACCESS_TOKEN,
         };
         Ok(Issued {
-            access_token: minted.token,
+            access_token: SecretString::from(minted.token),
             issued_token_type,
             expires_in: ttl.as_secs(),
             scope,
@@ -453,4 +518,11 @@ fn quoted_list(names: &[String]) -> String {
         .map(|n| format!("{n:?}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+fn audit_unavailable() -> ExchangeError {
+    ExchangeError::Unavailable {
+        description: "the audit trail cannot record this request; retry later".to_owned(),
+        retry_after: 5,
+    }
 }

@@ -146,7 +146,9 @@ pub fn dev_config(listen: SocketAddr) -> anyhow::Result<Config> {
     })
 }
 
-/// Dev mode's policies: the built-in one, plus `./policies` files for issuer `dev` and target `dev-api`.
+/// Dev mode's policies: the built-in one, plus `./policies` files for issuer `dev` and
+/// target `dev-api`. A file that does not load (another issuer or target, a syntax error, a
+/// clashing name) is skipped with one warning: dev mode never fails on them.
 fn dev_policies(config: &Config) -> anyhow::Result<PolicySet> {
     let ctx = policy_context(config);
     let mut policies = policy::load_source("built-in dev policy", DEV_POLICY_YAML, &ctx)
@@ -155,10 +157,16 @@ fn dev_policies(config: &Config) -> anyhow::Result<PolicySet> {
     if dir.is_dir() {
         let (files, _) = policy::list_policy_files(dir);
         for file in files {
-            match policy::load_file(&file, &ctx) {
+            let loaded = policy::load_file(&file, &ctx).and_then(|loaded| {
+                // Refuse names that clash with what is already loaded.
+                let mut candidate = policies.clone();
+                candidate.extend(loaded.iter().cloned());
+                PolicySet::new(candidate).map(|_| loaded)
+            });
+            match loaded {
                 Ok(loaded) => policies.extend(loaded),
                 Err(errors) => tracing::warn!(
-                    "dev mode: skipping {}: only policies for issuer \"dev\" and target \"dev-api\" load in dev mode ({})",
+                    "dev mode: skipping {} (dev mode loads only policies for issuer \"dev\" and target \"dev-api\"): {}",
                     file.display(),
                     errors[0]
                 ),
@@ -169,8 +177,18 @@ fn dev_policies(config: &Config) -> anyhow::Result<PolicySet> {
 }
 
 impl Service {
-    /// Builds the service: loads policies and keys, starts JWKS refreshers and the key-reload task.
+    /// Builds the service with the in-memory store.
     pub async fn build(config: Config, metrics: Arc<Metrics>) -> anyhow::Result<Service> {
+        Self::build_with_store(config, metrics, Arc::new(MemoryStore::new())).await
+    }
+
+    /// Builds the service on `store`: loads policies and keys, starts JWKS refreshers,
+    /// the key-reload task and the policy reloader.
+    pub async fn build_with_store(
+        config: Config,
+        metrics: Arc<Metrics>,
+        store: Arc<dyn Store>,
+    ) -> anyhow::Result<Service> {
         let mut tasks = Vec::new();
         let dev = if config.dev {
             Some(Arc::new(
@@ -217,7 +235,6 @@ impl Service {
         }
 
         let signer = build_signer(&config)?;
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         let mut targets = BTreeMap::new();
         let mut audience_index = HashMap::new();
         for target in config.targets.values() {

@@ -7,6 +7,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
@@ -64,27 +65,25 @@ pub async fn token(State(app): State<AppState>, request: Request) -> Response {
         .exchanger
         .exchange(&exchange_request, OffsetDateTime::now_utc())
         .await;
-    if let Some(record) = &record {
-        tracing::info!(
-            request_id = %record.request_id,
-            outcome = record.outcome.as_str(),
-            reason = %record.reason,
-            issuer = record.issuer.as_deref().unwrap_or(""),
-            subject = record.subject.as_deref().unwrap_or(""),
-            repository = record.repository.as_deref().unwrap_or(""),
-            target = record.target.as_deref().unwrap_or(""),
-            policy = record.policy.as_deref().unwrap_or(""),
-            scope = record.scope.as_deref().unwrap_or(""),
-            token_sha256 = record.token_sha256.as_deref().unwrap_or(""),
-            detail = record.detail.as_deref().unwrap_or(""),
-            "exchange decided"
-        );
-        app.metrics.exchange(
-            record.outcome.as_str(),
-            &record.reason,
-            started.elapsed().as_secs_f64(),
-        );
-    }
+    tracing::info!(
+        request_id = %record.request_id,
+        outcome = record.outcome.as_str(),
+        reason = %record.reason,
+        issuer = record.issuer.as_deref().unwrap_or(""),
+        subject = record.subject.as_deref().unwrap_or(""),
+        repository = record.repository.as_deref().unwrap_or(""),
+        target = record.target.as_deref().unwrap_or(""),
+        policy = record.policy.as_deref().unwrap_or(""),
+        scope = record.scope.as_deref().unwrap_or(""),
+        token_sha256 = record.token_sha256.as_deref().unwrap_or(""),
+        detail = record.detail.as_deref().unwrap_or(""),
+        "exchange decided"
+    );
+    app.metrics.exchange(
+        record.outcome.as_str(),
+        &record.reason,
+        started.elapsed().as_secs_f64(),
+    );
     match result {
         Ok(issued) => success(issued, &request_id),
         Err(err) => TokenError::from(err).into_response_with_id(&request_id),
@@ -93,7 +92,7 @@ pub async fn token(State(app): State<AppState>, request: Request) -> Response {
 
 fn success(issued: Issued, request_id: &str) -> Response {
     let body = json!({
-        "access_token": issued.access_token,
+        "access_token": issued.access_token.expose_secret(),
         "issued_token_type": issued.issued_token_type,
         "token_type": "Bearer",
         "expires_in": issued.expires_in,
@@ -165,9 +164,9 @@ async fn parse(
                 "unsupported_media_type",
             )
         })?;
-    let params = match media {
-        MediaType::Form => parse_form(&bytes)?,
-        MediaType::Json => parse_json(&bytes)?,
+    let ParsedBody { params, defect } = match media {
+        MediaType::Form => parse_form(&bytes),
+        MediaType::Json => parse_json(&bytes),
     };
     // Row 4.
     let grant_types: Vec<&str> = values(&params, "grant_type");
@@ -182,6 +181,9 @@ async fn parse(
         ));
     }
     // Row 5.
+    if let Some(defect) = defect {
+        return Err(defect);
+    }
     if has_query {
         return Err(TokenError::invalid_request(
             "query parameters are not accepted; send every field in the body",
@@ -239,7 +241,7 @@ async fn parse(
     }
     Ok(ExchangeRequest {
         request_id: request_id.to_owned(),
-        subject_token,
+        subject_token: SecretString::from(subject_token),
         audience,
         scope,
         policy,
@@ -257,39 +259,71 @@ fn values<'a>(params: &'a [(String, String)], name: &str) -> Vec<&'a str> {
         .collect()
 }
 
-fn parse_form(bytes: &[u8]) -> Result<Vec<(String, String)>, TokenError> {
-    if std::str::from_utf8(bytes).is_err() {
-        return Err(TokenError::invalid_request("the body is not valid UTF-8"));
-    }
-    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(bytes)
+/// A body's fields, read leniently so that row 4 (`grant_type`) can answer before row 5,
+/// with the first row-5 defect found.
+struct ParsedBody {
+    params: Vec<(String, String)>,
+    defect: Option<TokenError>,
+}
+
+fn parse_form(bytes: &[u8]) -> ParsedBody {
+    let params: Vec<(String, String)> = url::form_urlencoded::parse(bytes)
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
-    // Percent-decoding can produce invalid UTF-8, which the parser replaces with U+FFFD.
-    if pairs
+    // Invalid UTF-8, raw or percent-encoded, is replaced by U+FFFD while parsing.
+    let defect = if std::str::from_utf8(bytes).is_err() {
+        Some(TokenError::invalid_request("the body is not valid UTF-8"))
+    } else if params
         .iter()
         .any(|(k, v)| k.contains('\u{FFFD}') || v.contains('\u{FFFD}'))
     {
-        return Err(TokenError::invalid_request(
+        Some(TokenError::invalid_request(
             "a field is not valid UTF-8 after percent-decoding",
-        ));
-    }
-    Ok(pairs)
+        ))
+    } else {
+        None
+    };
+    ParsedBody { params, defect }
 }
 
-fn parse_json(bytes: &[u8]) -> Result<Vec<(String, String)>, TokenError> {
-    let object = parse_unique_object(bytes).map_err(|defect| match defect {
-        ObjectDefect::Duplicate(name) => TokenError::invalid_request(format!("{name} is repeated")),
-        ObjectDefect::Invalid => TokenError::invalid_request("the body is not a JSON object"),
-    })?;
-    object
-        .into_iter()
-        .map(|(key, value)| match value {
-            Value::String(text) => Ok((key, text)),
-            _ => Err(TokenError::invalid_request(format!(
-                "{key} must be a string"
-            ))),
-        })
-        .collect()
+fn parse_json(bytes: &[u8]) -> ParsedBody {
+    let string_members =
+        |object: serde_json::Map<String, Value>| -> (Vec<(String, String)>, Option<String>) {
+            let mut params = Vec::with_capacity(object.len());
+            let mut first_non_string = None;
+            for (key, value) in object {
+                match value {
+                    Value::String(text) => params.push((key, text)),
+                    _ => {
+                        first_non_string.get_or_insert(key);
+                    }
+                }
+            }
+            (params, first_non_string)
+        };
+    match parse_unique_object(bytes) {
+        Ok(object) => {
+            let (params, non_string) = string_members(object);
+            ParsedBody {
+                params,
+                defect: non_string
+                    .map(|key| TokenError::invalid_request(format!("{key} must be a string"))),
+            }
+        }
+        Err(ObjectDefect::Duplicate(name)) => {
+            // serde_json keeps the last of repeated members: good enough to read grant_type.
+            let lenient =
+                serde_json::from_slice::<serde_json::Map<String, Value>>(bytes).unwrap_or_default();
+            ParsedBody {
+                params: string_members(lenient).0,
+                defect: Some(TokenError::invalid_request(format!("{name} is repeated"))),
+            }
+        }
+        Err(ObjectDefect::Invalid) => ParsedBody {
+            params: Vec::new(),
+            defect: Some(TokenError::invalid_request("the body is not a JSON object")),
+        },
+    }
 }
 
 /// RFC 6749 3.3: scope-tokens separated by single spaces; duplicates dropped, order kept.

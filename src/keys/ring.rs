@@ -147,6 +147,12 @@ impl KeyRing {
         store::read(dir)
     }
 
+    /// The generation saved in `dir`, read from the manifest alone (cheap: no key is parsed),
+    /// so a running service can poll for rotations.
+    pub fn stored_generation(dir: &Path) -> Result<u64, KeyError> {
+        store::read_generation(dir)
+    }
+
     /// Increases with every saved change, so a reload can tell that something changed.
     pub fn generation(&self) -> u64 {
         self.generation

@@ -64,6 +64,11 @@ pub(super) fn manifest_exists(dir: &Path) -> Result<bool, KeyError> {
     path.try_exists().map_err(io_error("inspect", &path))
 }
 
+/// The generation recorded in `dir`'s manifest, without reading any private key.
+pub(super) fn read_generation(dir: &Path) -> Result<u64, KeyError> {
+    read_manifest(&dir.join(MANIFEST)).map(|manifest| manifest.generation)
+}
+
 /// Loads the ring saved in `dir`; never writes.
 pub(super) fn read(dir: &Path) -> Result<KeyRing, KeyError> {
     let mut warnings = Vec::new();

@@ -68,14 +68,18 @@ fn same_origin_redirects(attempt: reqwest::redirect::Attempt<'_>) -> reqwest::re
     attempt.follow()
 }
 
-/// Whether we may fetch `url`: `https`, or `http` to a loopback host.
-fn check_fetchable(url: &Url) -> Result<(), FetchError> {
-    let loopback = match url.host() {
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
         Some(Host::Ipv4(ip)) => ip.is_loopback(),
         Some(Host::Ipv6(ip)) => ip.is_loopback(),
         Some(Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
         None => false,
-    };
+    }
+}
+
+/// Whether we may fetch `url`: `https`, or `http` to a loopback host.
+fn check_fetchable(url: &Url) -> Result<(), FetchError> {
+    let loopback = is_loopback(url);
     match url.scheme() {
         "https" if url.host().is_some() => Ok(()),
         "http" if loopback => Ok(()),
@@ -306,6 +310,13 @@ impl HttpKeySource {
             )
         })?;
         check_fetchable(&jwks_uri)?;
+        // A remote issuer's discovery document must not send us into this host's own
+        // services (the admin listener, a metadata endpoint on loopback).
+        if is_loopback(&jwks_uri) && !is_loopback(&self.issuer) {
+            return Err(FetchError::InsecureUrl {
+                url: jwks_uri.to_string(),
+            });
+        }
         let jwks_uri = Arc::new(jwks_uri);
         tracing::debug!(issuer = expected, jwks_uri = %jwks_uri, "discovered jwks_uri");
         self.discovered_jwks_uri.store(Some(Arc::clone(&jwks_uri)));

@@ -154,11 +154,14 @@ impl LocalSigner {
     /// Reloads the ring from `dir` when another process (`keys rotate`) changed it.
     pub fn reload_if_changed(&self, dir: &Path) -> Result<bool, crate::keys::KeyError> {
         let current = self.ring.load().generation();
-        let loaded = KeyRing::load(dir)?;
-        if loaded.generation() != current {
-            self.replace_ring(loaded);
-            return Ok(true);
+        if KeyRing::stored_generation(dir)? == current {
+            return Ok(false);
         }
-        Ok(false)
+        let loaded = KeyRing::load(dir)?;
+        for warning in loaded.warnings() {
+            tracing::warn!("{warning}");
+        }
+        self.replace_ring(loaded);
+        Ok(true)
     }
 }

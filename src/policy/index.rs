@@ -181,8 +181,9 @@ impl PolicySet {
             .collect()
     }
 
-    /// Policies for (issuer, target) that could make this token bound: the indexed ones
-    /// under a value it carries (unindexed policies have no binding condition).
+    /// Policies for (issuer, target) that could make this token bound: the enabled,
+    /// indexed ones under a value it carries (unindexed policies have no binding
+    /// condition; a disabled policy names nobody any more).
     pub(super) fn binding_candidates(
         &self,
         claims: &VerifiedClaims,
@@ -190,7 +191,7 @@ impl PolicySet {
     ) -> Vec<&Arc<CompiledPolicy>> {
         self.relevant(claims, target)
             .into_iter()
-            .filter(|policy| policy.has_binding_condition())
+            .filter(|policy| policy.enabled() && policy.has_binding_condition())
             .collect()
     }
 

@@ -1,6 +1,6 @@
 //! The in-memory store: dev mode, tests, and single-process use without persistence.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -18,16 +18,21 @@ enum ReplayState {
 #[derive(Default)]
 struct Inner {
     replay: HashMap<ReplayKey, (ReplayState, OffsetDateTime)>,
-    audit: Vec<AuditRecord>,
+    audit: VecDeque<AuditRecord>,
     /// Reservations since the last sweep of expired replay records.
     since_sweep: usize,
 }
 
-/// Everything in process memory; lost on exit.
+/// Everything in process memory; lost on exit. The audit trail keeps the newest
+/// [`MAX_AUDIT_RECORDS`] records so that a flood of refused requests cannot exhaust memory;
+/// the log line per decision is the durable copy.
 #[derive(Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
 }
+
+/// How many audit records the in-memory trail keeps.
+pub const MAX_AUDIT_RECORDS: usize = 100_000;
 
 /// Expired replay records are swept after this many reservations, so memory stays bounded
 /// by the number of live CI tokens rather than growing forever.
@@ -85,10 +90,7 @@ impl Store for MemoryStore {
     }
 
     async fn release(&self, key: &ReplayKey) -> Result<(), StoreError> {
-        let mut inner = self.lock()?;
-        if matches!(inner.replay.get(key), Some((ReplayState::Reserved, _))) {
-            inner.replay.remove(key);
-        }
+        self.lock()?.replay.remove(key);
         Ok(())
     }
 
@@ -97,12 +99,16 @@ impl Store for MemoryStore {
     }
 
     async fn append_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
-        self.lock()?.audit.push(record.clone());
+        let mut inner = self.lock()?;
+        if inner.audit.len() >= MAX_AUDIT_RECORDS {
+            inner.audit.pop_front();
+        }
+        inner.audit.push_back(record.clone());
         Ok(())
     }
 
     async fn audit_records(&self) -> Result<Vec<AuditRecord>, StoreError> {
-        Ok(self.lock()?.audit.clone())
+        Ok(self.lock()?.audit.iter().cloned().collect())
     }
 
     async fn healthy(&self) -> bool {
@@ -147,10 +153,10 @@ mod tests {
         store
             .release(&key("a"))
             .await
-            .expect("release of a used key is a no-op");
+            .expect("release undoes a consumption whose token was withheld");
         assert_eq!(
             store.reserve(&key("a"), until).await.expect("reserve"),
-            Reservation::AlreadyUsed
+            Reservation::Reserved
         );
     }
 

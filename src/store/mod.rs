@@ -46,7 +46,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Reservation, StoreError>;
     /// Marks a reserved key as used: the CI token bought its access token.
     async fn consume(&self, key: &ReplayKey) -> Result<(), StoreError>;
-    /// Forgets a reservation whose exchange did not hand out a token.
+    /// Forgets a reservation (or a consumption) whose exchange did not hand out a token.
+    /// Only the request that reserved the key calls this.
     async fn release(&self, key: &ReplayKey) -> Result<(), StoreError>;
     /// When a used or reserved key will be forgotten, if it is known.
     async fn replay_expiry(&self, key: &ReplayKey) -> Result<Option<OffsetDateTime>, StoreError>;

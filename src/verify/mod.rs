@@ -68,6 +68,8 @@ pub enum VerifyError {
     LifetimeTooLong { lifetime: String, max: String },
     #[error("the subject token was already used")]
     AlreadyUsed,
+    #[error("the subject token is being exchanged by another request; retry")]
+    InUse,
     /// Not the token's fault: the issuer's keys cannot be had (fail closed).
     #[error("the signing keys of issuer {issuer:?} are unavailable: {detail}")]
     KeysUnavailable { issuer: String, detail: String },
@@ -95,6 +97,7 @@ impl VerifyError {
             VerifyError::IssuedInFuture { .. } => "issued_in_future",
             VerifyError::LifetimeTooLong { .. } => "lifetime_too_long",
             VerifyError::AlreadyUsed => "token_replayed",
+            VerifyError::InUse => "token_in_use",
             VerifyError::KeysUnavailable { .. } => "issuer_keys_unavailable",
         }
     }
@@ -166,7 +169,7 @@ impl Verifier {
                 detail: other.to_string(),
             },
         })?;
-        if key.algorithm.is_some_and(|key_alg| key_alg != alg) {
+        if !key.accepts(alg) {
             return Err(VerifyError::KeyAlgorithmMismatch {
                 kid,
                 issuer: config.name.clone(),

@@ -193,3 +193,30 @@ fn help_lists_only_working_commands() {
         );
     }
 }
+
+#[tokio::test]
+async fn dev_mode_loads_only_dev_policies_from_the_policy_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).expect("dir");
+    std::fs::write(
+        policies.join("dev-main.yaml"),
+        "name: dev-main\nissuer: dev\ntarget: dev-api\nscopes: [deploy]\nclaims:\n  ref: refs/heads/main\n",
+    )
+    .expect("write");
+    std::fs::write(policies.join("prod.yaml"), crate::exchange::DEPLOY_POLICY).expect("write");
+    std::fs::write(
+        policies.join("clash.yaml"),
+        "name: dev-any-repository\nissuer: dev\ntarget: dev-api\nscopes: [x]\nclaims:\n  ref: x\n",
+    )
+    .expect("write");
+    let mut config = dev_config(loopback(8080)).expect("dev config");
+    config.policies.dir = policies;
+    let service = Service::build(config, Arc::new(Metrics::new()))
+        .await
+        .expect("dev service");
+    let loaded = service.state.exchanger.policies.load();
+    let mut names: Vec<&str> = loaded.iter().map(|p| p.name()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["dev-any-repository", "dev-main"]);
+}

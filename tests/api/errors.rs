@@ -286,3 +286,38 @@ async fn bad_input_never_panics_or_answers_5xx() {
 pub fn urlencode(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
+
+#[tokio::test]
+async fn the_grant_type_is_checked_before_the_shape_of_other_fields() {
+    let (_fake, app) = github_app().await;
+    let json = |body: &str| {
+        Request::post("/token")
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_owned()))
+            .expect("request")
+    };
+    let unsupported = "grant_type must be urn:ietf:params:oauth:grant-type:token-exchange";
+    for body in [
+        r#"{"grant_type":"password","username":1}"#,
+        r#"{"grant_type":"password","scope":"a","scope":"b"}"#,
+    ] {
+        assert_error(
+            &app.request(json(body)).await,
+            400,
+            "unsupported_grant_type",
+            unsupported,
+        );
+    }
+    assert_error(
+        &app.request(form("grant_type=password&username=%ff")).await,
+        400,
+        "unsupported_grant_type",
+        unsupported,
+    );
+    // Row 2 before row 3: an oversized body of the wrong type is 413.
+    let big = Request::post("/token")
+        .header("content-type", "text/plain")
+        .body(Body::from("x".repeat(64 * 1024 + 1)))
+        .expect("request");
+    assert_eq!(app.request(big).await.status, 413);
+}

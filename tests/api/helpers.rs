@@ -21,6 +21,7 @@ use tokenmint::config::{Config, ConfigSource};
 use tokenmint::keys::{SigningAlgorithm, SigningKey};
 use tokenmint::metrics::Metrics;
 use tokenmint::service::Service;
+use tokenmint::store::{MemoryStore, Store};
 
 /// The CI-token audience every test configuration uses (`server.public_url`).
 pub const PUBLIC_URL: &str = "https://sts.example.com";
@@ -232,6 +233,7 @@ pub struct TestApp {
 
 /// Builds configuration text, policies and the service.
 pub struct AppBuilder {
+    store: Option<Arc<dyn Store>>,
     config: String,
     policies_section: String,
     policies: BTreeMap<String, String>,
@@ -240,6 +242,7 @@ pub struct AppBuilder {
 impl AppBuilder {
     pub fn new() -> Self {
         Self {
+            store: None,
             config: String::new(),
             policies_section: String::new(),
             policies: BTreeMap::new(),
@@ -258,11 +261,24 @@ impl AppBuilder {
         self.issuer(name, "github", fake, "")
     }
 
+    /// An issuer served by `fake`; unless `extra` sets it, the unknown-kid refetch
+    /// cooldown is 0s so rotation tests need not wait.
     pub fn issuer(self, name: &str, kind: &str, fake: &FakeIssuer, extra: &str) -> Self {
+        let cooldown = if extra.contains("jwks_refetch_cooldown") {
+            ""
+        } else {
+            "jwks_refetch_cooldown = \"0s\"\n"
+        };
         self.config(&format!(
-            "[issuers.{name}]\nissuer = \"{}\"\nkind = \"{kind}\"\njwks_refetch_cooldown = \"0s\"\njwks_fetch_timeout = \"2s\"\n{extra}\n",
+            "[issuers.{name}]\nissuer = \"{}\"\nkind = \"{kind}\"\njwks_fetch_timeout = \"2s\"\n{cooldown}{extra}\n",
             fake.issuer
         ))
+    }
+
+    /// Runs the service on `store` instead of a fresh in-memory one.
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
     }
 
     /// Extra keys for the `[policies]` section.
@@ -302,7 +318,8 @@ impl AppBuilder {
             file: Some(config_file),
             listen: None,
         })?;
-        let service = Service::build(config, Arc::new(Metrics::new())).await?;
+        let store = self.store.unwrap_or_else(|| Arc::new(MemoryStore::new()));
+        let service = Service::build_with_store(config, Arc::new(Metrics::new()), store).await?;
         let router = tokenmint::http::router(service.state.clone());
         Ok(TestApp {
             service,
@@ -422,4 +439,54 @@ pub fn tokenmint() -> std::process::Command {
         }
     }
     command
+}
+
+/// A store that takes its time marking CI tokens used, so that requests overlap.
+pub struct SlowStore {
+    pub inner: MemoryStore,
+    pub delay: std::time::Duration,
+}
+
+#[async_trait::async_trait]
+impl Store for SlowStore {
+    async fn reserve(
+        &self,
+        key: &tokenmint::store::ReplayKey,
+        keep_until: time::OffsetDateTime,
+    ) -> Result<tokenmint::store::Reservation, tokenmint::store::StoreError> {
+        self.inner.reserve(key, keep_until).await
+    }
+    async fn consume(
+        &self,
+        key: &tokenmint::store::ReplayKey,
+    ) -> Result<(), tokenmint::store::StoreError> {
+        tokio::time::sleep(self.delay).await;
+        self.inner.consume(key).await
+    }
+    async fn release(
+        &self,
+        key: &tokenmint::store::ReplayKey,
+    ) -> Result<(), tokenmint::store::StoreError> {
+        self.inner.release(key).await
+    }
+    async fn replay_expiry(
+        &self,
+        key: &tokenmint::store::ReplayKey,
+    ) -> Result<Option<time::OffsetDateTime>, tokenmint::store::StoreError> {
+        self.inner.replay_expiry(key).await
+    }
+    async fn append_audit(
+        &self,
+        record: &tokenmint::audit::AuditRecord,
+    ) -> Result<(), tokenmint::store::StoreError> {
+        self.inner.append_audit(record).await
+    }
+    async fn audit_records(
+        &self,
+    ) -> Result<Vec<tokenmint::audit::AuditRecord>, tokenmint::store::StoreError> {
+        self.inner.audit_records().await
+    }
+    async fn healthy(&self) -> bool {
+        true
+    }
 }

@@ -175,9 +175,64 @@ async fn an_unbound_caller_learns_nothing_about_policies() {
     );
     let record = app.last_audit().await;
     assert_eq!(record.reason, "no_policy_matched");
+    assert_eq!(
+        record.detail.as_deref(),
+        Some("no policy for this issuer and target matches")
+    );
     assert!(
-        !record.decisions.is_empty() || record.detail.is_some(),
-        "the audit record keeps the full decision"
+        record.decisions.is_empty(),
+        "no policy names this repository, so the index evaluated none: {:?}",
+        record.decisions
+    );
+}
+
+#[tokio::test]
+async fn a_caller_matching_only_an_unbound_policy_learns_no_policy_names() {
+    let open = r#"
+name: secret-unbound-name
+issuer: github
+target: internal-api
+scopes: [read]
+unbound: true
+claims:
+  repository_owner: acme
+"#;
+    let (fake, app) = app_with(&[("open.yaml", open)]).await;
+    let token = token_with(&fake, "github-push-main", &[("repository_id", json!("1"))]);
+    let answer = app
+        .exchange(&token, "internal-api", &[("scope", "admin")])
+        .await;
+    assert_error(
+        &answer,
+        400,
+        "invalid_scope",
+        "the requested scope exceeds every matching policy",
+    );
+    assert_eq!(
+        app.last_audit().await.detail.as_deref(),
+        Some("the requested scope exceeds every matching policy (\"secret-unbound-name\")")
+    );
+}
+
+#[tokio::test]
+async fn the_generic_denial_names_what_was_asked_not_which_target_it_maps_to() {
+    let (fake, app) = app_with(&[("deploy-api.yaml", DEPLOY_POLICY)]).await;
+    let token = token_with(
+        &fake,
+        "github-push-main",
+        &[
+            ("repository_id", json!("1")),
+            ("repository_owner_id", json!("2")),
+        ],
+    );
+    let answer = app
+        .exchange(&token, "https://api.internal.example", &[])
+        .await;
+    assert_error(
+        &answer,
+        403,
+        "access_denied",
+        "no trust policy for target \"https://api.internal.example\" matches this workload",
     );
 }
 
@@ -346,7 +401,12 @@ claims:
     let answer = app
         .exchange(&fake.token("github-push-main"), "internal-api", &[])
         .await;
-    assert_eq!(answer.status, 403, "{}", answer.text);
+    assert_error(
+        &answer,
+        403,
+        "access_denied",
+        "no trust policy for target \"internal-api\" matches this workload",
+    );
     let record = app.last_audit().await;
     assert_eq!(record.would_allow, vec!["trial".to_owned()]);
 }
@@ -358,5 +418,20 @@ async fn disabled_policies_never_match() {
     let answer = app
         .exchange(&fake.token("github-push-main"), "internal-api", &[])
         .await;
-    assert_eq!(answer.status, 403, "{}", answer.text);
+    assert_error(
+        &answer,
+        403,
+        "access_denied",
+        "no trust policy for target \"internal-api\" matches this workload",
+    );
+    // A disabled policy names nobody: an unknown target is not disclosed either.
+    let answer = app
+        .exchange(&fake.token("github-push-main"), "nope", &[])
+        .await;
+    assert_error(
+        &answer,
+        403,
+        "access_denied",
+        "no trust policy for target \"nope\" matches this workload",
+    );
 }

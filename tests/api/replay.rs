@@ -27,12 +27,44 @@ async fn a_denial_does_not_use_the_token_up() {
     let too_much = app
         .exchange(&token, "internal-api", &[("scope", "admin")])
         .await;
-    assert_eq!(too_much.status, 400, "{}", too_much.text);
+    assert_error(
+        &too_much,
+        400,
+        "invalid_scope",
+        "the requested scope exceeds every matching policy (\"deploy-api\")",
+    );
     let unknown_target = app.exchange(&token, "nope", &[]).await;
-    assert_eq!(unknown_target.status, 400, "{}", unknown_target.text);
+    assert_error(&unknown_target, 400, "invalid_target", "no target \"nope\"");
     let retried = app
         .exchange(&token, "internal-api", &[("scope", "read")])
         .await;
+    assert_eq!(retried.status, 200, "{}", retried.text);
+}
+
+#[tokio::test]
+async fn an_access_denied_answer_does_not_use_the_token_up() {
+    let fake = FakeIssuer::start(Shape::Github).await;
+    let app = AppBuilder::new()
+        .github("github", &fake)
+        .config(crate::exchange::LOCAL_TARGET)
+        .policy(
+            "deploy-api.yaml",
+            &crate::exchange::DEPLOY_POLICY
+                .replace("ref: refs/heads/main", "environment: production"),
+        )
+        .spawn()
+        .await;
+    let token = fake.token("github-push-main");
+    let denied = app.exchange(&token, "internal-api", &[]).await;
+    assert_eq!(denied.status, 403, "{}", denied.text);
+    // The operator fixes the policy; the job retries with the same CI token.
+    std::fs::write(
+        app.policies_dir.join("deploy-api.yaml"),
+        crate::exchange::DEPLOY_POLICY,
+    )
+    .expect("write");
+    app.service.reloader.as_ref().expect("reloader").reload();
+    let retried = app.exchange(&token, "internal-api", &[]).await;
     assert_eq!(retried.status, 200, "{}", retried.text);
 }
 
@@ -100,17 +132,59 @@ async fn replay_record_outlives_token_expiry_plus_leeway() {
     );
 }
 
+async fn slow_app(delay_ms: u64) -> (FakeIssuer, TestApp) {
+    let fake = FakeIssuer::start(Shape::Github).await;
+    let app = AppBuilder::new()
+        .github("github", &fake)
+        .config(crate::exchange::LOCAL_TARGET)
+        .policy("deploy-api.yaml", crate::exchange::DEPLOY_POLICY)
+        .store(std::sync::Arc::new(SlowStore {
+            inner: tokenmint::store::MemoryStore::new(),
+            delay: std::time::Duration::from_millis(delay_ms),
+        }))
+        .spawn()
+        .await;
+    (fake, app)
+}
+
 #[tokio::test]
 async fn two_concurrent_requests_with_one_token_get_one_access_token() {
-    let (fake, app) = github_app().await;
+    let (fake, app) = slow_app(100).await;
     let token = fake.token("github-push-main");
     let (a, b) = tokio::join!(
         app.exchange(&token, "internal-api", &[]),
         app.exchange(&token, "internal-api", &[])
     );
-    let statuses = [a.status.as_u16(), b.status.as_u16()];
-    assert!(
-        statuses.contains(&200) && statuses.contains(&400),
-        "{statuses:?}"
+    let (winner, loser) = if a.status == 200 { (a, b) } else { (b, a) };
+    assert_eq!(winner.status, 200, "{}", winner.text);
+    assert_error(
+        &loser,
+        400,
+        "invalid_grant",
+        "the subject token is being exchanged by another request; retry",
     );
+    let again = app.exchange(&token, "internal-api", &[]).await;
+    assert_error(
+        &again,
+        400,
+        "invalid_grant",
+        "the subject token was already used",
+    );
+}
+
+#[tokio::test]
+async fn a_cancelled_request_does_not_use_the_token_up() {
+    let (fake, app) = slow_app(300).await;
+    let token = fake.token("github-push-main");
+    // The client goes away while the exchange waits on the store.
+    let cancelled = tokio::time::timeout(
+        std::time::Duration::from_millis(50),
+        app.exchange(&token, "internal-api", &[]),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the exchange was still running");
+    // The dropped reservation is released in the background.
+    tokio::task::yield_now().await;
+    let retried = app.exchange(&token, "internal-api", &[]).await;
+    assert_eq!(retried.status, 200, "{}", retried.text);
 }

@@ -249,6 +249,14 @@ async fn an_unknown_issuer_is_rejected_without_being_contacted() {
 #[tokio::test]
 async fn an_unknown_kid_is_rejected_after_one_refetch() {
     let (fake, app) = github_app().await;
+    // Let the first fetch (discovery + JWKS) happen.
+    assert_eq!(
+        app.exchange(&fake.token("github-push-main"), "internal-api", &[])
+            .await
+            .status,
+        200
+    );
+    let before = fake.hits();
     let token = fake.sign_as(&fake.key, "not-published", &fake.claims("github-push-main"));
     assert_invalid_grant(
         &app,
@@ -256,4 +264,37 @@ async fn an_unknown_kid_is_rejected_after_one_refetch() {
         "no key with kid \"not-published\" is published by issuer \"github\"",
     )
     .await;
+    assert_eq!(fake.hits() - before, 1, "one JWKS refetch, no rediscovery");
+}
+
+#[tokio::test]
+async fn unknown_kids_within_the_cooldown_do_not_reach_the_issuer() {
+    let fake = FakeIssuer::start(Shape::Github).await;
+    let app = AppBuilder::new()
+        .issuer("github", "github", &fake, "jwks_refetch_cooldown = \"1h\"")
+        .config(crate::exchange::LOCAL_TARGET)
+        .policy("deploy-api.yaml", crate::exchange::DEPLOY_POLICY)
+        .spawn()
+        .await;
+    assert_eq!(
+        app.exchange(&fake.token("github-push-main"), "internal-api", &[])
+            .await
+            .status,
+        200
+    );
+    let before = fake.hits();
+    for n in 0..5 {
+        let token = fake.sign_as(
+            &fake.key,
+            &format!("forged-{n}"),
+            &fake.claims("github-push-main"),
+        );
+        let answer = app.exchange(&token, "internal-api", &[]).await;
+        assert_eq!(answer.status, 400, "{}", answer.text);
+    }
+    assert!(
+        fake.hits() - before <= 1,
+        "at most one refetch within the cooldown, got {}",
+        fake.hits() - before
+    );
 }
