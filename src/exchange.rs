@@ -344,7 +344,6 @@ impl Exchanger {
         };
         let target_name = target.config.name.as_str();
         out.record.target = Some(target_name.to_owned());
-        let bound = policies.is_bound(claims, target_name);
 
         let selection = policies.select(
             claims,
@@ -376,7 +375,8 @@ impl Exchanger {
                 out.record.reason = "no_policy_matched".to_owned();
                 out.record.would_allow = audit_only;
                 out.record.decisions = decisions;
-                let nearest = nearest.filter(|_| bound);
+                // `nearest` is set only when a policy binds the caller for this target.
+
                 out.record.detail = Some(match &nearest {
                     Some(d) => format!("nearest policy {:?}: {}", d.policy, d.describe_failures()),
                     None => "no policy for this issuer and target matches".to_owned(),
@@ -409,11 +409,13 @@ impl Exchanger {
                 out.record.detail = Some(named.clone());
                 // Policy names only for callers the policies bind (an `unbound: true`
                 // policy can match anyone).
-                return Err(ExchangeError::InvalidScope(if bound {
-                    named
-                } else {
-                    "the requested scope exceeds every matching policy".to_owned()
-                }));
+                return Err(ExchangeError::InvalidScope(
+                    if policies.is_bound(claims, target_name) {
+                        named
+                    } else {
+                        "the requested scope exceeds every matching policy".to_owned()
+                    },
+                ));
             }
             Selection::Ambiguous { candidates, .. } => {
                 out.record.reason = "ambiguous_policy".to_owned();

@@ -34,6 +34,10 @@ pub async fn github_app() -> (FakeIssuer, TestApp) {
 }
 
 /// Decodes a JWT's header and payload without checking it (tests only).
+#[expect(
+    clippy::disallowed_methods,
+    reason = "tests inspect the tokens the service hands out"
+)]
 pub fn jwt_parts(token: &str) -> (Value, Value) {
     use base64::Engine as _;
     let mut parts = token.split('.');
