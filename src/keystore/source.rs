@@ -89,6 +89,19 @@ fn check_fetchable(url: &Url) -> Result<(), FetchError> {
     }
 }
 
+/// A `jwks_uri` read from `issuer`'s discovery document must be fetchable, and a remote
+/// issuer must not send us into this host's own services (the admin listener, anything
+/// else on loopback).
+fn check_discovered_jwks_uri(issuer: &Url, jwks_uri: &Url) -> Result<(), FetchError> {
+    check_fetchable(jwks_uri)?;
+    if is_loopback(jwks_uri) && !is_loopback(issuer) {
+        return Err(FetchError::InsecureUrl {
+            url: jwks_uri.to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// GETs `url` with the bounds of `limits`: the whole exchange within `timeout`, the body
 /// read chunk by chunk and abandoned as soon as it passes `max_body_bytes`.
 async fn get_bounded(
@@ -309,14 +322,7 @@ impl HttpKeySource {
                 format!("\"jwks_uri\" {jwks_text:?} is not an absolute URL: {err}"),
             )
         })?;
-        check_fetchable(&jwks_uri)?;
-        // A remote issuer's discovery document must not send us into this host's own
-        // services (the admin listener, a metadata endpoint on loopback).
-        if is_loopback(&jwks_uri) && !is_loopback(&self.issuer) {
-            return Err(FetchError::InsecureUrl {
-                url: jwks_uri.to_string(),
-            });
-        }
+        check_discovered_jwks_uri(&self.issuer, &jwks_uri)?;
         let jwks_uri = Arc::new(jwks_uri);
         tracing::debug!(issuer = expected, jwks_uri = %jwks_uri, "discovered jwks_uri");
         self.discovered_jwks_uri.store(Some(Arc::clone(&jwks_uri)));
@@ -424,6 +430,35 @@ impl KeySource for FileKeySource {
 #[cfg(test)]
 mod unit {
     use super::*;
+
+    /// Security invariant: a remote issuer's discovery document cannot aim our key
+    /// fetches at loopback (SSRF into the admin listener or other local services).
+    #[test]
+    fn a_remote_issuer_cannot_point_key_fetches_at_loopback() {
+        let parse = |text: &str| Url::parse(text).expect("test URL");
+        let remote = parse("https://token.actions.githubusercontent.com");
+        for inside in [
+            "http://127.0.0.1:9090/metrics",
+            "http://localhost/jwks",
+            "https://127.0.0.1/jwks",
+            "https://[::1]/jwks",
+        ] {
+            assert!(
+                check_discovered_jwks_uri(&remote, &parse(inside)).is_err(),
+                "{inside}"
+            );
+        }
+        assert!(check_discovered_jwks_uri(&remote, &parse("http://keys.example/jwks")).is_err());
+        assert!(
+            check_discovered_jwks_uri(
+                &remote,
+                &parse("https://token.actions.githubusercontent.com/.well-known/jwks")
+            )
+            .is_ok()
+        );
+        let local = parse("http://127.0.0.1:8080");
+        assert!(check_discovered_jwks_uri(&local, &parse("http://127.0.0.1:8080/jwks")).is_ok());
+    }
 
     #[test]
     fn issuer_text_drops_only_the_slash_url_adds() {
