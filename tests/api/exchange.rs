@@ -262,3 +262,33 @@ async fn the_enterprise_slug_issuer_uses_the_root_jwks_from_discovery() {
         .await;
     assert_eq!(answer.status, 200, "{}", answer.text);
 }
+
+#[tokio::test]
+async fn hcp_terraform_runs_bind_on_their_workspace_id() {
+    let fake = FakeIssuer::start(Shape::Github).await;
+    let app = AppBuilder::new()
+        .issuer("terraform", "terraform", &fake, "")
+        .config(LOCAL_TARGET)
+        .policy(
+            "tf-apply.yaml",
+            r#"
+issuer: terraform
+target: internal-api
+scopes: [deploy]
+claims:
+  terraform_workspace_id: ws-neKNifJ1AS9WcLP7
+  terraform_run_phase: [plan, apply]
+"#,
+        )
+        .spawn()
+        .await;
+    let answer = app
+        .exchange(&fake.token("terraform-plan"), "internal-api", &[])
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let record = app.last_audit().await;
+    assert_eq!(
+        record.repository.as_deref(),
+        Some("organization:acme:project:Identity:workspace:identity-config-prod")
+    );
+}

@@ -169,3 +169,110 @@ fn sigterm_stops_the_service_and_exits_0() {
     let exit = child.wait().expect("wait");
     assert_eq!(exit.code(), Some(0));
 }
+
+/// Security invariant: neither the CI token nor the minted token ever reaches the log.
+#[test]
+fn decisions_are_logged_as_json_lines_without_tokens() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tokenmint"))
+        .args([
+            "serve",
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tokenmint");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let listen = loop {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("a serving log line");
+        lines.push(line.clone());
+        if line.contains("tokenmint is serving") {
+            let log: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+            break log["listen"].as_str().expect("listen").to_owned();
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (ci_token, access_token) = runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let ci: serde_json::Value = client
+            .post(format!("http://{listen}/dev/ci-token"))
+            .json(&serde_json::json!({"repository": "acme/app", "ref": "refs/heads/main"}))
+            .send()
+            .await
+            .expect("ci-token")
+            .json()
+            .await
+            .expect("json");
+        let ci_token = ci["token"].as_str().expect("token").to_owned();
+        let answer: serde_json::Value = client
+            .post(format!("http://{listen}/token"))
+            .json(&serde_json::json!({
+                "grant_type": TOKEN_EXCHANGE,
+                "subject_token": ci_token,
+                "subject_token_type": ID_TOKEN,
+                "audience": "dev-api",
+            }))
+            .send()
+            .await
+            .expect("token")
+            .json()
+            .await
+            .expect("json");
+        let access = answer["access_token"]
+            .as_str()
+            .expect("access token")
+            .to_owned();
+        (ci_token, access)
+    });
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    assert_eq!(child.wait().expect("wait").code(), Some(0));
+    lines.extend(rx.iter());
+
+    let decisions: Vec<serde_json::Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["message"] == "exchange decided")
+        .collect();
+    assert_eq!(decisions.len(), 1, "one line per decision: {lines:?}");
+    assert_eq!(decisions[0]["outcome"], "allow");
+    assert_eq!(decisions[0]["policy"], "dev-any-repository");
+    assert_eq!(
+        decisions[0]["token_sha256"],
+        tokenmint::verify::token_sha256(&access_token)
+    );
+    for line in &lines {
+        assert!(
+            !line.contains(&ci_token),
+            "the CI token leaked into the log: {line}"
+        );
+        assert!(
+            !line.contains(&access_token),
+            "the access token leaked into the log: {line}"
+        );
+        // No JWT-looking segment at all.
+        assert!(
+            !line.contains("eyJ"),
+            "something token-like leaked into the log: {line}"
+        );
+    }
+}
