@@ -249,9 +249,9 @@ impl RawConfig {
         file: Option<&Path>,
         listen_override: Option<SocketAddr>,
     ) -> Result<Config, ConfigError> {
-        let origin = file
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "configuration".to_owned());
+                let origin = file.map(|p| p.display().to_string()).unwrap_or_else(|| {
+            format!("no {} here and no --config", super::DEFAULT_CONFIG_FILE)
+        });
         let fail =
             |key: &str, message: String| ConfigError(format!("{origin}: `{key}`: {message}"));
 
@@ -277,9 +277,14 @@ impl RawConfig {
             ));
         }
         let public_url = self.server.public_url.as_deref().ok_or_else(|| {
+            let hint = if file.is_none() {
+                "; pass --config FILE, or try `tokenmint serve --dev` for a local playground"
+            } else {
+                ""
+            };
             fail(
                 "server.public_url",
-                "is required (our issuer URL and the default CI-token audience)".to_owned(),
+                format!("is required (our issuer URL and the default CI-token audience){hint}"),
             )
         })?;
         let public_url =
