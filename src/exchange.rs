@@ -376,7 +376,6 @@ impl Exchanger {
                 out.record.would_allow = audit_only;
                 out.record.decisions = decisions;
                 // `nearest` is set only when a policy binds the caller for this target.
-
                 out.record.detail = Some(match &nearest {
                     Some(d) => format!("nearest policy {:?}: {}", d.policy, d.describe_failures()),
                     None => "no policy for this issuer and target matches".to_owned(),
@@ -400,8 +399,14 @@ impl Exchanger {
                     },
                 }));
             }
-            Selection::ScopeExceeded { matching, .. } => {
+            Selection::ScopeExceeded {
+                matching,
+                audit_only,
+                decisions,
+            } => {
                 out.record.reason = "scope_exceeded".to_owned();
+                out.record.would_allow = audit_only;
+                out.record.decisions = decisions;
                 let named = format!(
                     "the requested scope exceeds every matching policy ({})",
                     quoted_list(&matching)
@@ -417,7 +422,13 @@ impl Exchanger {
                     },
                 ));
             }
-            Selection::Ambiguous { candidates, .. } => {
+            Selection::Ambiguous {
+                candidates,
+                audit_only,
+                decisions,
+            } => {
+                out.record.would_allow = audit_only;
+                out.record.decisions = decisions;
                 out.record.reason = "ambiguous_policy".to_owned();
                 out.record.detail = Some(format!("candidates: {}", quoted_list(&candidates)));
                 return Err(ExchangeError::InvalidScope(

@@ -249,9 +249,9 @@ impl RawConfig {
         file: Option<&Path>,
         listen_override: Option<SocketAddr>,
     ) -> Result<Config, ConfigError> {
-                let origin = file.map(|p| p.display().to_string()).unwrap_or_else(|| {
-            format!("no {} here and no --config", super::DEFAULT_CONFIG_FILE)
-        });
+        let origin = file
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| format!("no {} here and no --config", super::DEFAULT_CONFIG_FILE));
         let fail =
             |key: &str, message: String| ConfigError(format!("{origin}: `{key}`: {message}"));
 

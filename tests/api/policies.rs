@@ -101,6 +101,13 @@ claims:
         "invalid_scope",
         "several policies match with different scopes; request a scope or pin a policy",
     );
+    let record = app.last_audit().await;
+    assert_eq!(record.reason, "ambiguous_policy");
+    assert_eq!(
+        record.detail.as_deref(),
+        Some("candidates: \"read-only\", \"write-only\"")
+    );
+    assert_eq!(record.decisions.len(), 2, "both evaluations are kept");
     let answer = app
         .exchange(
             &fake.token("github-push-main"),
