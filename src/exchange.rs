@@ -15,9 +15,8 @@ use secrecy::{ExposeSecret as _, SecretString};
 use time::OffsetDateTime;
 
 use crate::audit::{AuditRecord, Outcome};
-use crate::config::{IssuerKind, ReplayMode, TargetConfig, TargetKindConfig};
-use crate::mint::LocalSigner;
-use crate::mint::local::LocalGrant;
+use crate::config::{IssuerKind, ReplayMode, TargetConfig};
+use crate::mint::{Grant, LocalSigner, Minter};
 use crate::policy::{ConditionOutcome, PolicySet, Selection};
 use crate::store::{ReplayKey, Reservation, Store, StoreError};
 use crate::verify::{VerifiedToken, Verifier, VerifyError, token_sha256};
@@ -90,6 +89,7 @@ pub fn generic_denial(target: &str) -> String {
 /// A target as the exchange needs it.
 pub struct Target {
     pub config: TargetConfig,
+    pub minter: Arc<dyn Minter>,
 }
 
 /// Everything an exchange needs, shared by all requests.
@@ -103,7 +103,8 @@ pub struct Exchanger {
     /// Audience URL → target name, for targets with `match_audience_url`.
     pub audience_index: HashMap<String, String>,
     pub store: Arc<dyn Store>,
-    pub signer: LocalSigner,
+    /// Local signing keys (published at the JWKS endpoint, reloaded after rotation).
+    pub signer: Arc<LocalSigner>,
 }
 
 struct Outcomes {
@@ -453,36 +454,27 @@ impl Exchanger {
         out.record.policy = Some(policy.name().to_owned());
         out.record.policy_sha256 = Some(policy.source_sha256().to_owned());
         out.record.decisions = vec![decision];
-        let scope = scopes.join(" ");
-        out.record.scope = Some(scope.clone());
 
-        let TargetKindConfig::Local { algorithm, .. } = &target.config.kind;
-        let ttl = policy
-            .ttl()
-            .unwrap_or(target.config.max_ttl)
-            .min(target.config.max_ttl);
-        let minted = self
-            .signer
+        let minted = target
+            .minter
             .mint(
-                &LocalGrant {
-                    issuer_url: &self.public_url,
-                    ci_issuer_url,
+                &Grant {
+                    request_id: &request.request_id,
                     claims,
-                    target: target_name,
-                    audience: &target.config.audience,
+                    ci_issuer_url,
                     policy: policy.name(),
-                    scope: &scope,
-                    algorithm: *algorithm,
-                    ttl,
+                    scopes: &scopes,
+                    ttl: policy.ttl(),
                 },
                 now,
             )
+            .await
             .map_err(|err| {
                 out.record.outcome = Outcome::Error;
                 out.record.reason = "mint_failed".to_owned();
                 out.record.detail = Some(err.to_string());
                 ExchangeError::Unavailable {
-                    description: "the token could not be signed; retry later".to_owned(),
+                    description: "the token could not be minted; retry later".to_owned(),
                     retry_after: 5,
                 }
             })?;
@@ -490,18 +482,19 @@ impl Exchanger {
         out.record.outcome = Outcome::Allow;
         out.record.reason = "allowed".to_owned();
         out.record.detail = None;
-        out.record.token_sha256 = Some(token_sha256(&minted.token));
-        out.record.token_jti = Some(minted.jti.clone());
+        out.record.scope = Some(minted.scope.clone());
+        out.record.token_sha256 = Some(token_sha256(minted.token.expose_secret()));
+        out.record.token_jti = minted.jti.clone();
         out.record.expires_at = Some(minted.expires_at);
         let issued_token_type = match request.requested_token_type.as_deref() {
             Some(TOKEN_TYPE_JWT) => TOKEN_TYPE_JWT,
             _ => TOKEN_TYPE_ACCESS_TOKEN,
         };
         Ok(Issued {
-            access_token: SecretString::from(minted.token),
+            access_token: minted.token,
             issued_token_type,
-            expires_in: ttl.as_secs(),
-            scope,
+            expires_in: minted.expires_in,
+            scope: minted.scope,
             target: target_name.to_owned(),
             policy: policy.name().to_owned(),
         })

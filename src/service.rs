@@ -21,7 +21,7 @@ use crate::keystore::{
     FileKeySource, HttpKeySource, IssuerKeys, KeySource, KeystoreSettings, http_client,
 };
 use crate::metrics::Metrics;
-use crate::mint::LocalSigner;
+use crate::mint::{LocalMinter, LocalSigner, Minter};
 use crate::policy::{self, PolicyContext, PolicySet, TargetInfo, TargetKind};
 use crate::policy_reload::PolicyReloader;
 use crate::store::{MemoryStore, Store};
@@ -234,17 +234,28 @@ impl Service {
             }));
         }
 
-        let signer = build_signer(&config)?;
+        let signer = Arc::new(build_signer(&config)?);
         let mut targets = BTreeMap::new();
         let mut audience_index = HashMap::new();
         for target in config.targets.values() {
             if target.match_audience_url {
                 audience_index.insert(target.audience.clone(), target.name.clone());
             }
+            let minter: Arc<dyn Minter> = match &target.kind {
+                TargetKindConfig::Local { algorithm, .. } => Arc::new(LocalMinter::new(
+                    signer.clone(),
+                    &config.server.public_url,
+                    &target.name,
+                    &target.audience,
+                    *algorithm,
+                    target.max_ttl,
+                )),
+            };
             targets.insert(
                 target.name.clone(),
                 Target {
                     config: target.clone(),
+                    minter,
                 },
             );
         }

@@ -10,6 +10,10 @@ use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 
 use crate::claims::VerifiedClaims;
+use async_trait::async_trait;
+use secrecy::SecretString;
+
+use super::{Grant, MintError, MintedToken, Minter};
 use crate::keys::{KeyRing, SigningAlgorithm, SigningKey};
 
 /// The CI claims copied into the `ci` object of a local token, when present.
@@ -33,33 +37,17 @@ pub const CI_CLAIMS: &[&str] = &[
     "job_id",
 ];
 
-/// What a minted local token is.
-#[derive(Debug)]
-pub struct MintedToken {
-    pub token: String,
-    pub jti: String,
-    pub expires_at: OffsetDateTime,
-}
-
-/// One local token to mint.
-pub struct LocalGrant<'a> {
-    pub issuer_url: &'a str,
-    pub ci_issuer_url: &'a str,
-    pub claims: &'a VerifiedClaims,
-    pub target: &'a str,
-    pub audience: &'a str,
-    pub policy: &'a str,
-    pub scope: &'a str,
-    pub algorithm: SigningAlgorithm,
-    pub ttl: Duration,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum MintError {
-    #[error("no current {0} signing key")]
-    NoKey(SigningAlgorithm),
-    #[error("signing failed: {0}")]
-    Signing(String),
+/// One local token to sign.
+struct LocalGrant<'a> {
+    issuer_url: &'a str,
+    ci_issuer_url: &'a str,
+    claims: &'a VerifiedClaims,
+    target: &'a str,
+    audience: &'a str,
+    policy: &'a str,
+    scope: &'a str,
+    algorithm: SigningAlgorithm,
+    ttl: Duration,
 }
 
 /// Signs local tokens with the key ring's current keys, or a target's fixed key.
@@ -100,12 +88,12 @@ impl LocalSigner {
         document
     }
 
-    /// Signs one RFC 9068 access token.
-    pub fn mint(
+    /// Signs one RFC 9068 access token; returns it with its `jti` and `exp`.
+    fn sign(
         &self,
         grant: &LocalGrant<'_>,
         now: OffsetDateTime,
-    ) -> Result<MintedToken, MintError> {
+    ) -> Result<(String, String, i64), MintError> {
         let ring = self.ring.load();
         let key = match self.fixed.get(grant.target) {
             Some(key) => key,
@@ -144,11 +132,7 @@ impl LocalSigner {
         let token = key
             .sign_jwt(&claims)
             .map_err(|err| MintError::Signing(err.to_string()))?;
-        Ok(MintedToken {
-            token,
-            jti,
-            expires_at: OffsetDateTime::from_unix_timestamp(exp).unwrap_or(now),
-        })
+        Ok((token, jti, exp))
     }
 
     /// Reloads the ring from `dir` when another process (`keys rotate`) changed it.
@@ -163,5 +147,66 @@ impl LocalSigner {
         }
         self.replace_ring(loaded);
         Ok(true)
+    }
+}
+
+/// The minter of one local target: signs with the shared [`LocalSigner`].
+pub struct LocalMinter {
+    signer: Arc<LocalSigner>,
+    /// `server.public_url`: the `iss` of local tokens.
+    issuer_url: String,
+    target: String,
+    audience: String,
+    algorithm: SigningAlgorithm,
+    max_ttl: Duration,
+}
+
+impl LocalMinter {
+    pub fn new(
+        signer: Arc<LocalSigner>,
+        issuer_url: &str,
+        target: &str,
+        audience: &str,
+        algorithm: SigningAlgorithm,
+        max_ttl: Duration,
+    ) -> Self {
+        Self {
+            signer,
+            issuer_url: issuer_url.to_owned(),
+            target: target.to_owned(),
+            audience: audience.to_owned(),
+            algorithm,
+            max_ttl,
+        }
+    }
+}
+
+#[async_trait]
+impl Minter for LocalMinter {
+    /// The token lives the policy's `ttl`, at most the target's `max_ttl` (the default).
+    async fn mint(&self, grant: &Grant<'_>, now: OffsetDateTime) -> Result<MintedToken, MintError> {
+        let ttl = grant.ttl.unwrap_or(self.max_ttl).min(self.max_ttl);
+        let scope = grant.scopes.join(" ");
+        let (token, jti, exp) = self.signer.sign(
+            &LocalGrant {
+                issuer_url: &self.issuer_url,
+                ci_issuer_url: grant.ci_issuer_url,
+                claims: grant.claims,
+                target: &self.target,
+                audience: &self.audience,
+                policy: grant.policy,
+                scope: &scope,
+                algorithm: self.algorithm,
+                ttl,
+            },
+            now,
+        )?;
+        Ok(MintedToken {
+            token: SecretString::from(token),
+            jti: Some(jti),
+            expires_at: OffsetDateTime::from_unix_timestamp(exp).unwrap_or(now),
+            expires_in: ttl.as_secs(),
+            scope,
+        })
     }
 }
