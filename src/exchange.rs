@@ -148,11 +148,15 @@ impl ReplayGuard {
         self.key = None;
     }
 
+    /// Releases the key; if that fails (or is cancelled), the drop tries once more.
     async fn release(mut self) {
-        if let Some(key) = self.key.take()
-            && let Err(err) = self.store.release(&key).await
-        {
-            tracing::error!(error = %err, "replay reservation could not be released");
+        if let Some(key) = self.key.clone() {
+            match self.store.release(&key).await {
+                Ok(()) => self.key = None,
+                Err(err) => {
+                    tracing::error!(error = %err, "replay reservation could not be released; retrying in the background");
+                }
+            }
         }
     }
 }
@@ -254,10 +258,15 @@ impl Exchanger {
             }
         };
         // The CI token is marked used before the record that says a token left.
-        if let Some(guard) = &guard
-            && let Err(err) = guard.consume().await
-        {
+        let consumed = match &guard {
+            Some(guard) => guard.consume().await,
+            None => Ok(()),
+        };
+        if let Err(err) = consumed {
             tracing::error!(request_id = %request.request_id, error = %err, "the CI token could not be marked used; token withheld");
+            if let Some(guard) = guard {
+                guard.release().await;
+            }
             out.record.withhold("store_unavailable", &err.to_string());
             return Err(ExchangeError::Unavailable {
                 description: "the replay store cannot record this request; retry later".to_owned(),
@@ -442,7 +451,9 @@ impl Exchanger {
                 out.record.reason = "unknown_policy".to_owned();
                 out.record.detail =
                     Some(format!("no policy {pinned:?} for target {target_name:?}"));
-                return Err(if policies.is_known(claims) {
+                // Safer than the contract's "known": only callers that some policy of this
+                // very target binds may learn which policy names it lacks.
+                return Err(if policies.is_bound(claims, target_name) {
                     ExchangeError::InvalidRequest(format!(
                         "no policy {pinned:?} for target {target_name:?}"
                     ))

@@ -3,19 +3,42 @@
 //!
 //! Rules: a deleted file's policies stop matching at the next reload; a file that fails to
 //! compile keeps its last good policies until it has failed for `max_stale`, then they are
-//! dropped and readiness fails until the file compiles again; a reload whose files clash
-//! (two policies with one name) keeps the whole previous set.
+//! dropped and readiness fails until the file compiles again. A policy name belongs to the
+//! first file (in name order) that defines it; a later file reusing it fails the same way.
+//! Access events (our own reads) never trigger a reload.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use notify::Watcher as _;
 
-use crate::policy::{self, CompiledPolicy, PolicyContext, PolicySet};
+use crate::policy::{self, CompiledPolicy, PolicyContext, PolicyError, PolicySet};
+
+fn join_errors(errors: &[PolicyError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The first policy of `compiled` whose name another file already owns, as an error text.
+fn name_clash(compiled: &[CompiledPolicy], owners: &HashMap<String, String>) -> Option<String> {
+    compiled.iter().find_map(|policy| {
+        owners.get(policy.name()).map(|owner| {
+            format!(
+                "{}:{}: name: duplicate policy name \"{}\": also defined in {owner}",
+                policy.source_file(),
+                policy.source_line(),
+                policy.name()
+            )
+        })
+    })
+}
 
 /// After the first change event, wait this long for the burst to settle.
 const DEBOUNCE: Duration = Duration::from_millis(250);
@@ -38,7 +61,7 @@ pub struct ReloadReport {
     /// Files whose policies were dropped because they failed for longer than `max_stale`
     /// (or never compiled).
     pub dropped: Vec<String>,
-    /// The reload was refused as a whole (e.g. duplicate names); the previous set stays.
+    /// The reload was refused as a whole (the directory could not be listed); the previous set stays.
     pub refused: Option<String>,
 }
 
@@ -49,7 +72,10 @@ pub struct PolicyReloader {
     max_stale: Duration,
     files: Mutex<BTreeMap<PathBuf, FileState>>,
     policies: Arc<ArcSwap<PolicySet>>,
-    ready: Arc<AtomicBool>,
+    /// False while some file's policies are dropped (readiness).
+    policies_healthy: Arc<AtomicBool>,
+    /// Reloads done, for metrics and tests.
+    reloads: AtomicU64,
 }
 
 impl PolicyReloader {
@@ -59,7 +85,7 @@ impl PolicyReloader {
         ctx: PolicyContext,
         max_stale: Duration,
         policies: Arc<ArcSwap<PolicySet>>,
-        ready: Arc<AtomicBool>,
+        policies_healthy: Arc<AtomicBool>,
     ) -> Self {
         let mut files = BTreeMap::new();
         let mut by_file: BTreeMap<String, Vec<CompiledPolicy>> = BTreeMap::new();
@@ -84,12 +110,14 @@ impl PolicyReloader {
             max_stale,
             files: Mutex::new(files),
             policies,
-            ready,
+            policies_healthy,
+            reloads: AtomicU64::new(0),
         }
     }
 
     /// Reads every policy file again and swaps in the new set.
     pub fn reload(&self) -> ReloadReport {
+        self.reloads.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let mut report = ReloadReport::default();
         let Ok(mut files) = self.files.lock() else {
@@ -99,72 +127,62 @@ impl PolicyReloader {
         let (paths, list_errors) = policy::list_policy_files(&self.dir);
         if !list_errors.is_empty() {
             // An unreadable directory is not "every file deleted": keep what we have.
-            let text = list_errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ");
+            let text = join_errors(&list_errors);
             tracing::error!(error = %text, "policy directory cannot be read; keeping the current policies");
             report.refused = Some(text);
             return report;
         }
+        // Files in name order; a policy name belongs to the first file that defines it, and a
+        // later file that reuses it fails like a file that does not compile.
+        let mut owners: HashMap<String, String> = HashMap::new();
         let mut next: BTreeMap<PathBuf, FileState> = BTreeMap::new();
+        let mut all: Vec<CompiledPolicy> = Vec::new();
         for path in paths {
             let label = path.display().to_string();
-            match policy::load_file(&path, &self.ctx) {
-                Ok(compiled) => {
-                    next.insert(
-                        path,
-                        FileState {
-                            good: Some(compiled),
-                            failing_since: None,
-                        },
-                    );
-                }
-                Err(errors) => {
-                    let previous = files.remove(&path);
-                    let failing_since = previous
-                        .as_ref()
-                        .and_then(|p| p.failing_since)
-                        .unwrap_or(now);
+            let loaded = policy::load_file(&path, &self.ctx)
+                .map_err(|errors| join_errors(&errors))
+                .and_then(|compiled| match name_clash(&compiled, &owners) {
+                    Some(clash) => Err(clash),
+                    None => Ok(compiled),
+                });
+            let state = match loaded {
+                Ok(compiled) => FileState {
+                    good: Some(compiled),
+                    failing_since: None,
+                },
+                Err(text) => {
+                    let previous = files.get(&path);
+                    let failing_since = previous.and_then(|p| p.failing_since).unwrap_or(now);
                     let good = previous
-                        .and_then(|p| p.good)
-                        .filter(|_| now.duration_since(failing_since) < self.max_stale);
-                    let text = errors
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("; ");
+                        .and_then(|p| p.good.clone())
+                        .filter(|_| now.duration_since(failing_since) < self.max_stale)
+                        .filter(|good| name_clash(good, &owners).is_none());
                     if good.is_some() {
-                        tracing::error!(file = %label, error = %text, "policy file fails to compile; keeping its last good version");
-                        report.kept_stale.push(label);
+                        tracing::error!(file = %label, error = %text, "policy file fails to load; keeping its last good version");
+                        report.kept_stale.push(label.clone());
                     } else {
-                        tracing::error!(file = %label, error = %text, "policy file fails to compile; its policies are dropped");
-                        report.dropped.push(label);
+                        tracing::error!(file = %label, error = %text, "policy file fails to load; its policies are dropped");
+                        report.dropped.push(label.clone());
                     }
-                    next.insert(
-                        path,
-                        FileState {
-                            good,
-                            failing_since: Some(failing_since),
-                        },
-                    );
+                    FileState {
+                        good,
+                        failing_since: Some(failing_since),
+                    }
                 }
+            };
+            for policy in state.good.iter().flatten() {
+                owners.insert(policy.name().to_owned(), label.clone());
+                all.push(policy.clone());
             }
+            next.insert(path, state);
         }
-        let all: Vec<CompiledPolicy> = next
-            .values()
-            .filter_map(|state| state.good.as_ref())
-            .flatten()
-            .cloned()
-            .collect();
         match PolicySet::new(all) {
             Ok(set) => {
                 report.policies = set.len();
                 let version = set.version().to_owned();
                 self.policies.store(Arc::new(set));
                 *files = next;
-                self.ready
+                self.policies_healthy
                     .store(report.dropped.is_empty(), Ordering::Release);
                 tracing::info!(
                     policies = report.policies,
@@ -175,16 +193,19 @@ impl PolicyReloader {
                 );
             }
             Err(errors) => {
-                let text = errors
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; ");
+                // Unreachable by construction (clashes were resolved per file); keep the
+                // current set rather than serve a half-built one.
+                let text = join_errors(&errors);
                 tracing::error!(error = %text, "policy reload refused; keeping the current policies");
                 report.refused = Some(text);
             }
         }
         report
+    }
+
+    /// How many reloads ran (start-up's initial load not included).
+    pub fn reload_count(&self) -> u64 {
+        self.reloads.load(Ordering::Relaxed)
     }
 
     fn has_failing_files(&self) -> bool {
@@ -201,7 +222,10 @@ impl PolicyReloader {
         // Kept by the task so the channel stays open (and SIGHUP works) even without a watcher.
         let keep_open = tx.clone();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
+            // Reads (ours included) are access events; only changes matter.
+            if let Ok(event) = event
+                && !matches!(event.kind, notify::EventKind::Access(_))
+            {
                 let _ = tx.send(());
             }
         })
@@ -216,6 +240,16 @@ impl PolicyReloader {
                 None
             }
         };
+        // Installed before the task runs, so a SIGHUP right after start-up reloads rather
+        // than ending the process.
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            Ok(signal) => Some(signal),
+            Err(err) => {
+                tracing::error!(error = %err, "cannot install the SIGHUP handler; policies reload on file changes only");
+                None
+            }
+        };
         tokio::spawn(async move {
             let _watcher = watcher;
             let _keep_open = keep_open;
@@ -223,8 +257,6 @@ impl PolicyReloader {
             if let Err(err) = tokio::task::spawn_blocking(move || reloader.reload()).await {
                 tracing::error!(error = %err, "policy reload task failed");
             }
-            let mut hangup =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
             let mut stale_check = tokio::time::interval(STALE_CHECK_INTERVAL);
             loop {
                 let hangup_signal = async {

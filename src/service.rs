@@ -272,7 +272,7 @@ impl Service {
         if let (None, Some(dir)) = (&dev, key_dir(&config)) {
             tasks.push(spawn_key_reloader(exchanger.clone(), dir));
         }
-        let ready = Arc::new(AtomicBool::new(true));
+        let policies_healthy = Arc::new(AtomicBool::new(true));
         let reloader = match dev {
             Some(_) => None,
             None => {
@@ -281,7 +281,7 @@ impl Service {
                     policy_context(&config),
                     config.policies.max_stale,
                     policies,
-                    ready.clone(),
+                    policies_healthy.clone(),
                 ));
                 tasks.push(reloader.clone().spawn());
                 Some(reloader)
@@ -290,7 +290,8 @@ impl Service {
         let state = AppState {
             exchanger,
             metrics,
-            ready,
+            policies_healthy,
+            stopping: Arc::new(AtomicBool::new(false)),
             dev,
         };
         Ok(Service {
@@ -323,12 +324,12 @@ impl Service {
                 }
             });
         }
-        let ready = self.state.ready.clone();
+        let stopping = self.state.stopping.clone();
         let app = router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 shutdown.await;
-                ready.store(false, Ordering::Release);
+                stopping.store(true, Ordering::Release);
                 let _ = stop_tx.send(true);
                 tracing::info!("shutting down: no new connections, finishing in-flight requests");
             })

@@ -20,8 +20,10 @@ use crate::metrics::Metrics;
 pub struct AppState {
     pub exchanger: Arc<Exchanger>,
     pub metrics: Arc<Metrics>,
-    /// Policies and keys are loaded (readiness).
-    pub ready: Arc<AtomicBool>,
+    /// Every policy file's policies are loaded (set by the policy reloader).
+    pub policies_healthy: Arc<AtomicBool>,
+    /// Set on SIGTERM: readiness fails while in-flight requests finish.
+    pub stopping: Arc<AtomicBool>,
     /// Dev mode's CI issuer; `None` outside dev mode.
     pub dev: Option<Arc<DevIssuer>>,
 }

@@ -23,7 +23,9 @@ pub async fn readyz(State(app): State<AppState>) -> StatusCode {
 }
 
 async fn is_ready(app: &AppState) -> bool {
-    app.ready.load(Ordering::Acquire) && app.exchanger.store.healthy().await
+    app.policies_healthy.load(Ordering::Acquire)
+        && !app.stopping.load(Ordering::Acquire)
+        && app.exchanger.store.healthy().await
 }
 
 /// Readiness with details, for the admin listener.

@@ -171,6 +171,7 @@ async fn parse(
     // Row 4.
     let grant_types: Vec<&str> = values(&params, "grant_type");
     if let [grant_type] = grant_types.as_slice()
+        && !grant_type.is_empty()
         && *grant_type != GRANT_TYPE_TOKEN_EXCHANGE
     {
         return Err(TokenError::new(
@@ -311,9 +312,11 @@ fn parse_json(bytes: &[u8]) -> ParsedBody {
             }
         }
         Err(ObjectDefect::Duplicate(name)) => {
-            // serde_json keeps the last of repeated members: good enough to read grant_type.
-            let lenient =
+            // serde_json keeps the last of repeated members: good enough to read grant_type,
+            // unless grant_type itself is the repeated one.
+            let mut lenient =
                 serde_json::from_slice::<serde_json::Map<String, Value>>(bytes).unwrap_or_default();
+            lenient.remove(&name);
             ParsedBody {
                 params: string_members(lenient).0,
                 defect: Some(TokenError::invalid_request(format!("{name} is repeated"))),

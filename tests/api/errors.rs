@@ -208,7 +208,7 @@ async fn row_8_unknown_targets_are_named_only_to_known_callers() {
 }
 
 #[tokio::test]
-async fn a_pinned_unknown_policy_is_named_only_to_known_callers() {
+async fn a_pinned_unknown_policy_is_named_only_to_bound_callers() {
     let (fake, app) = github_app().await;
     let answer = app
         .exchange(
@@ -308,6 +308,26 @@ async fn the_grant_type_is_checked_before_the_shape_of_other_fields() {
             unsupported,
         );
     }
+    // A repeated grant_type is row 5 whatever its values, in JSON as in forms.
+    let repeated = format!(r#"{{"grant_type":"{TOKEN_EXCHANGE}","grant_type":"password"}}"#);
+    assert_error(
+        &app.request(json(&repeated)).await,
+        400,
+        "invalid_request",
+        "grant_type is repeated",
+    );
+    assert_error(
+        &app.request(form("grant_type=password&grant_type=x")).await,
+        400,
+        "invalid_request",
+        "grant_type is repeated",
+    );
+    assert_error(
+        &app.request(form("grant_type=")).await,
+        400,
+        "invalid_request",
+        "grant_type is missing",
+    );
     assert_error(
         &app.request(form("grant_type=password&username=%ff")).await,
         400,

@@ -77,16 +77,49 @@ async fn a_broken_file_keeps_its_last_good_version_until_max_stale() {
 }
 
 #[tokio::test]
-async fn a_reload_with_clashing_names_keeps_the_previous_set() {
+async fn a_file_reusing_a_policy_name_fails_alone() {
     let (fake, app) = app("15m").await;
-    std::fs::write(app.policies_dir.join("copy.yaml"), DEPLOY_POLICY).expect("write");
+    let copy = app.policies_dir.join("zz-copy.yaml");
+    std::fs::write(&copy, DEPLOY_POLICY).expect("write");
     let report = reload(&app);
-    let refused = report.refused.expect("refused");
-    assert!(refused.contains("duplicate policy name"), "{refused}");
+    assert_eq!(report.refused, None);
+    assert_eq!(report.dropped, vec![copy.display().to_string()]);
+    assert_eq!(report.policies, 1);
+    assert_eq!(
+        app.get("/readyz").await.status,
+        503,
+        "a dropped file makes the service unready"
+    );
     let answer = app
         .exchange(&fake.token("github-push-main"), "internal-api", &[])
         .await;
-    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(
+        answer.status, 200,
+        "the first owner of the name still decides: {}",
+        answer.text
+    );
+
+    // A deletion applies at once even while another file clashes.
+    std::fs::remove_file(app.policies_dir.join("deploy-api.yaml")).expect("remove");
+    let report = reload(&app);
+    assert_eq!(report.policies, 1, "the copy now owns the name");
+    assert_eq!(report.dropped, Vec::<String>::new());
+    assert_eq!(app.get("/readyz").await.status, 200);
+}
+
+#[tokio::test]
+async fn the_watcher_does_not_trigger_itself() {
+    let (_fake, app) = app("15m").await;
+    let reloader = app.service.reloader.as_ref().expect("reloader");
+    // Let the start-up reload (and anything it might trigger) settle.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let settled = reloader.reload_count();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        reloader.reload_count(),
+        settled,
+        "reading policy files must not cause reloads"
+    );
 }
 
 #[tokio::test]
