@@ -130,83 +130,92 @@ async fn a_target_with_a_fixed_signing_key_signs_with_it() {
     );
 }
 
+/// `tokenmint serve --dev` on a free loopback port with JSON logs, its stderr lines
+/// collected by a thread, running until [`DevProcess::terminate`].
+struct DevProcess {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Lines read so far.
+    seen: Vec<String>,
+    /// The bound address, from the "serving" log line.
+    listen: String,
+}
+
+impl DevProcess {
+    fn start() -> DevProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tokenmint"))
+            .args([
+                "serve",
+                "--dev",
+                "--listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+            ])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tokenmint");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        let listen = loop {
+            let line = lines
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .expect("a serving log line");
+            seen.push(line.clone());
+            if line.contains("tokenmint is serving") {
+                let log: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+                assert_eq!(log["level"], "INFO");
+                break log["listen"].as_str().expect("listen").to_owned();
+            }
+        };
+        DevProcess {
+            child,
+            lines,
+            seen,
+            listen,
+        }
+    }
+
+    /// Sends SIGTERM, waits for the exit code, and returns every log line.
+    fn terminate(mut self) -> (Option<i32>, Vec<String>) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let code = self.child.wait().expect("wait").code();
+        self.seen.extend(self.lines.iter());
+        (code, self.seen)
+    }
+}
+
 #[test]
 fn sigterm_stops_the_service_and_exits_0() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tokenmint"))
-        .args([
-            "serve",
-            "--dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start tokenmint");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let serving = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|line| line.contains("tokenmint is serving"))
-        .expect("a serving log line");
-    let log: serde_json::Value = serde_json::from_str(&serving).expect("JSON log line");
-    assert_eq!(log["level"], "INFO");
+    let process = DevProcess::start();
     assert!(
-        log["listen"]
-            .as_str()
-            .expect("listen")
-            .starts_with("127.0.0.1:")
+        process.listen.starts_with("127.0.0.1:"),
+        "{}",
+        process.listen
     );
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let exit = child.wait().expect("wait");
-    assert_eq!(exit.code(), Some(0));
+    let (code, _) = process.terminate();
+    assert_eq!(code, Some(0));
 }
 
 /// Security invariant: neither the CI token nor the minted token ever reaches the log.
 #[test]
 fn decisions_are_logged_as_json_lines_without_tokens() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tokenmint"))
-        .args([
-            "serve",
-            "--dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start tokenmint");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut lines = Vec::new();
-    let listen = loop {
-        let line = rx
-            .recv_timeout(std::time::Duration::from_secs(30))
-            .expect("a serving log line");
-        lines.push(line.clone());
-        if line.contains("tokenmint is serving") {
-            let log: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
-            break log["listen"].as_str().expect("listen").to_owned();
-        }
-    };
+    let process = DevProcess::start();
+    let listen = process.listen.clone();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let (ci_token, access_token) = runtime.block_on(async {
         let client = reqwest::Client::new();
@@ -240,13 +249,8 @@ fn decisions_are_logged_as_json_lines_without_tokens() {
             .to_owned();
         (ci_token, access)
     });
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    assert_eq!(child.wait().expect("wait").code(), Some(0));
-    lines.extend(rx.iter());
+    let (code, lines) = process.terminate();
+    assert_eq!(code, Some(0));
 
     let decisions: Vec<serde_json::Value> = lines
         .iter()
