@@ -18,7 +18,7 @@ use crate::audit::{AuditRecord, Outcome};
 use crate::config::{IssuerKind, ReplayMode, TargetConfig};
 use crate::mint::{Grant, LocalSigner, Minter};
 use crate::policy::{ConditionOutcome, PolicySet, Selection};
-use crate::store::{ReplayKey, Reservation, Store, StoreError};
+use crate::store::{ReplayKey, Reservation, ReservationId, Store, StoreError};
 use crate::verify::{VerifiedToken, Verifier, VerifyError, token_sha256};
 
 pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
@@ -131,14 +131,15 @@ fn bounded(text: &str) -> String {
 /// that never returned a token never uses the CI token up.
 struct ReplayGuard {
     store: Arc<dyn Store>,
-    key: Option<ReplayKey>,
+    /// The reserved key and our hold on it; `None` once settled.
+    key: Option<(ReplayKey, ReservationId)>,
 }
 
 impl ReplayGuard {
     /// Marks the key used; the guard stays armed until [`ReplayGuard::disarm`].
     async fn consume(&self) -> Result<(), StoreError> {
         match &self.key {
-            Some(key) => self.store.consume(key).await,
+            Some((key, holder)) => self.store.consume(key, holder).await,
             None => Ok(()),
         }
     }
@@ -150,8 +151,8 @@ impl ReplayGuard {
 
     /// Releases the key; if that fails (or is cancelled), the drop tries once more.
     async fn release(mut self) {
-        if let Some(key) = self.key.clone() {
-            match self.store.release(&key).await {
+        if let Some((key, holder)) = self.key.clone() {
+            match self.store.release(&key, &holder).await {
                 Ok(()) => self.key = None,
                 Err(err) => {
                     tracing::error!(error = %err, "replay reservation could not be released; retrying in the background");
@@ -163,11 +164,11 @@ impl ReplayGuard {
 
 impl Drop for ReplayGuard {
     fn drop(&mut self) {
-        if let Some(key) = self.key.take() {
+        if let Some((key, holder)) = self.key.take() {
             let store = self.store.clone();
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(async move {
-                    let _ = store.release(&key).await;
+                    let _ = store.release(&key, &holder).await;
                 });
             }
         }
@@ -297,9 +298,9 @@ impl Exchanger {
     ) -> Result<ReplayGuard, ExchangeError> {
         let keep_until = replay_keep_until(verified.expires_at, verified.leeway);
         match self.store.reserve(&verified.replay_key, keep_until).await {
-            Ok(Reservation::Reserved) => Ok(ReplayGuard {
+            Ok(Reservation::Reserved(holder)) => Ok(ReplayGuard {
                 store: self.store.clone(),
-                key: Some(verified.replay_key.clone()),
+                key: Some((verified.replay_key.clone(), holder)),
             }),
             Ok(Reservation::AlreadyUsed) => {
                 out.record.reason = "token_replayed".to_owned();

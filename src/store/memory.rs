@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use super::{ReplayKey, Reservation, Store, StoreError};
+use super::{ReplayKey, Reservation, ReservationId, Store, StoreError};
 use crate::audit::AuditRecord;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,9 +15,15 @@ enum ReplayState {
     Used,
 }
 
+struct ReplayRecord {
+    state: ReplayState,
+    until: OffsetDateTime,
+    holder: ReservationId,
+}
+
 #[derive(Default)]
 struct Inner {
-    replay: HashMap<ReplayKey, (ReplayState, OffsetDateTime)>,
+    replay: HashMap<ReplayKey, ReplayRecord>,
     audit: VecDeque<AuditRecord>,
     /// Reservations since the last sweep of expired replay records.
     since_sweep: usize,
@@ -62,40 +68,55 @@ impl Store for MemoryStore {
         inner.since_sweep += 1;
         if inner.since_sweep >= SWEEP_EVERY {
             inner.since_sweep = 0;
-            inner.replay.retain(|_, (_, until)| *until > now);
+            inner.replay.retain(|_, record| record.until > now);
         }
         match inner.replay.get(key) {
-            Some((state, until)) if *until > now => Ok(match state {
+            Some(record) if record.until > now => Ok(match record.state {
                 ReplayState::Used => Reservation::AlreadyUsed,
                 ReplayState::Reserved => Reservation::InUse,
             }),
             _ => {
-                inner
-                    .replay
-                    .insert(key.clone(), (ReplayState::Reserved, keep_until));
-                Ok(Reservation::Reserved)
+                let holder = ReservationId::new();
+                inner.replay.insert(
+                    key.clone(),
+                    ReplayRecord {
+                        state: ReplayState::Reserved,
+                        until: keep_until,
+                        holder: holder.clone(),
+                    },
+                );
+                Ok(Reservation::Reserved(holder))
             }
         }
     }
 
-    async fn consume(&self, key: &ReplayKey) -> Result<(), StoreError> {
+    async fn consume(&self, key: &ReplayKey, holder: &ReservationId) -> Result<(), StoreError> {
         let mut inner = self.lock()?;
         match inner.replay.get_mut(key) {
-            Some((state, _)) => {
-                *state = ReplayState::Used;
+            Some(record) if record.holder == *holder => {
+                record.state = ReplayState::Used;
                 Ok(())
             }
-            None => Err(StoreError(format!("replay key {key:?} was not reserved"))),
+            _ => Err(StoreError(format!(
+                "replay key {key:?} is not reserved by this request"
+            ))),
         }
     }
 
-    async fn release(&self, key: &ReplayKey) -> Result<(), StoreError> {
-        self.lock()?.replay.remove(key);
+    async fn release(&self, key: &ReplayKey, holder: &ReservationId) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        if inner
+            .replay
+            .get(key)
+            .is_some_and(|record| record.holder == *holder)
+        {
+            inner.replay.remove(key);
+        }
         Ok(())
     }
 
     async fn replay_expiry(&self, key: &ReplayKey) -> Result<Option<OffsetDateTime>, StoreError> {
-        Ok(self.lock()?.replay.get(key).map(|(_, until)| *until))
+        Ok(self.lock()?.replay.get(key).map(|record| record.until))
     }
 
     async fn append_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
@@ -128,35 +149,59 @@ mod tests {
         }
     }
 
+    async fn reserved(
+        store: &MemoryStore,
+        key: &ReplayKey,
+        until: OffsetDateTime,
+    ) -> ReservationId {
+        match store.reserve(key, until).await.expect("reserve") {
+            Reservation::Reserved(holder) => holder,
+            other => panic!("expected a reservation, got {other:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn a_reservation_is_exclusive_until_released_or_consumed() {
         let store = MemoryStore::new();
         let until = OffsetDateTime::now_utc() + Duration::minutes(5);
-        assert_eq!(
-            store.reserve(&key("a"), until).await.expect("reserve"),
-            Reservation::Reserved
-        );
+        let first = reserved(&store, &key("a"), until).await;
         assert_eq!(
             store.reserve(&key("a"), until).await.expect("reserve"),
             Reservation::InUse
         );
-        store.release(&key("a")).await.expect("release");
-        assert_eq!(
-            store.reserve(&key("a"), until).await.expect("reserve"),
-            Reservation::Reserved
-        );
-        store.consume(&key("a")).await.expect("consume");
+        store.release(&key("a"), &first).await.expect("release");
+        let second = reserved(&store, &key("a"), until).await;
+        store.consume(&key("a"), &second).await.expect("consume");
         assert_eq!(
             store.reserve(&key("a"), until).await.expect("reserve"),
             Reservation::AlreadyUsed
         );
         store
-            .release(&key("a"))
+            .release(&key("a"), &second)
             .await
             .expect("release undoes a consumption whose token was withheld");
+        reserved(&store, &key("a"), until).await;
+    }
+
+    #[tokio::test]
+    async fn only_the_holder_can_consume_or_release() {
+        let store = MemoryStore::new();
+        let until = OffsetDateTime::now_utc() + Duration::minutes(5);
+        let stale = reserved(&store, &key("c"), until).await;
+        store.release(&key("c"), &stale).await.expect("release");
+        let holder = reserved(&store, &key("c"), until).await;
+        // A late release or consume by the earlier holder changes nothing.
+        store.release(&key("c"), &stale).await.expect("no-op");
+        assert!(store.consume(&key("c"), &stale).await.is_err());
         assert_eq!(
-            store.reserve(&key("a"), until).await.expect("reserve"),
-            Reservation::Reserved
+            store.reserve(&key("c"), until).await.expect("reserve"),
+            Reservation::InUse
+        );
+        store.consume(&key("c"), &holder).await.expect("consume");
+        store.release(&key("c"), &stale).await.expect("no-op");
+        assert_eq!(
+            store.reserve(&key("c"), until).await.expect("reserve"),
+            Reservation::AlreadyUsed
         );
     }
 
@@ -164,12 +209,9 @@ mod tests {
     async fn an_expired_record_no_longer_blocks() {
         let store = MemoryStore::new();
         let past = OffsetDateTime::now_utc() - Duration::seconds(1);
-        store.reserve(&key("b"), past).await.expect("reserve");
-        store.consume(&key("b")).await.expect("consume");
+        let holder = reserved(&store, &key("b"), past).await;
+        store.consume(&key("b"), &holder).await.expect("consume");
         let until = OffsetDateTime::now_utc() + Duration::minutes(5);
-        assert_eq!(
-            store.reserve(&key("b"), until).await.expect("reserve"),
-            Reservation::Reserved
-        );
+        reserved(&store, &key("b"), until).await;
     }
 }

@@ -19,11 +19,28 @@ pub struct ReplayKey {
     pub id: String,
 }
 
+/// Who holds a reservation: [`Store::consume`] and [`Store::release`] act only for the
+/// holder, so a late release can never undo another request's reservation or success.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservationId(pub String);
+
+impl ReservationId {
+    pub fn new() -> Self {
+        Self(uuid::Uuid::new_v4().simple().to_string())
+    }
+}
+
+impl Default for ReservationId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// The answer to a reservation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reservation {
-    /// Ours now; call [`Store::consume`] once a token was handed out, else [`Store::release`].
-    Reserved,
+    /// Ours now; call [`Store::consume`] once a token is handed out, else [`Store::release`].
+    Reserved(ReservationId),
     /// An earlier exchange returned a token for this CI token.
     AlreadyUsed,
     /// Another request holds the reservation right now.
@@ -44,11 +61,12 @@ pub trait Store: Send + Sync + 'static {
         key: &ReplayKey,
         keep_until: OffsetDateTime,
     ) -> Result<Reservation, StoreError>;
-    /// Marks a reserved key as used: the CI token bought its access token.
-    async fn consume(&self, key: &ReplayKey) -> Result<(), StoreError>;
-    /// Forgets a reservation (or a consumption) whose exchange did not hand out a token.
-    /// Only the request that reserved the key calls this.
-    async fn release(&self, key: &ReplayKey) -> Result<(), StoreError>;
+    /// Marks a key reserved by `holder` as used: the CI token bought its access token.
+    /// Fails if `holder` no longer holds it.
+    async fn consume(&self, key: &ReplayKey, holder: &ReservationId) -> Result<(), StoreError>;
+    /// Forgets a reservation (or a consumption) whose exchange did not hand out a token;
+    /// a no-op unless `holder` holds the key.
+    async fn release(&self, key: &ReplayKey, holder: &ReservationId) -> Result<(), StoreError>;
     /// When a used or reserved key will be forgotten, if it is known.
     async fn replay_expiry(&self, key: &ReplayKey) -> Result<Option<OffsetDateTime>, StoreError>;
     /// Appends one audit record; it must be durable when this returns.

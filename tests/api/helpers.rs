@@ -459,15 +459,17 @@ impl Store for SlowStore {
     async fn consume(
         &self,
         key: &tokenmint::store::ReplayKey,
+        holder: &tokenmint::store::ReservationId,
     ) -> Result<(), tokenmint::store::StoreError> {
         tokio::time::sleep(self.delay).await;
-        self.inner.consume(key).await
+        self.inner.consume(key, holder).await
     }
     async fn release(
         &self,
         key: &tokenmint::store::ReplayKey,
+        holder: &tokenmint::store::ReservationId,
     ) -> Result<(), tokenmint::store::StoreError> {
-        self.inner.release(key).await
+        self.inner.release(key, holder).await
     }
     async fn replay_expiry(
         &self,
