@@ -146,7 +146,17 @@ async fn parse(
     let body: Body = request.into_body();
     let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
-        .map_err(|_| too_large())?;
+        .map_err(|err| {
+            let over_limit = err
+                .into_inner()
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
+            if over_limit {
+                too_large()
+            } else {
+                TokenError::invalid_request("the request body could not be read")
+            }
+        })?;
     // Row 3.
     let media = content_type
         .as_deref()

@@ -341,3 +341,25 @@ async fn the_grant_type_is_checked_before_the_shape_of_other_fields() {
         .expect("request");
     assert_eq!(app.request(big).await.status, 413);
 }
+
+#[tokio::test]
+async fn a_body_that_cannot_be_read_is_invalid_request_not_413() {
+    let (_fake, app) = github_app().await;
+    let chunks: Vec<Result<&'static [u8], std::io::Error>> = vec![
+        Ok(b"grant_type=".as_slice()),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "client went away",
+        )),
+    ];
+    let request = Request::post("/token")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from_stream(futures_util::stream::iter(chunks)))
+        .expect("request");
+    assert_error(
+        &app.request(request).await,
+        400,
+        "invalid_request",
+        "the request body could not be read",
+    );
+}
