@@ -215,8 +215,11 @@ fn policy_check(
     let dir = dir.unwrap_or_else(|| config.policies.dir.clone());
     let policies = match service::load_policies(&config, &dir) {
         Ok(policies) => policies,
-        Err(err) => {
-            eprintln!("{err}");
+        Err(errors) => {
+            // `policy check` lists one error per line, for editors and CI annotations.
+            for error in &errors {
+                eprintln!("{error}");
+            }
             return Ok(ExitCode::from(1));
         }
     };

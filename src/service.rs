@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use arc_swap::ArcSwap;
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
@@ -75,14 +75,15 @@ pub fn policy_context(config: &Config) -> PolicyContext {
 }
 
 /// Loads the policy directory; every error is one line naming file, line and field.
-pub fn load_policies(config: &Config, dir: &Path) -> anyhow::Result<PolicySet> {
+pub fn load_policies(config: &Config, dir: &Path) -> Result<PolicySet, Vec<String>> {
     if !dir.is_dir() {
-        bail!("policies directory {} does not exist", dir.display());
+        return Err(vec![format!(
+            "policies directory {} does not exist",
+            dir.display()
+        )]);
     }
-    policy::load_dir(dir, &policy_context(config)).map_err(|errors| {
-        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        anyhow::anyhow!("{} policy error(s):\n{}", lines.len(), lines.join("\n"))
-    })
+    policy::load_dir(dir, &policy_context(config))
+        .map_err(|errors| errors.iter().map(ToString::to_string).collect())
 }
 
 /// The configuration of dev mode, for a listener bound at `listen`.
@@ -200,7 +201,10 @@ impl Service {
 
         let policies = Arc::new(ArcSwap::from_pointee(match &dev {
             Some(_) => dev_policies(&config)?,
-            None => load_policies(&config, &config.policies.dir)?,
+            // `serve` reports every policy error on its one line.
+            None => load_policies(&config, &config.policies.dir).map_err(|errors| {
+                anyhow::anyhow!("{} policy error(s): {}", errors.len(), errors.join("; "))
+            })?,
         }));
 
         let client = http_client().context("building the HTTP client for issuer keys")?;

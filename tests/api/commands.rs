@@ -113,3 +113,40 @@ fn keys_rotate_waits_for_min_publish_unless_forced() {
         "{stdout}"
     );
 }
+
+#[test]
+fn serve_with_a_broken_policy_prints_one_line_and_exits_1() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(
+        dir.path(),
+        &[
+            (
+                "a.yaml",
+                "issuer: github\ntarget: internal-api\nscopes: [read]\nclaims:\n  repository: acme/app\n",
+            ),
+            (
+                "b.yaml",
+                "issuer: nope\ntarget: internal-api\nscopes: [read]\nclaims:\n  repository_id: \"1\"\n",
+            ),
+        ],
+    );
+    let (code, _, stderr) = run(dir.path(), &["serve", "--listen", "127.0.0.1:0"]);
+    assert_eq!(code, 1);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("tokenmint: 2 policy error(s): ./policies/a.yaml:"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("; ./policies/b.yaml:1: issuer: "),
+        "{stderr}"
+    );
+
+    let (code, _, stderr) = run(dir.path(), &["policy", "check"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        stderr.lines().count(),
+        2,
+        "policy check lists one error per line: {stderr}"
+    );
+}
