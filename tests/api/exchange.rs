@@ -22,14 +22,18 @@ claims:
   ref: refs/heads/main
 "#;
 
-pub async fn github_app() -> (FakeIssuer, TestApp) {
-    let fake = FakeIssuer::start(Shape::Github).await;
-    let app = AppBuilder::new()
-        .github("github", &fake)
+/// The standard set-up: issuer `github` served by `fake` (plus `issuer_extra` TOML
+/// lines), target `internal-api`, policy `deploy-api`.
+pub fn deploy_builder(fake: &FakeIssuer, issuer_extra: &str) -> AppBuilder {
+    AppBuilder::new()
+        .issuer("github", "github", fake, issuer_extra)
         .config(LOCAL_TARGET)
         .policy("deploy-api.yaml", DEPLOY_POLICY)
-        .spawn()
-        .await;
+}
+
+pub async fn github_app() -> (FakeIssuer, TestApp) {
+    let fake = FakeIssuer::start(Shape::Github).await;
+    let app = deploy_builder(&fake, "").spawn().await;
     (fake, app)
 }
 

@@ -1,17 +1,12 @@
 //! Issuer key rotation and removal as seen through the exchange.
 
-use crate::exchange::{DEPLOY_POLICY, LOCAL_TARGET};
+use crate::exchange::deploy_builder;
 use crate::helpers::*;
 
 #[tokio::test]
 async fn a_new_issuer_key_is_found_and_a_removed_one_stops_working() {
     let fake = FakeIssuer::start(Shape::Github).await;
-    let app = AppBuilder::new()
-        .issuer("github", "github", &fake, "jwks_refresh = \"1h\"")
-        .config(LOCAL_TARGET)
-        .policy("deploy-api.yaml", DEPLOY_POLICY)
-        .spawn()
-        .await;
+    let app = deploy_builder(&fake, "jwks_refresh = \"1h\"").spawn().await;
     assert_eq!(
         app.exchange(&fake.token("github-push-main"), "internal-api", &[])
             .await
@@ -48,15 +43,7 @@ async fn a_new_issuer_key_is_found_and_a_removed_one_stops_working() {
 #[tokio::test]
 async fn an_issuer_whose_keys_cannot_be_fetched_fails_closed_with_503() {
     let fake = FakeIssuer::start(Shape::Github).await;
-    let app = AppBuilder::new()
-        .issuer(
-            "github",
-            "github",
-            &fake,
-            "jwks_uri = \"http://127.0.0.1:9/jwks\"",
-        )
-        .config(LOCAL_TARGET)
-        .policy("deploy-api.yaml", DEPLOY_POLICY)
+    let app = deploy_builder(&fake, "jwks_uri = \"http://127.0.0.1:9/jwks\"")
         .spawn()
         .await;
     let answer = app
@@ -77,12 +64,7 @@ async fn an_issuer_whose_keys_cannot_be_fetched_fails_closed_with_503() {
 #[tokio::test]
 async fn a_running_service_picks_up_a_local_key_rotation() {
     let fake = FakeIssuer::start(Shape::Github).await;
-    let app = AppBuilder::new()
-        .github("github", &fake)
-        .config(LOCAL_TARGET)
-        .policy("deploy-api.yaml", DEPLOY_POLICY)
-        .spawn()
-        .await;
+    let app = deploy_builder(&fake, "").spawn().await;
     let before = app.get("/.well-known/jwks.json").await.body["keys"].clone();
     let kids = |keys: &serde_json::Value| -> Vec<String> {
         keys.as_array()

@@ -2,16 +2,13 @@
 
 use std::time::Duration;
 
-use crate::exchange::{DEPLOY_POLICY, LOCAL_TARGET};
+use crate::exchange::{DEPLOY_POLICY, deploy_builder};
 use crate::helpers::*;
 
 async fn app(max_stale: &str) -> (FakeIssuer, TestApp) {
     let fake = FakeIssuer::start(Shape::Github).await;
-    let app = AppBuilder::new()
-        .github("github", &fake)
-        .config(LOCAL_TARGET)
+    let app = deploy_builder(&fake, "")
         .policies_config(&format!("max_stale = \"{max_stale}\""))
-        .policy("deploy-api.yaml", DEPLOY_POLICY)
         .spawn()
         .await;
     (fake, app)

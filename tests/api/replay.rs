@@ -87,10 +87,7 @@ async fn tokens_without_jti_are_remembered_by_their_signing_input() {
 #[tokio::test]
 async fn replay_allow_lets_a_token_be_exchanged_again() {
     let fake = FakeIssuer::start(Shape::Github).await;
-    let app = AppBuilder::new()
-        .issuer("github", "github", &fake, "replay = \"allow\"")
-        .config(crate::exchange::LOCAL_TARGET)
-        .policy("deploy-api.yaml", crate::exchange::DEPLOY_POLICY)
+    let app = crate::exchange::deploy_builder(&fake, "replay = \"allow\"")
         .spawn()
         .await;
     let token = fake.token("github-push-main");
@@ -134,10 +131,7 @@ async fn replay_record_outlives_token_expiry_plus_leeway() {
 
 async fn slow_app(delay_ms: u64) -> (FakeIssuer, TestApp) {
     let fake = FakeIssuer::start(Shape::Github).await;
-    let app = AppBuilder::new()
-        .github("github", &fake)
-        .config(crate::exchange::LOCAL_TARGET)
-        .policy("deploy-api.yaml", crate::exchange::DEPLOY_POLICY)
+    let app = crate::exchange::deploy_builder(&fake, "")
         .store(std::sync::Arc::new(SlowStore {
             inner: tokenmint::store::MemoryStore::new(),
             delay: std::time::Duration::from_millis(delay_ms),

@@ -270,10 +270,7 @@ async fn an_unknown_kid_is_rejected_after_one_refetch() {
 #[tokio::test]
 async fn unknown_kids_within_the_cooldown_do_not_reach_the_issuer() {
     let fake = FakeIssuer::start(Shape::Github).await;
-    let app = AppBuilder::new()
-        .issuer("github", "github", &fake, "jwks_refetch_cooldown = \"1h\"")
-        .config(crate::exchange::LOCAL_TARGET)
-        .policy("deploy-api.yaml", crate::exchange::DEPLOY_POLICY)
+    let app = crate::exchange::deploy_builder(&fake, "jwks_refetch_cooldown = \"1h\"")
         .spawn()
         .await;
     assert_eq!(
