@@ -70,10 +70,6 @@ impl LocalSigner {
         self.ring.store(Arc::new(ring));
     }
 
-    pub fn ring(&self) -> Arc<KeyRing> {
-        self.ring.load_full()
-    }
-
     /// The published JWKS: the ring's keys plus every fixed key.
     pub fn jwks(&self, now: OffsetDateTime) -> Value {
         let mut document = self.ring.load().jwks(now);

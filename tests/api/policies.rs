@@ -16,6 +16,20 @@ async fn app_with(policies: &[(&str, &str)]) -> (FakeIssuer, TestApp) {
     (fake.clone(), builder.spawn().await)
 }
 
+/// The error of a service that refuses to start because of the policy `yaml` in `file`.
+async fn load_error(file: &str, yaml: &str) -> String {
+    let fake = FakeIssuer::start(Shape::Github).await;
+    AppBuilder::new()
+        .github("github", &fake)
+        .config(LOCAL_TARGET)
+        .policy(file, yaml)
+        .try_spawn()
+        .await
+        .err()
+        .expect("load error")
+        .to_string()
+}
+
 fn token_with(fake: &FakeIssuer, fixture: &str, changes: &[(&str, Value)]) -> String {
     let mut claims = fake.claims(fixture);
     for (name, value) in changes {
@@ -252,27 +266,13 @@ scopes: [read]
 claims:
   repository: acme/identity-config
 "#;
-    let fake = FakeIssuer::start(Shape::Github).await;
-    let err = AppBuilder::new()
-        .github("github", &fake)
-        .config(LOCAL_TARGET)
-        .policy("by-name.yaml", unbound)
-        .try_spawn()
-        .await
-        .err()
-        .expect("load error");
-    let text = err.to_string();
+    let text = load_error("by-name.yaml", unbound).await;
     assert!(text.contains("by-name.yaml"), "{text}");
     assert!(text.contains("repository_id"), "{text}");
     assert!(text.contains("unbound: true"), "{text}");
 
     let escaped = format!("{unbound}unbound: true\n");
-    let app = AppBuilder::new()
-        .github("github", &fake)
-        .config(LOCAL_TARGET)
-        .policy("by-name.yaml", &escaped)
-        .spawn()
-        .await;
+    let (fake, app) = app_with(&[("by-name.yaml", &escaped)]).await;
     let answer = app
         .exchange(&fake.token("github-push-main"), "internal-api", &[])
         .await;
@@ -354,16 +354,7 @@ claims:
   repository_id: "89012345"
   ref: { regex: 'refs/heads/main)|(.*' }
 "#;
-    let fake = FakeIssuer::start(Shape::Github).await;
-    let err = AppBuilder::new()
-        .github("github", &fake)
-        .config(LOCAL_TARGET)
-        .policy("smuggled.yaml", policy)
-        .try_spawn()
-        .await
-        .err()
-        .expect("load error");
-    let text = err.to_string();
+    let text = load_error("smuggled.yaml", policy).await;
     assert!(text.contains("smuggled.yaml:7"), "{text}");
     assert!(text.contains("claims.ref"), "{text}");
 }
