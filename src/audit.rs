@@ -19,6 +19,9 @@ pub enum Outcome {
     Error,
     /// A remote target is being called.
     Pending,
+    /// `tokenmint doctor` requested a token from a remote target to check it; the token
+    /// was never printed or handed out.
+    Doctor,
 }
 
 impl Outcome {
@@ -28,6 +31,7 @@ impl Outcome {
             Outcome::Deny => "deny",
             Outcome::Error => "error",
             Outcome::Pending => "pending",
+            Outcome::Doctor => "doctor",
         }
     }
 }
@@ -72,6 +76,8 @@ pub struct AuditRecord {
     pub token_jti: Option<String>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub expires_at: Option<OffsetDateTime>,
+    /// The token was handed out before, to an identical request (`reuse_tokens`).
+    pub reused: bool,
     pub client_ip: Option<String>,
     pub user_agent: Option<String>,
     /// Policies in `mode: audit` that would have allowed this request.
@@ -116,6 +122,7 @@ impl AuditRecord {
             token_sha256: None,
             token_jti: None,
             expires_at: None,
+            reused: false,
             client_ip: None,
             user_agent: None,
             would_allow: Vec::new(),
@@ -132,6 +139,7 @@ impl AuditRecord {
         self.token_sha256 = None;
         self.token_jti = None;
         self.expires_at = None;
+        self.reused = false;
     }
 
     /// Copies the job's identifying claims; GitLab's `project_path` fills `repository`
@@ -167,6 +175,26 @@ impl AuditRecord {
         self.pipeline_id = text("pipeline_id");
         self.job_id = text("job_id");
     }
+}
+
+/// The decision log: one line per audit record, never a token (only its SHA-256).
+pub fn log_decision(record: &AuditRecord) {
+    tracing::info!(
+        request_id = %record.request_id,
+        outcome = record.outcome.as_str(),
+        reason = %record.reason,
+        issuer = record.issuer.as_deref().unwrap_or(""),
+        subject = record.subject.as_deref().unwrap_or(""),
+        repository = record.repository.as_deref().unwrap_or(""),
+        target = record.target.as_deref().unwrap_or(""),
+        policy = record.policy.as_deref().unwrap_or(""),
+        scope = record.scope.as_deref().unwrap_or(""),
+        token_sha256 = record.token_sha256.as_deref().unwrap_or(""),
+        token_jti = record.token_jti.as_deref().unwrap_or(""),
+        reused = record.reused,
+        detail = record.detail.as_deref().unwrap_or(""),
+        "exchange decided"
+    );
 }
 
 /// A claim as text: strings as they are, integers and booleans as their JSON text.

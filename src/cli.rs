@@ -38,6 +38,15 @@ enum Command {
     /// Manage the signing keys of local targets.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Check every issuer, the policies and every target; exit 1 on any failure.
+    Doctor {
+        /// Configuration file (default: ./tokenmint.toml if present).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Do not request tokens from remote targets (credentials are still loaded).
+        #[arg(long)]
+        no_mint: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -114,6 +123,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dir,
         }) => policy_check(config, strict, dir),
         Command::Keys(KeysCommand::Rotate { config, force }) => keys_rotate(config, force),
+        Command::Doctor { config, no_mint } => doctor(config, no_mint),
     }
 }
 
@@ -242,6 +252,24 @@ fn policy_check(
         policies.version()
     );
     Ok(if strict && warnings > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn doctor(config: Option<PathBuf>, no_mint: bool) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&ConfigSource {
+        file: config,
+        listen: None,
+    })?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    // The doctor's requests are audit records; until the persistent store lands they
+    // reach the decision log (stderr), which is the durable copy.
+    let store = Arc::new(crate::store::MemoryStore::new());
+    let report = runtime.block_on(crate::doctor::run(&config, !no_mint, store));
+    print!("{}", report.render());
+    Ok(if report.failed() {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS

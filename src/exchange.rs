@@ -2,6 +2,10 @@
 //!
 //! Invariants kept here:
 //! - a token is never returned unless its audit record has been written;
+//! - a remote target is called only after the CI token's replay key is reserved and a
+//!   `pending` audit record is written, so two requests with one CI token never both
+//!   reach it, and every call to it is on record (a cancelled request completes its
+//!   record as `cancelled`);
 //! - with `replay = "reject"`, only an exchange that returns a token uses the CI token up;
 //!   every refusal or failure after the reservation releases it;
 //! - policy content reaches only callers bound for the target (see [`Denial`]).
@@ -16,7 +20,7 @@ use time::OffsetDateTime;
 
 use crate::audit::{AuditRecord, Outcome};
 use crate::config::{IssuerKind, ReplayMode, TargetConfig};
-use crate::mint::{Grant, LocalSigner, Minter};
+use crate::mint::{Grant, LocalSigner, MintError, Minter};
 use crate::policy::{ConditionOutcome, PolicySet, Selection};
 use crate::store::{ReplayKey, Reservation, ReservationId, Store, StoreError};
 use crate::verify::{VerifiedToken, Verifier, VerifyError, token_sha256};
@@ -67,6 +71,9 @@ pub enum ExchangeError {
     AccessDenied(Denial),
     /// Row 10.
     InvalidScope(String),
+    /// Row 11: a remote target failed, refused, or answered with a token that must not be
+    /// handed out; operator-facing text, never the target's own words.
+    UpstreamFailed(String),
     /// Row 12: something on our side; safe external text, never internals.
     Unavailable {
         description: String,
@@ -107,8 +114,55 @@ pub struct Exchanger {
     pub signer: Arc<LocalSigner>,
 }
 
+/// The request's audit record as it is built, and whether a `pending` version of it is
+/// already in the store (then the final version completes it instead of appending).
 struct Outcomes {
     record: AuditRecord,
+    store: Arc<dyn Store>,
+    pending_written: bool,
+    /// The final version is written (or will never be: nothing pending).
+    settled: bool,
+}
+
+impl Outcomes {
+    /// Writes the final record: completes the pending one, or appends.
+    async fn write_final(&mut self) -> Result<(), StoreError> {
+        let written = if self.pending_written {
+            self.store.complete_audit(&self.record).await
+        } else {
+            self.store.append_audit(&self.record).await
+        };
+        self.settled = true;
+        written
+    }
+}
+
+impl Drop for Outcomes {
+    /// A request dropped while its remote call was pending (the caller went away):
+    /// complete its record so that it does not stay `pending` for ever.
+    fn drop(&mut self) {
+        if !self.pending_written || self.settled {
+            return;
+        }
+        let mut record = self.record.clone();
+        record.outcome = Outcome::Error;
+        record.reason = "cancelled".to_owned();
+        record.detail = Some(
+            "the request was cancelled while the target was called; no token was handed out"
+                .to_owned(),
+        );
+        record.token_sha256 = None;
+        record.token_jti = None;
+        record.expires_at = None;
+        let store = self.store.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(err) = store.complete_audit(&record).await {
+                    tracing::error!(request_id = %record.request_id, error = %err, "the cancelled request's audit record could not be completed");
+                }
+            });
+        }
+    }
 }
 
 /// Longest attacker-controlled text copied into an audit record or log field.
@@ -184,6 +238,9 @@ impl Exchanger {
     ) -> (Result<Issued, ExchangeError>, AuditRecord) {
         let mut out = Outcomes {
             record: AuditRecord::new(&request.request_id, now, Outcome::Deny, "unknown"),
+            store: self.store.clone(),
+            pending_written: false,
+            settled: false,
         };
         out.record.audience = Some(bounded(&request.audience));
         out.record.requested_scope = request.scope.as_ref().map(|s| bounded(&s.join(" ")));
@@ -196,14 +253,16 @@ impl Exchanger {
             }
             // Refusals are recorded here; the success path wrote its record before the
             // token could leave.
-            if let Err(store_err) = self.store.append_audit(&out.record).await {
+            if let Err(store_err) = out.write_final().await {
                 tracing::error!(request_id = %request.request_id, error = %store_err, "audit record could not be written");
                 if !matches!(err, ExchangeError::Unavailable { .. }) {
-                    return (Err(audit_unavailable()), out.record);
+                    out.settled = true;
+                    return (Err(audit_unavailable()), out.record.clone());
                 }
             }
         }
-        (result, out.record)
+        out.settled = true;
+        (result, out.record.clone())
     }
 
     async fn run(
@@ -276,7 +335,7 @@ impl Exchanger {
         }
         // The audit record is written before the token can leave. On failure the guard's
         // drop undoes the consumption: no token left, so the CI token is not used up.
-        if let Err(err) = self.store.append_audit(&out.record).await {
+        if let Err(err) = out.write_final().await {
             tracing::error!(request_id = %request.request_id, error = %err, "audit record could not be written; token withheld");
             if let Some(guard) = guard {
                 guard.release().await;
@@ -467,6 +526,9 @@ impl Exchanger {
         out.record.policy_sha256 = Some(policy.source_sha256().to_owned());
         out.record.decisions = vec![decision];
 
+        if target.minter.is_remote() {
+            self.write_pending(request, out).await?;
+        }
         let minted = target
             .minter
             .mint(
@@ -483,11 +545,20 @@ impl Exchanger {
             .await
             .map_err(|err| {
                 out.record.outcome = Outcome::Error;
-                out.record.reason = "mint_failed".to_owned();
+                out.record.reason = err.reason().to_owned();
                 out.record.detail = Some(err.to_string());
-                ExchangeError::Unavailable {
-                    description: "the token could not be minted; retry later".to_owned(),
-                    retry_after: 5,
+                match err {
+                    MintError::Upstream { public, .. } => ExchangeError::UpstreamFailed(public),
+                    MintError::RateLimited { retry_after, .. } => ExchangeError::Unavailable {
+                        description: format!(
+                            "target {target_name:?} is rate-limiting tokenmint; retry after {retry_after}s"
+                        ),
+                        retry_after,
+                    },
+                    MintError::NoKey(_) | MintError::Signing(_) => ExchangeError::Unavailable {
+                        description: "the token could not be minted; retry later".to_owned(),
+                        retry_after: 5,
+                    },
                 }
             })?;
 
@@ -498,6 +569,7 @@ impl Exchanger {
         out.record.token_sha256 = Some(token_sha256(minted.token.expose_secret()));
         out.record.token_jti = minted.jti.clone();
         out.record.expires_at = Some(minted.expires_at);
+        out.record.reused = minted.reused;
         let issued_token_type = match request.requested_token_type.as_deref() {
             Some(TOKEN_TYPE_JWT) => TOKEN_TYPE_JWT,
             _ => TOKEN_TYPE_ACCESS_TOKEN,
@@ -510,6 +582,27 @@ impl Exchanger {
             target: target_name.to_owned(),
             policy: policy.name().to_owned(),
         })
+    }
+
+    /// Records the request as `pending` before a remote target is called.
+    async fn write_pending(
+        &self,
+        request: &ExchangeRequest,
+        out: &mut Outcomes,
+    ) -> Result<(), ExchangeError> {
+        let mut pending = out.record.clone();
+        pending.outcome = Outcome::Pending;
+        pending.reason = "pending".to_owned();
+        pending.detail = Some("calling the target".to_owned());
+        if let Err(err) = self.store.append_audit(&pending).await {
+            tracing::error!(request_id = %request.request_id, error = %err, "pending audit record could not be written; the target is not called");
+            out.record.outcome = Outcome::Error;
+            out.record.reason = "audit_unavailable".to_owned();
+            out.record.detail = Some(err.to_string());
+            return Err(audit_unavailable());
+        }
+        out.pending_written = true;
+        Ok(())
     }
 
     fn resolve_target(&self, audience: &str) -> Option<&Target> {

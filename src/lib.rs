@@ -11,6 +11,7 @@ pub mod claims;
 pub mod cli;
 pub mod config;
 pub mod dev;
+pub mod doctor;
 pub mod exchange;
 pub mod http;
 pub mod json;

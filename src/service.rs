@@ -21,7 +21,7 @@ use crate::keystore::{
     FileKeySource, HttpKeySource, IssuerKeys, KeySource, KeystoreSettings, http_client,
 };
 use crate::metrics::Metrics;
-use crate::mint::{LocalMinter, LocalSigner, Minter};
+use crate::mint::{LocalMinter, LocalSigner, Minter, RemoteMinter};
 use crate::policy::{self, PolicyContext, PolicySet, TargetInfo, TargetKind};
 use crate::policy_reload::PolicyReloader;
 use crate::store::{MemoryStore, Store};
@@ -61,6 +61,7 @@ pub fn policy_context(config: &Config) -> PolicyContext {
             .map(|(name, t)| {
                 let kind = match t.kind {
                     TargetKindConfig::Local { .. } => TargetKind::Local,
+                    TargetKindConfig::Remote(_) => TargetKind::Remote,
                 };
                 (
                     name.clone(),
@@ -254,6 +255,9 @@ impl Service {
                     *algorithm,
                     target.max_ttl,
                 )),
+                TargetKindConfig::Remote(_) => {
+                    Arc::new(RemoteMinter::new(target).map_err(|err| anyhow::anyhow!("{err}"))?)
+                }
             };
             targets.insert(
                 target.name.clone(),
@@ -344,7 +348,7 @@ impl Service {
     }
 }
 
-fn keystore_settings(issuer: &IssuerConfig) -> KeystoreSettings {
+pub(crate) fn keystore_settings(issuer: &IssuerConfig) -> KeystoreSettings {
     KeystoreSettings {
         fetch_timeout: issuer.jwks_fetch_timeout,
         max_body_bytes: 256 * 1024,
@@ -368,7 +372,7 @@ pub fn ring_algorithms(targets: &BTreeMap<String, TargetConfig>) -> Vec<SigningA
                 algorithm,
                 signing_key_file: None,
             } => Some(*algorithm),
-            TargetKindConfig::Local { .. } => None,
+            TargetKindConfig::Local { .. } | TargetKindConfig::Remote(_) => None,
         })
         .collect();
     set.into_iter().collect()

@@ -3,6 +3,7 @@
 mod duration;
 mod issuer;
 mod raw;
+mod target;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -16,6 +17,10 @@ use url::Url;
 pub use duration::{HumanDuration, format_duration, parse_duration};
 pub use issuer::{IssuerKind, ReplayMode, infer_issuer_kind};
 pub use raw::parse_ci_algorithm;
+pub use target::{
+    AssertionAlgorithm, AudienceParam, ClientAuthConfig, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_REMOTE_TIMEOUT, RemoteProvider, RemoteTargetConfig, SecretMethod, SecretSource,
+};
 
 use crate::keys::SigningAlgorithm;
 
@@ -102,6 +107,18 @@ pub enum TargetKindConfig {
         /// A fixed key from a PEM file instead of generated, rotated keys.
         signing_key_file: Option<PathBuf>,
     },
+    /// An Auth0 tenant or OAuth2 server, called with the client-credentials grant.
+    Remote(Box<RemoteTargetConfig>),
+}
+
+impl TargetConfig {
+    /// The remote part of a remote target.
+    pub fn remote(&self) -> Option<&RemoteTargetConfig> {
+        match &self.kind {
+            TargetKindConfig::Remote(remote) => Some(remote.as_ref()),
+            TargetKindConfig::Local { .. } => None,
+        }
+    }
 }
 
 /// Where the configuration comes from.

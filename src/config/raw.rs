@@ -9,10 +9,8 @@ use serde::Deserialize;
 
 use super::{
     Config, ConfigError, HumanDuration, IssuerConfig, IssuerKind, KeysConfig, PoliciesConfig,
-    ReplayMode, ServerConfig, StorageConfig, TargetConfig, TargetKindConfig, check_https_url,
-    infer_issuer_kind,
+    ReplayMode, ServerConfig, StorageConfig, check_https_url, infer_issuer_kind,
 };
-use crate::keys::SigningAlgorithm;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,7 +26,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     issuers: BTreeMap<String, RawIssuer>,
     #[serde(default)]
-    targets: BTreeMap<String, RawTarget>,
+    targets: BTreeMap<String, super::target::RawTarget>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -181,23 +179,6 @@ fn default_jwks_refetch_cooldown() -> HumanDuration {
 }
 fn default_jwks_fetch_timeout() -> HumanDuration {
     HumanDuration::secs(5)
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTarget {
-    kind: String,
-    audience: Option<String>,
-    #[serde(default = "yes")]
-    match_audience_url: bool,
-    #[serde(default = "default_max_ttl")]
-    max_ttl: HumanDuration,
-    algorithm: Option<String>,
-    signing_key_file: Option<PathBuf>,
-}
-
-fn default_max_ttl() -> HumanDuration {
-    HumanDuration::secs(3600)
 }
 
 /// Algorithms a CI token may be signed with; `none` and HMAC can never be configured.
@@ -412,60 +393,13 @@ impl RawConfig {
         let mut targets = BTreeMap::new();
         let mut audiences: HashMap<String, Vec<(String, bool)>> = HashMap::new();
         for (name, raw) in self.targets {
-            let key = |field: &str| format!("targets.{name}.{field}");
             if !is_valid_target_name(&name) {
                 return Err(fail(
                     &format!("targets.{name}"),
                     "target names must match [a-z0-9][a-z0-9_-]{0,62}".to_owned(),
                 ));
             }
-            let target = match raw.kind.as_str() {
-                "local" => {
-                    let audience = raw.audience.ok_or_else(|| {
-                        fail(&key("audience"), "is required for local targets".to_owned())
-                    })?;
-                    if audience.trim().is_empty() {
-                        return Err(fail(&key("audience"), "must not be empty".to_owned()));
-                    }
-                    let algorithm = match raw.algorithm.as_deref() {
-                        None => SigningAlgorithm::ES256,
-                        Some(text) => text.parse::<SigningAlgorithm>().map_err(|_| {
-                            fail(
-                                &key("algorithm"),
-                                format!("{text:?} is not one of ES256, RS256, EdDSA"),
-                            )
-                        })?,
-                    };
-                    if raw.max_ttl.get() < Duration::from_secs(1) {
-                        return Err(fail(&key("max_ttl"), "must be at least 1s".to_owned()));
-                    }
-                    TargetConfig {
-                        name: name.clone(),
-                        audience,
-                        match_audience_url: raw.match_audience_url,
-                        max_ttl: raw.max_ttl.get(),
-                        kind: TargetKindConfig::Local {
-                            algorithm,
-                            signing_key_file: raw.signing_key_file,
-                        },
-                    }
-                }
-                "auth0" | "oauth2" => {
-                    return Err(fail(
-                        &key("kind"),
-                        format!(
-                            "{:?} targets are not available in this version; only \"local\" is",
-                            raw.kind
-                        ),
-                    ));
-                }
-                other => {
-                    return Err(fail(
-                        &key("kind"),
-                        format!("{other:?} is not a target kind; use \"local\""),
-                    ));
-                }
-            };
+            let target = raw.validate(&name, &fail)?;
             audiences
                 .entry(target.audience.clone())
                 .or_default()

@@ -108,6 +108,12 @@ impl From<ExchangeError> for TokenError {
                 text,
                 "invalid_scope",
             ),
+            ExchangeError::UpstreamFailed(description) => Self::new(
+                StatusCode::BAD_GATEWAY,
+                "temporarily_unavailable",
+                description,
+                "upstream_failed",
+            ),
             ExchangeError::Unavailable {
                 description,
                 retry_after,

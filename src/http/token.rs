@@ -65,20 +65,7 @@ pub async fn token(State(app): State<AppState>, request: Request) -> Response {
         .exchanger
         .exchange(&exchange_request, OffsetDateTime::now_utc())
         .await;
-    tracing::info!(
-        request_id = %record.request_id,
-        outcome = record.outcome.as_str(),
-        reason = %record.reason,
-        issuer = record.issuer.as_deref().unwrap_or(""),
-        subject = record.subject.as_deref().unwrap_or(""),
-        repository = record.repository.as_deref().unwrap_or(""),
-        target = record.target.as_deref().unwrap_or(""),
-        policy = record.policy.as_deref().unwrap_or(""),
-        scope = record.scope.as_deref().unwrap_or(""),
-        token_sha256 = record.token_sha256.as_deref().unwrap_or(""),
-        detail = record.detail.as_deref().unwrap_or(""),
-        "exchange decided"
-    );
+    crate::audit::log_decision(&record);
     app.metrics.exchange(
         record.outcome.as_str(),
         &record.reason,

@@ -203,6 +203,7 @@ impl Minter for LocalMinter {
             expires_at: OffsetDateTime::from_unix_timestamp(exp).unwrap_or(now),
             expires_in: ttl.as_secs(),
             scope,
+            reused: false,
         })
     }
 }

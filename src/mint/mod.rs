@@ -1,10 +1,11 @@
 //! Minting: turning a granted exchange into an access token for its target.
 //!
 //! Every target kind implements [`Minter`]; the exchange holds one per target as
-//! `Arc<dyn Minter>` and never knows which kind it talks to. This release has
-//! [`LocalMinter`] (tokenmint signs); remote targets (Auth0, OAuth2) implement the same trait.
+//! `Arc<dyn Minter>` and never knows which kind it talks to: [`LocalMinter`] signs
+//! tokens itself, [`RemoteMinter`] obtains them from an Auth0 tenant or OAuth2 server.
 
 pub mod local;
+pub mod remote;
 
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use time::OffsetDateTime;
 
 use crate::claims::VerifiedClaims;
 pub use local::{LocalMinter, LocalSigner};
+pub use remote::RemoteMinter;
 
 /// What a policy granted, as a minter needs it.
 #[derive(Debug)]
@@ -40,6 +42,8 @@ pub struct MintedToken {
     pub expires_in: u64,
     /// The scope the token carries, space-separated.
     pub scope: String,
+    /// Handed out before, to an identical request (`reuse_tokens`).
+    pub reused: bool,
 }
 
 /// Why minting failed. `Display` is for logs and the audit record, never for the caller.
@@ -49,10 +53,38 @@ pub enum MintError {
     NoKey(crate::keys::SigningAlgorithm),
     #[error("signing failed: {0}")]
     Signing(String),
+    /// A remote target failed, refused, or answered with a token that must not be handed
+    /// out; `public` is the operator-facing text the caller sees.
+    #[error("{detail}")]
+    Upstream {
+        reason: &'static str,
+        public: String,
+        detail: String,
+    },
+    /// A remote target rate-limits us for longer than the exchange may wait.
+    #[error("rate limited, retry after {retry_after}s: {detail}")]
+    RateLimited { retry_after: u64, detail: String },
+}
+
+impl MintError {
+    /// The audit and metrics reason (a closed list).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            MintError::NoKey(_) | MintError::Signing(_) => "mint_failed",
+            MintError::Upstream { reason, .. } => reason,
+            MintError::RateLimited { .. } => "upstream_rate_limited",
+        }
+    }
 }
 
 /// Mints access tokens for one target.
 #[async_trait]
 pub trait Minter: Send + Sync + 'static {
+    /// Whether minting calls out to another service: the exchange then records the
+    /// request as pending before minting.
+    fn is_remote(&self) -> bool {
+        false
+    }
+
     async fn mint(&self, grant: &Grant<'_>, now: OffsetDateTime) -> Result<MintedToken, MintError>;
 }

@@ -128,6 +128,23 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn complete_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
+        let mut inner = self.lock()?;
+        let pending = inner.audit.iter_mut().rev().find(|r| {
+            r.request_id == record.request_id && r.outcome == crate::audit::Outcome::Pending
+        });
+        match pending {
+            Some(slot) => *slot = record.clone(),
+            None => {
+                if inner.audit.len() >= MAX_AUDIT_RECORDS {
+                    inner.audit.pop_front();
+                }
+                inner.audit.push_back(record.clone());
+            }
+        }
+        Ok(())
+    }
+
     async fn audit_records(&self) -> Result<Vec<AuditRecord>, StoreError> {
         Ok(self.lock()?.audit.iter().cloned().collect())
     }

@@ -71,6 +71,9 @@ pub trait Store: Send + Sync + 'static {
     async fn replay_expiry(&self, key: &ReplayKey) -> Result<Option<OffsetDateTime>, StoreError>;
     /// Appends one audit record; it must be durable when this returns.
     async fn append_audit(&self, record: &AuditRecord) -> Result<(), StoreError>;
+    /// Replaces the `pending` record of `record.request_id` by its final version; appends
+    /// `record` if no pending record of that request is held any more.
+    async fn complete_audit(&self, record: &AuditRecord) -> Result<(), StoreError>;
     /// Audit records in the order they were written.
     async fn audit_records(&self) -> Result<Vec<AuditRecord>, StoreError>;
     /// Whether the store can take writes (readiness).

@@ -118,6 +118,23 @@ impl<'a> UnverifiedToken<'a> {
     }
 }
 
+/// The claims of an access token a remote target issued to tokenmint, read to check
+/// the scope and lifetime it carries; `None` when the token is not a compact JWS with
+/// a JSON payload.
+///
+/// Nothing read here is trusted to grant anything: the token came from the target over
+/// TLS and is only handed on, and these claims can only make tokenmint refuse to hand it
+/// on (a wider scope, a longer life) or fill the audit record's `jti`.
+pub fn upstream_token_claims(token: &str) -> Option<Map<String, Value>> {
+    let mut parts = token.split('.');
+    let (Some(_header), Some(payload), Some(_signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    decode_object(payload).ok()
+}
+
 #[expect(
     clippy::disallowed_methods,
     reason = "this module is the one place that looks inside a token before verification"

@@ -483,6 +483,12 @@ impl Store for SlowStore {
     ) -> Result<(), tokenmint::store::StoreError> {
         self.inner.append_audit(record).await
     }
+    async fn complete_audit(
+        &self,
+        record: &tokenmint::audit::AuditRecord,
+    ) -> Result<(), tokenmint::store::StoreError> {
+        self.inner.complete_audit(record).await
+    }
     async fn audit_records(
         &self,
     ) -> Result<Vec<tokenmint::audit::AuditRecord>, tokenmint::store::StoreError> {
