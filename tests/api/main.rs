@@ -3,12 +3,16 @@
 mod commands;
 mod config;
 mod dev;
+mod doctor;
 mod errors;
 mod exchange;
+mod fake_auth0;
 mod helpers;
 mod issuer_keys;
 mod operations;
 mod policies;
 mod reload;
+mod remote;
+mod remote_config;
 mod replay;
 mod verification;

@@ -186,12 +186,24 @@ impl AssertionSigner {
         })?;
         let tag = block.tag().to_owned();
         let der = Zeroizing::new(block.into_contents());
+        let rejected = |format: &str, err: aws_lc_rs::error::KeyRejected| match err
+            .to_string()
+            .as_str()
+        {
+            "TooSmall" | "TooLarge" => format!(
+                "the RSA key's size is outside {MIN_RSA_BITS} to {MAX_RSA_BITS} bits, which private_key_jwt needs"
+            ),
+            other => format!(
+                "the {format} document is not a usable RSA private key ({other}); private_key_jwt needs an RSA key"
+            ),
+        };
         let key_pair = match tag.as_str() {
-            "PRIVATE KEY" => rsa::KeyPair::from_pkcs8(&der).map_err(|err| {
-                format!("the PKCS#8 document is not a usable RSA private key ({err}); private_key_jwt needs an RSA key")
-            })?,
-            "RSA PRIVATE KEY" => rsa::KeyPair::from_der(&der)
-                .map_err(|err| format!("the PKCS#1 document is not a usable RSA private key ({err})"))?,
+            "PRIVATE KEY" => {
+                rsa::KeyPair::from_pkcs8(&der).map_err(|err| rejected("PKCS#8", err))?
+            }
+            "RSA PRIVATE KEY" => {
+                rsa::KeyPair::from_der(&der).map_err(|err| rejected("PKCS#1", err))?
+            }
             other if other.contains("ENCRYPTED") => {
                 return Err("encrypted keys are not supported; decrypt it with `openssl pkcs8 -topk8 -nocrypt`".to_owned());
             }
@@ -205,7 +217,7 @@ impl AssertionSigner {
         let bits = key_pair.public_modulus_len() * 8;
         if !(MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits) {
             return Err(format!(
-                "the RSA key has {bits} bits; private_key_jwt needs {MIN_RSA_BITS} to {MAX_RSA_BITS}"
+                "the RSA key has {bits} bits, outside {MIN_RSA_BITS} to {MAX_RSA_BITS} bits, which private_key_jwt needs"
             ));
         }
         let public = rsa::PublicKeyComponents::<Vec<u8>>::from(key_pair.public_key());

@@ -1,0 +1,806 @@
+//! Auth0 and OAuth2 targets against the fake tenant: the request tokenmint sends, the
+//! checks on the tenant's answer, upstream faults, token reuse, and the audit trail.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+
+use crate::fake_auth0::*;
+use crate::helpers::*;
+use tokenmint::audit::Outcome;
+
+pub const CLIENT_ID: &str = "tmClient0123456789abcdefABCDEF01";
+
+pub const TENANT_POLICY: &str = r#"
+name: deploy-tenant
+issuer: github
+target: tenant-prod
+scopes: [read:clients, update:clients]
+claims:
+  repository_id: "89012345"
+  ref: refs/heads/main
+"#;
+
+/// The absolute path of a file in `tests/data/keys`.
+pub fn key_path(name: &str) -> String {
+    format!("{}/tests/data/keys/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `[targets.tenant-prod]`, an auth0 target on `tenant` with the PKCS#8 client key,
+/// plus `extra` lines (which may replace the credential: then pass `credential = false`).
+pub fn auth0_target(tenant: &FakeTenant, extra: &str) -> String {
+    let credential = if extra.contains("private_key_") || extra.contains("client_secret_") {
+        String::new()
+    } else {
+        format!("private_key_file = \"{}\"\n", key_path("auth0-client.pem"))
+    };
+    format!(
+        "[targets.tenant-prod]\nkind = \"auth0\"\ndomain = \"acme.eu.auth0.com\"\nbase_url = \"{}\"\nclient_id = \"{CLIENT_ID}\"\n{credential}{extra}\n",
+        tenant.base_url
+    )
+}
+
+/// Issuer `github`, the fake tenant with `setup`, target `tenant-prod` (+ `extra`), policy `deploy-tenant`.
+pub async fn tenant_app(setup: TenantSetup, extra: &str) -> (FakeIssuer, FakeTenant, TestApp) {
+    let fake = FakeIssuer::start(Shape::Github).await;
+    let tenant = FakeTenant::start(setup).await;
+    let app = AppBuilder::new()
+        .github("github", &fake)
+        .config(&auth0_target(&tenant, extra))
+        .policy("deploy-tenant.yaml", TENANT_POLICY)
+        .spawn()
+        .await;
+    (fake, tenant, app)
+}
+
+fn pkjwt() -> TenantSetup {
+    TenantSetup::private_key_jwt(CLIENT_ID, "auth0-client.pem", "RS256")
+}
+
+fn sha256_hex(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// Every request the tenant received passed its checks.
+fn assert_tenant_accepted_all(tenant: &FakeTenant) {
+    for request in tenant.requests() {
+        assert_eq!(request.rejected, None, "{request:?}");
+    }
+}
+
+/// The audit records of one request.
+async fn records_of(app: &TestApp, request_id: &str) -> Vec<tokenmint::audit::AuditRecord> {
+    app.audit()
+        .await
+        .into_iter()
+        .filter(|r| r.request_id == request_id)
+        .collect()
+}
+
+fn request_id(answer: &Answer) -> String {
+    answer.body["request_id"]
+        .as_str()
+        .expect("request_id")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn private_key_jwt_exchange_returns_the_tenant_token_unchanged() {
+    let (fake, tenant, app) = tenant_app(pkjwt(), "").await;
+    let answer = app
+        .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(answer.headers["cache-control"], "no-store");
+    let issued = tenant.issued();
+    assert_eq!(issued.len(), 1);
+    let request_id = request_id(&answer);
+    assert_eq!(
+        answer.body,
+        json!({
+            "access_token": issued[0].access_token,
+            "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
+            "token_type": "Bearer",
+            "expires_in": 600,
+            "scope": "read:clients update:clients",
+            "target": "tenant-prod",
+            "policy": "deploy-tenant",
+            "request_id": request_id,
+        })
+    );
+
+    // What the tenant received.
+    assert_tenant_accepted_all(&tenant);
+    let requests = tenant.requests();
+    assert_eq!(requests.len(), 1);
+    let sent = &requests[0];
+    assert_eq!(sent.field("grant_type"), Some("client_credentials"));
+    assert_eq!(sent.field("client_id"), Some(CLIENT_ID));
+    assert_eq!(sent.field("audience"), Some(MANAGEMENT_API));
+    assert_eq!(sent.field("scope"), Some("read:clients update:clients"));
+    assert_eq!(sent.field("client_assertion_type"), Some(JWT_BEARER));
+    assert_eq!(sent.field("client_secret"), None);
+    assert_eq!(sent.field("organization"), None);
+    assert_eq!(
+        sent.user_agent.as_deref(),
+        Some(
+            format!(
+                "tokenmint/{} (request {request_id})",
+                env!("CARGO_PKG_VERSION")
+            )
+            .as_str()
+        )
+    );
+    let header = sent.assertion_header.as_ref().expect("assertion header");
+    assert_eq!(
+        header,
+        &json!({"alg": "RS256", "typ": "JWT", "kid": client_key_thumbprint("auth0-client.pem")})
+    );
+    let claims = sent.assertion_claims.as_ref().expect("assertion claims");
+    assert_eq!(claims["iss"], CLIENT_ID);
+    assert_eq!(claims["sub"], CLIENT_ID);
+    assert_eq!(claims["aud"], format!("{}/", tenant.base_url));
+    assert_eq!(
+        claims["exp"].as_i64().expect("exp") - claims["iat"].as_i64().expect("iat"),
+        60
+    );
+    assert!(sent.assertion_len.expect("length") <= 2048);
+
+    // One audit record: the pending one, completed.
+    let records = records_of(&app, &request_id).await;
+    assert_eq!(records.len(), 1, "{records:?}");
+    let record = &records[0];
+    assert_eq!(record.outcome, Outcome::Allow);
+    assert_eq!(record.reason, "allowed");
+    assert_eq!(record.target.as_deref(), Some("tenant-prod"));
+    assert_eq!(record.policy.as_deref(), Some("deploy-tenant"));
+    assert_eq!(record.scope.as_deref(), Some("read:clients update:clients"));
+    assert_eq!(
+        record.token_sha256.as_deref(),
+        Some(sha256_hex(&issued[0].access_token).as_str())
+    );
+    assert_eq!(record.token_jti, None, "Auth0 tokens carry no jti");
+    assert!(!record.reused);
+    let expires_at = record.expires_at.expect("expires_at").unix_timestamp();
+    assert!((expires_at - now() - 600).abs() <= 2, "{expires_at}");
+}
+
+#[tokio::test]
+async fn a_requested_scope_is_the_scope_sent_to_the_tenant() {
+    let (fake, tenant, app) = tenant_app(pkjwt(), "").await;
+    let answer = app
+        .exchange(
+            &fake.token("github-push-main"),
+            "tenant-prod",
+            &[("scope", "read:clients")],
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(answer.body["scope"], "read:clients");
+    assert_eq!(tenant.requests()[0].field("scope"), Some("read:clients"));
+}
+
+#[tokio::test]
+async fn the_target_audience_url_selects_the_auth0_target() {
+    let (fake, tenant, app) = tenant_app(pkjwt(), "organization = \"org_abc123\"\n").await;
+    let answer = app
+        .exchange(&fake.token("github-push-main"), MANAGEMENT_API, &[])
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(answer.body["target"], "tenant-prod");
+    assert_eq!(
+        tenant.requests()[0].field("organization"),
+        Some("org_abc123")
+    );
+    assert_eq!(tenant.issued()[0].claims["org_id"], "org_abc123");
+}
+
+#[tokio::test]
+async fn rs384_ps256_and_pkcs1_keys_sign_accepted_assertions() {
+    for (alg, key) in [
+        ("RS384", "auth0-client-pkcs1.pem"),
+        ("PS256", "auth0-client.pem"),
+    ] {
+        let setup = TenantSetup::private_key_jwt(CLIENT_ID, key, alg);
+        let extra = format!(
+            "private_key_file = \"{}\"\nsigning_algorithm = \"{alg}\"\n",
+            key_path(key)
+        );
+        let (fake, tenant, app) = tenant_app(setup, &extra).await;
+        let answer = app
+            .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
+            .await;
+        assert_eq!(answer.status, 200, "{alg}: {}", answer.text);
+        assert_tenant_accepted_all(&tenant);
+        let header = tenant.requests()[0]
+            .assertion_header
+            .clone()
+            .expect("header");
+        assert_eq!(header["alg"], alg);
+        assert_eq!(header["kid"], client_key_thumbprint(key));
+    }
+}
+
+#[tokio::test]
+async fn client_secret_post_and_basic_authenticate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, "s3cr3t-value\n").expect("write secret");
+    for (setup, method) in [
+        (
+            TenantSetup::secret_post(CLIENT_ID, "s3cr3t-value"),
+            "client_secret_post",
+        ),
+        (
+            TenantSetup::secret_basic(CLIENT_ID, "s3cr3t-value"),
+            "client_secret_basic",
+        ),
+    ] {
+        let extra = format!(
+            "client_secret_file = \"{}\"\nauth_method = \"{method}\"\n",
+            secret_file.display()
+        );
+        let (fake, tenant, app) = tenant_app(setup, &extra).await;
+        let answer = app
+            .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
+            .await;
+        assert_eq!(answer.status, 200, "{method}: {}", answer.text);
+        assert_tenant_accepted_all(&tenant);
+        let sent = &tenant.requests()[0];
+        assert_eq!(sent.field("client_assertion"), None);
+        match method {
+            "client_secret_post" => {
+                assert_eq!(sent.field("client_secret"), Some("s3cr3t-value"));
+                assert_eq!(sent.authorization, None);
+            }
+            _ => {
+                assert_eq!(sent.field("client_secret"), None);
+                assert!(
+                    sent.authorization
+                        .as_deref()
+                        .is_some_and(|a| a.starts_with("Basic "))
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_client_secret_is_a_502_naming_the_operator_fix() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, "wrong").expect("write secret");
+    let setup = TenantSetup::secret_post(CLIENT_ID, "right");
+    let extra = format!("client_secret_file = \"{}\"\n", secret_file.display());
+    let (fake, tenant, app) = tenant_app(setup, &extra).await;
+    let answer = app
+        .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
+        .await;
+    assert_error(
+        &answer,
+        502,
+        "temporarily_unavailable",
+        "target \"tenant-prod\" refused tokenmint's client authentication (HTTP 401, access_denied); an operator must check the target's client_id and credentials",
+    );
+    assert_eq!(tenant.requests().len(), 1, "a refusal is not retried");
+    let record = app.last_audit().await;
+    assert_eq!(record.outcome, Outcome::Error);
+    assert_eq!(record.reason, "upstream_unauthorized");
+    assert_eq!(
+        record.detail.as_deref(),
+        Some("HTTP 401, access_denied: Unauthorized")
+    );
+}
+
+#[tokio::test]
+async fn each_attempt_signs_a_new_assertion() {
+    let (fake, tenant, app) = tenant_app(pkjwt(), "").await;
+    tenant.push_fault(Fault::Status {
+        status: 500,
+        body: "{}".to_owned(),
+        headers: vec![],
+    });
+    tenant.push_fault(Fault::Drop);
+    let answer = app
+        .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let requests = tenant.requests();
+    assert_eq!(requests.len(), 3);
+    let jtis: std::collections::BTreeSet<String> = requests
+        .iter()
+        .map(|r| r.assertion_claims.as_ref().expect("claims")["jti"].to_string())
+        .collect();
+    assert_eq!(jtis.len(), 3, "every attempt has its own jti");
+    assert_tenant_accepted_all(&tenant);
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_twice_then_answered_502() {
+    let (fake, tenant, app) = tenant_app(pkjwt(), "").await;
+    for _ in 0..3 {
+        tenant.push_fault(Fault::Status {
+            status: 503,
+            body: "{\"error\":\"server_error\",\"error_description\":\"down\"}".to_owned(),
+            headers: vec![],
+        });
+    }
+    let token = fake.token("github-push-main");
+    let answer = app.exchange(&token, "tenant-prod", &[]).await;
+    assert_error(
+        &answer,
+        502,
+        "temporarily_unavailable",
+        "target \"tenant-prod\" failed to issue a token (HTTP 503); retry later",
+    );
+    assert_eq!(tenant.requests().len(), 3);
+    let record = app.last_audit().await;
+    assert_eq!(record.reason, "upstream_error");
+    assert_eq!(
+        record.detail.as_deref(),
+        Some("HTTP 503, server_error: down")
+    );
+    assert_eq!(record.token_sha256, None);
+
+    // The failure released the CI token: the same token works once the tenant is back.
+    let retried = app.exchange(&token, "tenant-prod", &[]).await;
+    assert_eq!(retried.status, 200, "{}", retried.text);
+}
+
+#[tokio::test]
+async fn an_unreachable_tenant_is_502() {
+    let fake = FakeIssuer::start(Shape::Github).await;
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let app = AppBuilder::new()
+        .github("github", &fake)
+        .config(&format!(
+            "[targets.tenant-prod]\nkind = \"auth0\"\ndomain = \"acme.eu.auth0.com\"\nbase_url = \"http://127.0.0.1:{port}\"\nclient_id = \"{CLIENT_ID}\"\nprivate_key_file = \"{}\"\n",
+            key_path("auth0-client.pem")
+        ))
+        .policy("deploy-tenant.yaml", TENANT_POLICY)
+        .spawn()
+        .await;
+    let answer = app
+        .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
+        .await;
+    assert_error(
+        &answer,
+        502,
+        "temporarily_unavailable",
+        "target \"tenant-prod\" could not be reached; retry later",
+    );
+    assert_eq!(app.last_audit().await.reason, "upstream_unreachable");
+}
+
+#[tokio::test]
+async fn a_hanging_tenant_is_cut_off_at_the_timeout() {
+    let (fake, tenant, app) = tenant_app(pkjwt(), "timeout = \"1s\"\n").await;
+    tenant.push_fault(Fault::Hang(Duration::from_secs(5)));
+    let answer = app
+        .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
+        .await;
+    assert_error(
+        &answer,
+        502,
+        "temporarily_unavailable",
+        "target \"tenant-prod\" did not answer within 1s; retry later",
+    );
+    assert_eq!(app.last_audit().await.reason, "upstream_timeout");
+}
+
+#[tokio::test]
+async fn a_short_rate_limit_is_waited_out() {
+    let (fake, tenant, app) = tenant_app(pkjwt(), "").await;
+    tenant.push_fault(Fault::RateLimited {
+        retry_after: Some(1),
+        reset_in: None,
+    });
+    let answer = app
+        .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(tenant.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn a_rate_limit_beyond_the_budget_is_503_with_retry_after() {
+    let (fake, tenant, app) = tenant_app(pkjwt(), "").await;
+    let token = fake.token("github-push-main");
+
+    tenant.push_fault(Fault::Auth0Error("m2m_client_quota_exceeded"));
+    let answer = app.exchange(&token, "tenant-prod", &[]).await;
+    assert_error(
+        &answer,
+        503,
+        "temporarily_unavailable",
+        "target \"tenant-prod\" is rate-limiting tokenmint; retry after 1260s",
+    );
+    assert_eq!(answer.headers["retry-after"], "1260");
+    assert_eq!(app.last_audit().await.reason, "upstream_rate_limited");
+
+    // Only X-RateLimit-Reset: the wait is counted from now.
+    tenant.push_fault(Fault::RateLimited {
+        retry_after: None,
+        reset_in: Some(600),
+    });
+    let answer = app.exchange(&token, "tenant-prod", &[]).await;
+    assert_eq!(answer.status, 503, "{}", answer.text);
+    let retry_after: u64 = answer.headers["retry-after"]
+        .to_str()
+        .expect("text")
+        .parse()
+        .expect("seconds");
+    assert!((598..=600).contains(&retry_after), "{retry_after}");
+    assert_eq!(tenant.requests().len(), 2, "neither 429 was retried");
+}
+
+#[tokio::test]
+async fn missing_grant_and_disabled_grant_type_are_502() {
+    let (fake, tenant, app) = tenant_app(pkjwt(), "").await;
+    let token = fake.token("github-push-main");
+    tenant.push_fault(Fault::Auth0Error("client_not_authorized_for_api"));
+    let answer = app.exchange(&token, "tenant-prod", &[]).await;
+    assert_error(
+        &answer,
+        502,
+        "temporarily_unavailable",
+        "target \"tenant-prod\" refused the token request (HTTP 403, access_denied); an operator must check that tokenmint's client has a grant for audience \"https://acme.eu.auth0.com/api/v2/\"",
+    );
+    let detail = app.last_audit().await.detail.expect("detail");
+    assert!(
+        detail.starts_with("HTTP 403, access_denied: Client is not authorized to access"),
+        "{detail}"
+    );
+
+    tenant.push_fault(Fault::Auth0Error("grant_type_not_allowed"));
+    let answer = app.exchange(&token, "tenant-prod", &[]).await;
+    assert_error(
+        &answer,
+        502,
+        "temporarily_unavailable",
+        "target \"tenant-prod\" does not allow the client-credentials grant for tokenmint's client (HTTP 403, unauthorized_client); an operator must enable it",
+    );
+    assert_eq!(tenant.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn malformed_answers_are_502_and_never_handed_out() {
+    let (fake, tenant, app) = tenant_app(pkjwt(), "").await;
+    let token = fake.token("github-push-main");
+    let description = "target \"tenant-prod\" answered the token request in a form tokenmint cannot use; an operator must check the target's token endpoint";
+    for (fault, detail) in [
+        (Fault::NonJson, "HTTP 200 OK: the answer is not JSON"),
+        (
+            Fault::Json(json!({"token_type": "Bearer", "expires_in": 60})),
+            "HTTP 200 OK: the answer has no access_token",
+        ),
+        (
+            Fault::Json(
+                json!({"access_token": "abc", "token_type": "Bearer", "expires_in": "soon"}),
+            ),
+            "HTTP 200 OK: expires_in \"soon\" is not a whole number of seconds",
+        ),
+        (
+            Fault::Json(
+                json!({"access_token": "abc", "token_type": "mac", "expires_in": 60, "scope": "read:clients"}),
+            ),
+            "HTTP 200 OK: token_type is \"mac\", not Bearer",
+        ),
+    ] {
+        tenant.push_fault(fault);
+        let answer = app.exchange(&token, "tenant-prod", &[]).await;
+        assert_error(&answer, 502, "temporarily_unavailable", description);
+        let record = app.last_audit().await;
+        assert_eq!(record.reason, "upstream_malformed");
+        assert_eq!(record.detail.as_deref(), Some(detail));
+    }
+    assert_eq!(
+        tenant.requests().len(),
+        4,
+        "malformed answers are not retried"
+    );
+}
+
+#[tokio::test]
+async fn wider_scope_is_never_handed_out() {
+    let mut setup = pkjwt();
+    setup.scope_handling = ScopeHandling::Ignore;
+    let (fake, tenant, app) = tenant_app(setup, "").await;
+    let token = fake.token("github-push-main");
+    let answer = app.exchange(&token, "tenant-prod", &[]).await;
+    assert_error(
+        &answer,
+        502,
+        "temporarily_unavailable",
+        "target \"tenant-prod\" issued a token with more scopes than the policy grants (it did not narrow to the requested scope); the token was not handed out; an operator must give this target its own M2M application whose client grant has exactly the policy's scopes",
+    );
+    assert!(!answer.text.contains(&tenant.issued()[0].access_token));
+    let record = app.last_audit().await;
+    assert_eq!(record.outcome, Outcome::Error);
+    assert_eq!(record.reason, "upstream_scope_wider");
+    assert_eq!(
+        record.detail.as_deref(),
+        Some(
+            "granted \"read:clients update:clients\", the token carries \"read:clients update:clients read:resource_servers\" (extra: read:resource_servers)"
+        )
+    );
+    assert_eq!(record.token_sha256, None);
+
+    // A tenant that narrows gets the same CI token through.
+    tenant.set_scope_handling(ScopeHandling::Narrow);
+    let answer = app.exchange(&token, "tenant-prod", &[]).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+}
+
+#[tokio::test]
+async fn undeterminable_scope_is_never_handed_out() {
+    let mut setup = pkjwt();
+    setup.scope_handling = ScopeHandling::Omit;
+    let (fake, _tenant, app) = tenant_app(setup, "").await;
+    let answer = app
+        .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
+        .await;
+    assert_error(
+        &answer,
+        502,
+        "temporarily_unavailable",
+        "target \"tenant-prod\" did not say which scopes the token carries, so tokenmint cannot check it against the policy; the token was not handed out",
+    );
+    assert_eq!(app.last_audit().await.reason, "upstream_scope_unknown");
+}
+
+#[tokio::test]
+async fn a_scope_stated_only_in_the_token_is_checked_and_returned() {
+    let mut setup = pkjwt();
+    setup.scope_handling = ScopeHandling::ClaimOnly;
+    setup.grant_scopes = vec!["read:clients".to_owned(), "update:clients".to_owned()];
+    let (fake, _tenant, app) = tenant_app(setup, "").await;
+    let answer = app
+        .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(answer.body["scope"], "read:clients update:clients");
+}
+
+#[tokio::test]
+async fn long_lived_tenant_token_is_refused() {
+    let (fake, tenant, app) = tenant_app(pkjwt(), "").await;
+    tenant.set_expires_in(86_400);
+    let answer = app
+        .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
+        .await;
+    assert_error(
+        &answer,
+        502,
+        "temporarily_unavailable",
+        "target \"tenant-prod\" issued a token living 86400s, longer than its max_ttl of 3600s; the token was not handed out; an operator must shorten the API's token lifetime in the tenant (APIs > the API > Settings > Maximum Access Token Lifetime) or raise max_ttl",
+    );
+    assert_eq!(app.last_audit().await.reason, "upstream_ttl_exceeded");
+}
+
+#[tokio::test]
+async fn enforce_max_ttl_false_hands_out_long_lived_tokens() {
+    let (fake, tenant, app) = tenant_app(pkjwt(), "enforce_max_ttl = false\n").await;
+    tenant.set_expires_in(86_400);
+    let answer = app
+        .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(answer.body["expires_in"], 86_400);
+}
+
+#[tokio::test]
+async fn two_concurrent_requests_with_one_ci_token_reach_the_tenant_once() {
+    let (fake, tenant, app) = tenant_app(pkjwt(), "").await;
+    tenant.push_fault(Fault::Hang(Duration::from_millis(400)));
+    let token = fake.token("github-push-main");
+    let (first, second) = tokio::join!(app.exchange(&token, "tenant-prod", &[]), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        app.exchange(&token, "tenant-prod", &[]).await
+    });
+    assert_eq!(first.status, 200, "{}", first.text);
+    assert_error(
+        &second,
+        400,
+        "invalid_grant",
+        "the subject token is being exchanged by another request; retry",
+    );
+    assert_eq!(tenant.requests().len(), 1);
+    let again = app.exchange(&token, "tenant-prod", &[]).await;
+    assert_error(
+        &again,
+        400,
+        "invalid_grant",
+        "the subject token was already used",
+    );
+    assert_eq!(tenant.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn the_request_is_pending_on_record_while_the_tenant_is_called() {
+    let (fake, tenant, app) = tenant_app(pkjwt(), "").await;
+    tenant.push_fault(Fault::Hang(Duration::from_millis(400)));
+    let token = fake.token("github-push-main");
+    let exchange = app.exchange(&token, "tenant-prod", &[]);
+    let watch = async {
+        loop {
+            if !tenant.requests().is_empty() {
+                return app.audit().await;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let (answer, during) = tokio::join!(exchange, watch);
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(during.len(), 1, "{during:?}");
+    assert_eq!(during[0].outcome, Outcome::Pending);
+    assert_eq!(during[0].reason, "pending");
+    assert_eq!(during[0].policy.as_deref(), Some("deploy-tenant"));
+    assert_eq!(during[0].token_sha256, None);
+    let after = app.audit().await;
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].outcome, Outcome::Allow);
+    assert_eq!(after[0].request_id, during[0].request_id);
+}
+
+#[tokio::test]
+async fn a_cancelled_remote_request_completes_its_record_and_frees_the_token() {
+    let (fake, tenant, app) = tenant_app(pkjwt(), "").await;
+    tenant.push_fault(Fault::Hang(Duration::from_millis(500)));
+    let token = fake.token("github-push-main");
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(150),
+        app.exchange(&token, "tenant-prod", &[]),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the exchange was still running");
+    let mut record = None;
+    for _ in 0..100 {
+        let records = app.audit().await;
+        if records.iter().all(|r| r.outcome != Outcome::Pending) {
+            record = records.into_iter().next();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let record = record.expect("the pending record was completed");
+    assert_eq!(record.outcome, Outcome::Error);
+    assert_eq!(record.reason, "cancelled");
+    let retried = app.exchange(&token, "tenant-prod", &[]).await;
+    assert_eq!(retried.status, 200, "{}", retried.text);
+}
+
+#[tokio::test]
+async fn reuse_tokens_hands_out_the_cached_token_within_half_its_life() {
+    let (fake, tenant, app) = tenant_app(pkjwt(), "reuse_tokens = true\n").await;
+    let first = app
+        .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
+        .await;
+    let second = app
+        .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
+        .await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    assert_eq!(second.status, 200, "{}", second.text);
+    assert_eq!(second.body["access_token"], first.body["access_token"]);
+    let remaining = second.body["expires_in"].as_u64().expect("expires_in");
+    assert!((598..=600).contains(&remaining), "{remaining}");
+    assert_eq!(tenant.issued().len(), 1);
+    let records = app.audit().await;
+    assert_eq!(records.len(), 2);
+    assert!(!records[0].reused);
+    assert!(records[1].reused);
+    assert_eq!(records[1].token_sha256, records[0].token_sha256);
+    assert_ne!(records[1].request_id, records[0].request_id);
+
+    // Another scope is another token.
+    let narrower = app
+        .exchange(
+            &fake.token("github-push-main"),
+            "tenant-prod",
+            &[("scope", "read:clients")],
+        )
+        .await;
+    assert_eq!(narrower.status, 200, "{}", narrower.text);
+    assert_ne!(narrower.body["access_token"], first.body["access_token"]);
+    assert_eq!(tenant.issued().len(), 2);
+}
+
+#[tokio::test]
+async fn a_reused_token_is_not_handed_out_past_half_its_life() {
+    let (fake, tenant, app) = tenant_app(pkjwt(), "reuse_tokens = true\n").await;
+    tenant.set_expires_in(2);
+    let first = app
+        .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
+        .await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let second = app
+        .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
+        .await;
+    assert_eq!(second.status, 200, "{}", second.text);
+    assert_ne!(second.body["access_token"], first.body["access_token"]);
+    assert_eq!(tenant.issued().len(), 2);
+}
+
+#[tokio::test]
+async fn without_reuse_every_exchange_gets_its_own_token() {
+    let (fake, tenant, app) = tenant_app(pkjwt(), "").await;
+    for _ in 0..2 {
+        let answer = app
+            .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
+            .await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+    }
+    assert_eq!(tenant.issued().len(), 2);
+}
+
+#[tokio::test]
+async fn a_denied_request_never_reaches_the_tenant() {
+    let (fake, tenant, app) = tenant_app(pkjwt(), "").await;
+    let answer = app
+        .exchange(
+            &fake.token("github-workflow-dispatch-tag"),
+            "tenant-prod",
+            &[],
+        )
+        .await;
+    assert_eq!(answer.status, 403, "{}", answer.text);
+    assert!(tenant.requests().is_empty());
+    let record = app.last_audit().await;
+    assert_eq!(record.outcome, Outcome::Deny);
+}
+
+#[tokio::test]
+async fn the_audit_record_holds_only_the_token_hash() {
+    let (fake, tenant, app) = tenant_app(pkjwt(), "").await;
+    let answer = app
+        .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
+        .await;
+    assert_eq!(answer.status, 200);
+    let record = app.last_audit().await;
+    let serialized = serde_json::to_string(&record).expect("json");
+    assert!(!serialized.contains(&tenant.issued()[0].access_token));
+    let value: Value = serde_json::from_str(&serialized).expect("json");
+    assert_eq!(value["reused"], false);
+}
+
+/// An `oauth2` target: the assertion's `aud` defaults to the token endpoint, and the
+/// audience goes in the configured parameter (or none).
+#[tokio::test]
+async fn oauth2_targets_use_the_token_endpoint_as_assertion_audience() {
+    for param in ["resource", "none"] {
+        let fake = FakeIssuer::start(Shape::Github).await;
+        let mut setup = pkjwt();
+        setup.audience = "api://deploy".to_owned();
+        setup.audience_param = param;
+        setup.assertion_audience = AssertionAudience::TokenEndpoint;
+        let tenant = FakeTenant::start(setup).await;
+        let app = AppBuilder::new()
+            .github("github", &fake)
+            .config(&format!(
+                "[targets.tenant-prod]\nkind = \"oauth2\"\ntoken_endpoint = \"{}\"\naudience = \"api://deploy\"\naudience_param = \"{param}\"\nclient_id = \"{CLIENT_ID}\"\nprivate_key_file = \"{}\"\n",
+                tenant.token_url(),
+                key_path("auth0-client.pem")
+            ))
+            .policy("deploy-tenant.yaml", TENANT_POLICY)
+            .spawn()
+            .await;
+        let answer = app
+            .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
+            .await;
+        assert_eq!(answer.status, 200, "{param}: {}", answer.text);
+        assert_tenant_accepted_all(&tenant);
+        let sent = &tenant.requests()[0];
+        assert_eq!(
+            sent.assertion_claims.as_ref().expect("claims")["aud"],
+            tenant.token_url()
+        );
+        assert_eq!(sent.field("audience"), None);
+        let expected_resource = (param == "resource").then_some("api://deploy");
+        assert_eq!(sent.field("resource"), expected_resource);
+    }
+}
