@@ -18,6 +18,7 @@ use crate::config::{
     ClientAuthConfig, Config, IssuerConfig, RemoteProvider, TargetConfig, TargetKindConfig,
 };
 use crate::keystore::{FileKeySource, HttpKeySource, KeySource, http_client};
+use crate::metrics::NoObserver;
 use crate::mint::RemoteMinter;
 use crate::mint::remote::{ClientCredentials, EndpointToken};
 use crate::policy::PolicySet;
@@ -180,7 +181,7 @@ async fn check_remote(
         remote.token_endpoint
     );
     let mut lines = Vec::new();
-    let minter = match RemoteMinter::new(target) {
+    let minter = match RemoteMinter::new(target, Arc::new(NoObserver)) {
         Ok(minter) => minter,
         Err(err) => {
             lines.push((Level::Fail, format!("credentials: {err}")));

@@ -601,6 +601,13 @@ impl Exchanger {
             out.record.detail = Some(err.to_string());
             return Err(audit_unavailable());
         }
+        tracing::info!(
+            request_id = %request.request_id,
+            outcome = "pending",
+            target = pending.target.as_deref().unwrap_or(""),
+            policy = pending.policy.as_deref().unwrap_or(""),
+            "exchange pending: calling the target"
+        );
         out.pending_written = true;
         Ok(())
     }

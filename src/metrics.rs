@@ -1,4 +1,5 @@
-//! Prometheus metrics: exchanges by outcome and reason, exchange latency, JWKS fetches.
+//! Prometheus metrics: exchanges by outcome and reason, exchange latency, JWKS fetches,
+//! and calls to remote targets' token endpoints.
 
 use std::sync::Mutex;
 
@@ -23,12 +24,34 @@ struct FetchLabels {
     outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    target: String,
+    outcome: String,
+}
+
+/// Sees every HTTP attempt at a remote target's token endpoint.
+pub trait UpstreamObserver: Send + Sync + 'static {
+    /// `outcome`: `ok`, `rate_limited`, `server_error`, `refused`, `malformed`,
+    /// `network_error` or `timeout`.
+    fn attempt(&self, target: &str, outcome: &'static str, seconds: f64);
+}
+
+/// Observes nothing (for `doctor`).
+pub struct NoObserver;
+
+impl UpstreamObserver for NoObserver {
+    fn attempt(&self, _target: &str, _outcome: &'static str, _seconds: f64) {}
+}
+
 /// The service's metrics; one instance per running service (no global registry).
 pub struct Metrics {
     registry: Mutex<Registry>,
     exchanges: Family<ExchangeLabels, Counter>,
     latency: Histogram,
     jwks_fetches: Family<FetchLabels, Counter>,
+    upstream: Family<UpstreamLabels, Counter>,
+    upstream_latency: Family<UpstreamLabels, Histogram>,
 }
 
 impl Default for Metrics {
@@ -60,11 +83,27 @@ impl Metrics {
             "JWKS fetches from CI issuers by outcome",
             jwks_fetches.clone(),
         );
+        let upstream = Family::<UpstreamLabels, Counter>::default();
+        registry.register(
+            "upstream_requests",
+            "HTTP attempts at remote targets' token endpoints by target and outcome",
+            upstream.clone(),
+        );
+        let upstream_latency = Family::<UpstreamLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+        });
+        registry.register(
+            "upstream_request_duration_seconds",
+            "Duration of HTTP attempts at remote targets' token endpoints",
+            upstream_latency.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             exchanges,
             latency,
             jwks_fetches,
+            upstream,
+            upstream_latency,
         }
     }
 
@@ -102,5 +141,18 @@ impl FetchObserver for Metrics {
                 outcome: outcome.to_owned(),
             })
             .inc();
+    }
+}
+
+impl UpstreamObserver for Metrics {
+    fn attempt(&self, target: &str, outcome: &'static str, seconds: f64) {
+        let labels = UpstreamLabels {
+            target: target.to_owned(),
+            outcome: outcome.to_owned(),
+        };
+        self.upstream.get_or_create(&labels).inc();
+        self.upstream_latency
+            .get_or_create(&labels)
+            .observe(seconds);
     }
 }

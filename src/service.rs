@@ -255,9 +255,10 @@ impl Service {
                     *algorithm,
                     target.max_ttl,
                 )),
-                TargetKindConfig::Remote(_) => {
-                    Arc::new(RemoteMinter::new(target).map_err(|err| anyhow::anyhow!("{err}"))?)
-                }
+                TargetKindConfig::Remote(_) => Arc::new(
+                    RemoteMinter::new(target, metrics.clone())
+                        .map_err(|err| anyhow::anyhow!("{err}"))?,
+                ),
             };
             targets.insert(
                 target.name.clone(),

@@ -150,3 +150,44 @@ fn serve_with_a_broken_policy_prints_one_line_and_exits_1() {
         "policy check lists one error per line: {stderr}"
     );
 }
+
+/// The shipped examples load as they are.
+#[test]
+fn the_example_configurations_and_policies_load() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for config in [
+        "examples/tokenmint.toml",
+        "examples/three-tenants/tokenmint.toml",
+    ] {
+        let (code, stdout, stderr) = run(root, &["policy", "check", "--config", config]);
+        assert_eq!(code, 0, "{config}: {stdout}{stderr}");
+        assert!(stdout.contains("0 warning(s)"), "{stdout}");
+    }
+}
+
+/// `serve` stops at start, on one line naming the key, when a credential is missing.
+#[test]
+fn serve_refuses_to_start_without_a_targets_credentials() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let data = tempfile::tempdir().expect("tempdir");
+    let output = tokenmint()
+        .args([
+            "serve",
+            "--config",
+            "examples/three-tenants/tokenmint.toml",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("TOKENMINT_STORAGE__DATA_DIR", data.path())
+        .env("TOKENMINT_SERVER__ADMIN_LISTEN", "")
+        .current_dir(root)
+        .output()
+        .expect("run tokenmint");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let last = stderr.lines().last().expect("an error line");
+    assert_eq!(
+        last,
+        "tokenmint: targets.tenant-dev.private_key_file: cannot read /run/secrets/tenant-dev.pem: No such file or directory (os error 2)"
+    );
+}

@@ -10,6 +10,7 @@ use tokenmint::config::{
     AssertionAlgorithm, AudienceParam, ClientAuthConfig, Config, ConfigSource, RemoteProvider,
     SecretMethod, SecretSource, TargetConfig,
 };
+use tokenmint::metrics::NoObserver;
 use tokenmint::mint::RemoteMinter;
 
 use crate::helpers::*;
@@ -237,7 +238,8 @@ fn credentials_are_read_from_variables_and_missing_ones_are_named() {
                 "[targets.prod]\nkind = \"auth0\"\ndomain = \"acme.eu.auth0.com\"\nclient_id = \"{CLIENT_ID}\"\nprivate_key_env = \"PROD_KEY\"\n"
             ),
         )?;
-        let minter = RemoteMinter::new(target(&config)).expect("loads");
+        let minter =
+            RemoteMinter::new(target(&config), std::sync::Arc::new(NoObserver)).expect("loads");
         let debug = format!("{:?}", minter.client().credentials());
         assert!(
             debug.starts_with("Assertion(AssertionSigner { kid:"),
@@ -249,7 +251,9 @@ fn credentials_are_read_from_variables_and_missing_ones_are_named() {
             jail,
             "[targets.prod]\nkind = \"auth0\"\ndomain = \"acme.eu.auth0.com\"\nclient_id = \"c1\"\nclient_secret_env = \"NOT_SET_ANYWHERE\"\n",
         )?;
-        let err = RemoteMinter::new(target(&config)).err().expect("refused");
+        let err = RemoteMinter::new(target(&config), std::sync::Arc::new(NoObserver))
+            .err()
+            .expect("refused");
         assert_eq!(
             err,
             "targets.prod.client_secret_env: environment variable NOT_SET_ANYWHERE is not set"
@@ -260,7 +264,8 @@ fn credentials_are_read_from_variables_and_missing_ones_are_named() {
             jail,
             "[targets.prod]\nkind = \"auth0\"\ndomain = \"acme.eu.auth0.com\"\nclient_id = \"c1\"\nclient_secret_env = \"PROD_SECRET\"\n",
         )?;
-        let minter = RemoteMinter::new(target(&config)).expect("loads");
+        let minter =
+            RemoteMinter::new(target(&config), std::sync::Arc::new(NoObserver)).expect("loads");
         let debug = format!("{:?}", minter.client().credentials());
         assert_eq!(debug, "Secret { secret: \"[REDACTED]\", method: Post }");
         Ok(())
@@ -274,7 +279,7 @@ async fn unusable_private_keys_stop_the_service_at_start() {
     let cases = [
         (
             "/nonexistent/prod.pem".to_owned(),
-            "targets.tenant-prod.private_key_file: cannot read /nonexistent/prod.pem: entity not found",
+            "targets.tenant-prod.private_key_file: cannot read /nonexistent/prod.pem: No such file or directory (os error 2)",
         ),
         (
             key_path("auth0-client-1024.pem"),

@@ -15,8 +15,11 @@ use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
+use std::sync::Arc;
+
 use super::credentials::{ClientCredentials, JWT_BEARER_ASSERTION};
 use crate::config::{AudienceParam, RemoteTargetConfig, SecretMethod};
+use crate::metrics::UpstreamObserver;
 use crate::verify::unverified::upstream_token_claims;
 
 /// At most this many HTTP attempts per exchange (the first and two retries).
@@ -79,6 +82,32 @@ enum Attempt {
     Fatal(EndpointError),
 }
 
+impl Attempt {
+    /// The metrics label of an attempt's outcome.
+    fn label(&self) -> &'static str {
+        let reason = match self {
+            Attempt::Token(_) => return "ok",
+            Attempt::Retry {
+                error: EndpointError::RateLimited { .. },
+                ..
+            }
+            | Attempt::Fatal(EndpointError::RateLimited { .. }) => return "rate_limited",
+            Attempt::Retry {
+                error: EndpointError::Failed { reason, .. },
+                ..
+            }
+            | Attempt::Fatal(EndpointError::Failed { reason, .. }) => *reason,
+        };
+        match reason {
+            "upstream_error" => "server_error",
+            "upstream_unreachable" => "network_error",
+            "upstream_timeout" => "timeout",
+            "upstream_malformed" => "malformed",
+            _ => "refused",
+        }
+    }
+}
+
 /// Calls one target's token endpoint with the client-credentials grant.
 pub struct TokenEndpointClient {
     target: String,
@@ -86,6 +115,7 @@ pub struct TokenEndpointClient {
     config: RemoteTargetConfig,
     credentials: ClientCredentials,
     http: reqwest::Client,
+    observer: Arc<dyn UpstreamObserver>,
 }
 
 impl TokenEndpointClient {
@@ -95,6 +125,7 @@ impl TokenEndpointClient {
         audience: &str,
         config: RemoteTargetConfig,
         credentials: ClientCredentials,
+        observer: Arc<dyn UpstreamObserver>,
     ) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -109,6 +140,7 @@ impl TokenEndpointClient {
             config,
             credentials,
             http,
+            observer,
         })
     }
 
@@ -132,7 +164,13 @@ impl TokenEndpointClient {
         loop {
             attempt += 1;
             let remaining = deadline.saturating_duration_since(Instant::now());
+            let started = Instant::now();
             let outcome = self.attempt(request_id, scope, remaining).await;
+            self.observer.attempt(
+                &self.target,
+                outcome.label(),
+                started.elapsed().as_secs_f64(),
+            );
             let (wait, error) = match outcome {
                 Attempt::Token(mut token) => {
                     token.attempts = attempt;

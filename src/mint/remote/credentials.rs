@@ -130,10 +130,10 @@ fn read_secret(source: &SecretSource) -> Result<SecretString, String> {
     match source {
         SecretSource::File { key, path } => {
             crate::service::warn_if_readable_by_others(path);
-            let bytes =
-                Zeroizing::new(std::fs::read(path).map_err(|err| {
-                    format!("{key}: cannot read {}: {}", path.display(), err.kind())
-                })?);
+            let bytes = Zeroizing::new(
+                std::fs::read(path)
+                    .map_err(|err| format!("{key}: cannot read {}: {err}", path.display()))?,
+            );
             let text = std::str::from_utf8(&bytes)
                 .map_err(|_| format!("{key}: {} is not UTF-8 text", path.display()))?;
             Ok(SecretString::from(text.to_owned()))

@@ -28,6 +28,7 @@ pub use credentials::{
 
 use super::{Grant, MintError, MintedToken, Minter};
 use crate::config::{RemoteProvider, TargetConfig};
+use crate::metrics::UpstreamObserver;
 
 /// A token kept for `reuse_tokens`.
 struct CachedToken {
@@ -52,14 +53,19 @@ pub struct RemoteMinter {
 impl RemoteMinter {
     /// Builds the minter of a remote target, reading its credentials. The error is one
     /// line naming the configuration key at fault.
-    pub fn new(target: &TargetConfig) -> Result<Self, String> {
+    pub fn new(target: &TargetConfig, observer: Arc<dyn UpstreamObserver>) -> Result<Self, String> {
         let Some(remote) = target.remote() else {
             return Err(format!("targets.{} is not a remote target", target.name));
         };
         let credentials = ClientCredentials::load(&remote.client_id, &remote.client_auth)?;
-        let client =
-            TokenEndpointClient::new(&target.name, &target.audience, remote.clone(), credentials)
-                .map_err(|err| format!("targets.{}: {err}", target.name))?;
+        let client = TokenEndpointClient::new(
+            &target.name,
+            &target.audience,
+            remote.clone(),
+            credentials,
+            observer,
+        )
+        .map_err(|err| format!("targets.{}: {err}", target.name))?;
         let reuse = remote.reuse_tokens.then(|| {
             moka::future::Cache::builder()
                 .max_capacity(10_000)
