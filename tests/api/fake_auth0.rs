@@ -1,5 +1,6 @@
 //! A fake Auth0 tenant: `POST /oauth/token` (client credentials by private_key_jwt or a client
-//! secret) checked as Auth0 documents it, scripted faults, a record of every request and token.
+//! secret) checked as Auth0 documents it, scripted faults, a record of every request (with the
+//! connection it came on) and token.
 
 use std::collections::{HashSet, VecDeque};
 use std::io;
@@ -220,6 +221,9 @@ pub struct TokenRequest {
     pub assertion_header: Option<Value>,
     pub assertion_claims: Option<Value>,
     pub assertion_len: Option<usize>,
+    /// The id of the TCP connection it came on: the fake numbers connections 0, 1, 2, ... as
+    /// it accepts them, so requests with one id shared a connection.
+    pub connection: usize,
     /// Why the fake refused it; `None` if it issued a token or answered a fault.
     pub rejected: Option<String>,
 }
@@ -309,7 +313,11 @@ impl FakeTenant {
             .with_state(tenant.clone());
         let service = app.into_make_service_with_connect_info::<Connection>();
         tokio::spawn(async move {
-            let _ = axum::serve(CuttableListener(listener), service).await;
+            let listener = CuttableListener {
+                listener,
+                accepted: 0,
+            };
+            let _ = axum::serve(listener, service).await;
         });
         FakeTenant { base_url, tenant }
     }
@@ -348,7 +356,7 @@ async fn token_endpoint(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let request = record(&headers, &body);
+    let request = record(connection.id, &headers, &body);
     let jti = request
         .assertion_claims
         .as_ref()
@@ -368,7 +376,7 @@ async fn token_endpoint(
         None => {}
         Some(Fault::Hang(duration)) => tokio::time::sleep(duration).await,
         Some(Fault::Drop) => {
-            connection.0.store(true, Ordering::SeqCst);
+            connection.cut.store(true, Ordering::SeqCst);
             return respond(500, [("Content-Type", "text/plain")], "never written");
         }
         Some(fault) => return fault_answer(fault),
@@ -381,7 +389,7 @@ async fn token_endpoint(
         })
 }
 
-fn record(headers: &HeaderMap, body: &[u8]) -> TokenRequest {
+fn record(connection: usize, headers: &HeaderMap, body: &[u8]) -> TokenRequest {
     let header = |name| {
         headers
             .get(name)
@@ -406,6 +414,7 @@ fn record(headers: &HeaderMap, body: &[u8]) -> TokenRequest {
         authorization: header(header::AUTHORIZATION),
         form,
         content_type,
+        connection,
         rejected: None,
     }
 }
@@ -785,42 +794,52 @@ where
     builder.body(body.into()).expect("a valid fake answer")
 }
 
-/// The fake's listener: plain TCP, but a handler can cut its connection (`Fault::Drop`); the
-/// stream then fails every write, so hyper drops it without writing the answer.
-struct CuttableListener(TcpListener);
+/// The fake's listener: plain TCP, numbering connections in the order it accepts them, but a
+/// handler can cut its connection (`Fault::Drop`); the stream then fails every write, so hyper
+/// drops it without writing the answer.
+struct CuttableListener {
+    listener: TcpListener,
+    /// Connections accepted so far: the next one's id.
+    accepted: usize,
+}
 
 struct CuttableStream {
     stream: TcpStream,
+    id: usize,
     cut: Arc<AtomicBool>,
 }
 
-/// A handler's handle on its connection: set it to cut the connection.
+/// A handler's handle on its connection: its id, and a flag to set to cut it.
 #[derive(Clone)]
-struct Connection(Arc<AtomicBool>);
+struct Connection {
+    id: usize,
+    cut: Arc<AtomicBool>,
+}
 
 impl Listener for CuttableListener {
     type Io = CuttableStream;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (CuttableStream, SocketAddr) {
-        let (stream, addr) = Listener::accept(&mut self.0).await;
-        (
-            CuttableStream {
-                stream,
-                cut: Arc::default(),
-            },
-            addr,
-        )
+        let (stream, addr) = Listener::accept(&mut self.listener).await;
+        let id = self.accepted;
+        self.accepted += 1;
+        let cut = Arc::default();
+        (CuttableStream { stream, id, cut }, addr)
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        Listener::local_addr(&self.0)
+        Listener::local_addr(&self.listener)
     }
 }
 
 impl Connected<IncomingStream<'_, CuttableListener>> for Connection {
     fn connect_info(stream: IncomingStream<'_, CuttableListener>) -> Self {
-        Connection(stream.io().cut.clone())
+        let io = stream.io();
+        Connection {
+            id: io.id,
+            cut: io.cut.clone(),
+        }
     }
 }
 
@@ -1069,6 +1088,12 @@ async fn fake_auth0_answers_faults_in_order_then_normally() {
     );
     let requests = tenant.requests();
     assert_eq!(requests.len(), 8);
+    let connections: Vec<usize> = requests.iter().map(|r| r.connection).collect();
+    assert_eq!(
+        connections,
+        [0, 1, 2, 3, 4, 5, 6, 7],
+        "every post_form has its own client, so its own connection"
+    );
     assert!(
         requests
             .iter()

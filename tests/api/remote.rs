@@ -342,6 +342,13 @@ async fn server_errors_are_retried_twice_then_answered_502() {
         Some("HTTP 503, server_error: down")
     );
     assert_eq!(record.token_sha256, None);
+    let metrics = app.service.state.metrics.render();
+    assert!(
+        metrics.contains(
+            "tokenmint_upstream_requests_total{target=\"tenant-prod\",outcome=\"server_error\"} 3\n"
+        ),
+        "{metrics}"
+    );
 
     // The failure released the CI token: the same token works once the tenant is back.
     let retried = app.exchange(&token, "tenant-prod", &[]).await;
@@ -803,4 +810,58 @@ async fn oauth2_targets_use_the_token_endpoint_as_assertion_audience() {
         let expected_resource = (param == "resource").then_some("api://deploy");
         assert_eq!(sent.field("resource"), expected_resource);
     }
+}
+
+/// One `reqwest::Client` per target: sequential exchanges share its pooled connection.
+#[tokio::test]
+async fn connections_to_the_tenant_are_reused() {
+    let (fake, tenant, app) = tenant_app(pkjwt(), "").await;
+    for _ in 0..3 {
+        let answer = app
+            .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
+            .await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+    }
+    assert_tenant_accepted_all(&tenant);
+    let connections: Vec<usize> = tenant.requests().iter().map(|r| r.connection).collect();
+    assert_eq!(connections.len(), 3);
+    assert_eq!(
+        connections, [connections[0]; 3],
+        "every exchange reused the first connection"
+    );
+}
+
+/// A pooled connection the tenant cuts is not reused: the retry opens a new one, which the
+/// next exchange then reuses.
+#[tokio::test]
+async fn a_dropped_connection_is_replaced() {
+    let (fake, tenant, app) = tenant_app(pkjwt(), "").await;
+    let first = app
+        .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
+        .await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    tenant.push_fault(Fault::Drop);
+    let second = app
+        .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
+        .await;
+    assert_eq!(second.status, 200, "{}", second.text);
+    let third = app
+        .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
+        .await;
+    assert_eq!(third.status, 200, "{}", third.text);
+
+    assert_tenant_accepted_all(&tenant);
+    let connections: Vec<usize> = tenant.requests().iter().map(|r| r.connection).collect();
+    assert_eq!(connections.len(), 4, "the dropped attempt was retried once");
+    let (pooled, replacement) = (connections[0], connections[2]);
+    assert_eq!(
+        connections[1], pooled,
+        "the cut attempt came on the pooled connection"
+    );
+    assert_ne!(replacement, pooled, "the retry came on a new connection");
+    assert_eq!(
+        connections[3], replacement,
+        "the new connection is pooled in turn"
+    );
+    assert_eq!(tenant.issued().len(), 3);
 }
