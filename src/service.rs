@@ -246,6 +246,15 @@ impl Service {
             if target.match_audience_url {
                 audience_index.insert(target.audience.clone(), target.name.clone());
             }
+            if let Some(remote) = target.remote()
+                && !remote.enforce_max_ttl
+            {
+                tracing::warn!(
+                    "targets.{}: enforce_max_ttl = false: tokens living longer than max_ttl ({}) are handed out",
+                    target.name,
+                    crate::config::format_duration(target.max_ttl)
+                );
+            }
             let minter: Arc<dyn Minter> = match &target.kind {
                 TargetKindConfig::Local { algorithm, .. } => Arc::new(LocalMinter::new(
                     signer.clone(),

@@ -54,6 +54,12 @@ fn default_max_ttl() -> HumanDuration {
 
 /// Total time budget of one remote exchange (every attempt and wait included).
 pub const DEFAULT_REMOTE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest budget a remote exchange may be given.
+pub const MAX_REMOTE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest `max_ttl` of a remote target: 30 days, Auth0's own maximum.
+pub const MAX_REMOTE_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Auth0 refuses client assertions whose `iss`/`sub` exceed this.
+const MAX_AUTH0_ASSERTION_CLIENT_ID: usize = 64;
 /// Connect timeout of one attempt to a remote token endpoint.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -292,12 +298,16 @@ impl RawTarget {
         let (provider, token_endpoint, assertion_audience, audience, audience_param) = if kind
             == "auth0"
         {
-            let domain = self.domain.clone().ok_or_else(|| {
-                fail(
-                    &key("domain"),
-                    "is required for auth0 targets, e.g. \"acme.eu.auth0.com\"".to_owned(),
-                )
-            })?;
+            let domain = self
+                .domain
+                .as_deref()
+                .map(str::to_ascii_lowercase)
+                .ok_or_else(|| {
+                    fail(
+                        &key("domain"),
+                        "is required for auth0 targets, e.g. \"acme.eu.auth0.com\"".to_owned(),
+                    )
+                })?;
             check_domain(&domain).map_err(|m| fail(&key("domain"), m))?;
             let base_url = match &self.base_url {
                 Some(text) => check_base_url(text).map_err(|m| fail(&key("base_url"), m))?,
@@ -369,13 +379,33 @@ impl RawTarget {
         }
 
         let client_auth = self.client_auth(name, assertion_audience, fail)?;
+        if kind == "auth0"
+            && matches!(client_auth, ClientAuthConfig::PrivateKeyJwt { .. })
+            && client_id.len() > MAX_AUTH0_ASSERTION_CLIENT_ID
+        {
+            return Err(fail(
+                &key("client_id"),
+                format!(
+                    "is longer than {MAX_AUTH0_ASSERTION_CLIENT_ID} characters, which Auth0 refuses in a client assertion"
+                ),
+            ));
+        }
 
         let timeout = self
             .timeout
             .map(HumanDuration::get)
             .unwrap_or(DEFAULT_REMOTE_TIMEOUT);
-        if timeout < Duration::from_secs(1) {
-            return Err(fail(&key("timeout"), "must be at least 1s".to_owned()));
+        if timeout < Duration::from_secs(1) || timeout > MAX_REMOTE_TIMEOUT {
+            return Err(fail(
+                &key("timeout"),
+                "must be between 1s and 1m: a CI job waits this long at most".to_owned(),
+            ));
+        }
+        if self.max_ttl.get() > MAX_REMOTE_TTL {
+            return Err(fail(
+                &key("max_ttl"),
+                "must be at most 30 days (Auth0's own maximum token lifetime)".to_owned(),
+            ));
         }
         let connect_timeout = self
             .connect_timeout

@@ -78,7 +78,7 @@ fn a_custom_domain_moves_the_endpoint_and_the_assertion_audience() {
         let config = load_in(
             jail,
             &format!(
-                "[targets.prod]\nkind = \"auth0\"\ndomain = \"acme.eu.auth0.com\"\nbase_url = \"https://login.acme.com/\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret_env = \"PROD_SECRET\"\nauth_method = \"client_secret_basic\"\n"
+                "[targets.prod]\nkind = \"auth0\"\ndomain = \"Acme.EU.auth0.com\"\nbase_url = \"https://login.acme.com/\"\nclient_id = \"{CLIENT_ID}\"\nclient_secret_env = \"PROD_SECRET\"\nauth_method = \"client_secret_basic\"\n"
             ),
         )?;
         let remote = target(&config).remote().expect("remote");
@@ -179,7 +179,19 @@ fn every_bad_remote_target_is_refused_naming_its_key() {
         ),
         (
             auth0(&format!("{key}timeout = \"0s\"\n")),
-            "tokenmint.toml: `targets.prod.timeout`: must be at least 1s",
+            "tokenmint.toml: `targets.prod.timeout`: must be between 1s and 1m: a CI job waits this long at most",
+        ),
+        (
+            auth0(&format!("{key}timeout = \"2m\"\n")),
+            "tokenmint.toml: `targets.prod.timeout`: must be between 1s and 1m: a CI job waits this long at most",
+        ),
+        (
+            auth0(&format!("{key}max_ttl = \"2000y\"\n")),
+            "tokenmint.toml: `targets.prod.max_ttl`: must be at most 30 days (Auth0's own maximum token lifetime)",
+        ),
+        (
+            "[targets.prod]\nkind = \"auth0\"\ndomain = \"acme.eu.auth0.com\"\nclient_id = \"c12345678901234567890123456789012345678901234567890123456789012345\"\nprivate_key_file = \"/k.pem\"\n".to_owned(),
+            "tokenmint.toml: `targets.prod.client_id`: is longer than 64 characters, which Auth0 refuses in a client assertion",
         ),
         (
             auth0(&format!("{key}timeout = \"2s\"\nconnect_timeout = \"5s\"\n")),
