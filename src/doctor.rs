@@ -9,6 +9,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use secrecy::ExposeSecret as _;
 use time::OffsetDateTime;
@@ -20,7 +21,7 @@ use crate::config::{
 use crate::keystore::{FileKeySource, HttpKeySource, KeySource, http_client};
 use crate::metrics::NoObserver;
 use crate::mint::RemoteMinter;
-use crate::mint::remote::{ClientCredentials, EndpointToken};
+use crate::mint::remote::{ClientCredentials, EndpointError, EndpointToken};
 use crate::policy::PolicySet;
 use crate::service::{self, keystore_settings};
 use crate::store::Store;
@@ -109,7 +110,19 @@ pub async fn run(config: &Config, mint: bool, store: Arc<dyn Store>) -> Report {
                 )],
             ),
             TargetKindConfig::Remote(_) => {
-                check_remote(target, mint, policies.as_ref(), store.as_ref()).await
+                let requests = AtomicUsize::new(0);
+                let (heading, mut lines) =
+                    check_remote(target, mint, policies.as_ref(), store.as_ref(), &requests).await;
+                let made = requests.load(Ordering::Relaxed);
+                if made > 0 {
+                    lines.push((
+                        Level::Ok,
+                        format!(
+                            "{made} token request(s) recorded with outcome \"doctor\" (in the decision log); no token was printed or kept"
+                        ),
+                    ));
+                }
+                (heading, lines)
             }
         };
         report.sections.push(section);
@@ -170,6 +183,7 @@ async fn check_remote(
     mint: bool,
     policies: Option<&PolicySet>,
     store: &dyn Store,
+    requests: &AtomicUsize,
 ) -> (String, Vec<(Level, String)>) {
     let Some(remote) = target.remote() else {
         return (String::new(), Vec::new());
@@ -217,7 +231,7 @@ async fn check_remote(
         return (heading, lines);
     }
 
-    let full = match request(&minter, target, None, store).await {
+    let full = match request(&minter, target, None, store, requests).await {
         Ok(token) => token,
         Err(err) => {
             lines.push((Level::Fail, err));
@@ -292,33 +306,30 @@ async fn check_remote(
         None
     } else {
         let asked = vec![grant[0].clone()];
-        match request(&minter, target, Some(&asked), store).await {
-            Ok(narrowed) => {
-                let got: BTreeSet<&str> = narrowed
-                    .scope
-                    .as_deref()
-                    .unwrap_or("")
-                    .split_ascii_whitespace()
-                    .collect();
-                let narrows = got.iter().all(|s| asked.iter().any(|a| a == s));
-                lines.push((
-                    Level::Ok,
-                    if narrows {
-                        format!(
-                            "narrows by scope: asked for {:?}, got {:?}",
-                            asked[0],
-                            narrowed.scope.as_deref().unwrap_or("")
-                        )
+        match request(&minter, target, Some(&asked), store, requests).await {
+            Ok(narrowed) => match narrowed.scope.as_deref() {
+                None => {
+                    lines.push((
+                        Level::Fail,
+                        "the narrowed answer states no scope: every exchange would fail closed"
+                            .to_owned(),
+                    ));
+                    None
+                }
+                Some(got) => {
+                    let narrows = got.split_ascii_whitespace().all(|s| s == asked[0]);
+                    let verdict = if narrows {
+                        "narrows by scope"
                     } else {
-                        format!(
-                            "does not narrow by scope: asked for {:?}, got {:?}",
-                            asked[0],
-                            narrowed.scope.as_deref().unwrap_or("")
-                        )
-                    },
-                ));
-                Some(narrows)
-            }
+                        "does not narrow by scope"
+                    };
+                    lines.push((
+                        Level::Ok,
+                        format!("{verdict}: asked for {:?}, got {got:?}", asked[0]),
+                    ));
+                    Some(narrows)
+                }
+            },
             Err(err) => {
                 lines.push((Level::Fail, format!("narrowed request: {err}")));
                 None
@@ -363,7 +374,9 @@ async fn request(
     target: &TargetConfig,
     scope: Option<&[String]>,
     store: &dyn Store,
+    requests: &AtomicUsize,
 ) -> Result<EndpointToken, String> {
+    requests.fetch_add(1, Ordering::Relaxed);
     let now = OffsetDateTime::now_utc();
     let request_id = format!("doctor-{}", uuid::Uuid::new_v4().simple());
     let mut record = AuditRecord::new(&request_id, now, Outcome::Doctor, "doctor");
@@ -376,12 +389,17 @@ async fn request(
             record.scope = token.scope.clone();
             record.token_sha256 = Some(token_sha256(token.access_token.expose_secret()));
             record.token_jti = token.jti.clone();
-            record.expires_at = Some(now + std::time::Duration::from_secs(token.expires_in));
+            record.expires_at = i64::try_from(token.expires_in)
+                .ok()
+                .and_then(|secs| now.checked_add(time::Duration::seconds(secs)));
             record.detail = Some("doctor check; the token was not handed out".to_owned());
         }
         Err(err) => {
             record.reason = "doctor_failed".to_owned();
-            record.detail = Some(format!("{err:?}"));
+            record.detail = Some(match err {
+                EndpointError::Failed { detail, .. }
+                | EndpointError::RateLimited { detail, .. } => detail.clone(),
+            });
         }
     }
     log_decision(&record);
@@ -389,10 +407,8 @@ async fn request(
         tracing::error!(error = %err, "the doctor's audit record could not be written");
     }
     result.map_err(|err| match err {
-        crate::mint::remote::EndpointError::Failed { public, detail, .. } => {
-            format!("{public} ({detail})")
-        }
-        crate::mint::remote::EndpointError::RateLimited {
+        EndpointError::Failed { public, detail, .. } => format!("{public} ({detail})"),
+        EndpointError::RateLimited {
             retry_after,
             detail,
         } => format!("rate limited for {retry_after}s ({detail})"),
