@@ -20,9 +20,10 @@ use time::OffsetDateTime;
 
 use crate::audit::{AuditRecord, Outcome};
 use crate::config::{IssuerKind, ReplayMode, TargetConfig};
+use crate::mint::remote::ReuseOffer;
 use crate::mint::{Grant, LocalSigner, MintError, Minter};
 use crate::policy::{ConditionOutcome, PolicySet, Selection};
-use crate::store::{ReplayKey, Reservation, ReservationId, Store, StoreError};
+use crate::store::{IfNotPending, ReplayKey, Reservation, ReservationId, Store, StoreError};
 use crate::verify::{VerifiedToken, Verifier, VerifyError, token_sha256};
 
 pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
@@ -56,6 +57,8 @@ pub struct Issued {
     pub scope: String,
     pub target: String,
     pub policy: String,
+    /// For `reuse_tokens`: committed only once the token is handed out.
+    pub(crate) reuse: Option<ReuseOffer>,
 }
 
 /// A refused or failed exchange; `http::error` turns it into a status and body.
@@ -128,7 +131,9 @@ impl Outcomes {
     /// Writes the final record: completes the pending one, or appends.
     async fn write_final(&mut self) -> Result<(), StoreError> {
         let written = if self.pending_written {
-            self.store.complete_audit(&self.record).await
+            self.store
+                .complete_audit(&self.record, IfNotPending::Append)
+                .await
         } else {
             self.store.append_audit(&self.record).await
         };
@@ -145,19 +150,15 @@ impl Drop for Outcomes {
             return;
         }
         let mut record = self.record.clone();
-        record.outcome = Outcome::Error;
-        record.reason = "cancelled".to_owned();
-        record.detail = Some(
-            "the request was cancelled while the target was called; no token was handed out"
-                .to_owned(),
+        record.withhold(
+            "cancelled",
+            "the request was cancelled while the target was called",
         );
-        record.token_sha256 = None;
-        record.token_jti = None;
-        record.expires_at = None;
+        crate::audit::log_decision(&record);
         let store = self.store.clone();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                if let Err(err) = store.complete_audit(&record).await {
+                if let Err(err) = store.complete_audit(&record, IfNotPending::Skip).await {
                     tracing::error!(request_id = %record.request_id, error = %err, "the cancelled request's audit record could not be completed");
                 }
             });
@@ -305,7 +306,7 @@ impl Exchanger {
             ReplayMode::Reject => Some(self.reserve(&verified, out).await?),
             ReplayMode::Allow => None,
         };
-        let issued = match self
+        let mut issued = match self
             .decide_and_mint(request, &verified, &ci_issuer_url, now, out)
             .await
         {
@@ -345,6 +346,9 @@ impl Exchanger {
         }
         if let Some(guard) = guard {
             guard.disarm();
+        }
+        if let Some(offer) = issued.reuse.take() {
+            offer.commit();
         }
         Ok(issued)
     }
@@ -570,8 +574,9 @@ impl Exchanger {
         out.record.token_jti = minted.jti.clone();
         out.record.expires_at = Some(minted.expires_at);
         out.record.reused = minted.reused;
+        // `...:jwt` is honoured only when the token is one (a remote target's may be opaque).
         let issued_token_type = match request.requested_token_type.as_deref() {
-            Some(TOKEN_TYPE_JWT) => TOKEN_TYPE_JWT,
+            Some(TOKEN_TYPE_JWT) if minted.is_jwt => TOKEN_TYPE_JWT,
             _ => TOKEN_TYPE_ACCESS_TOKEN,
         };
         Ok(Issued {
@@ -581,6 +586,7 @@ impl Exchanger {
             scope: minted.scope,
             target: target_name.to_owned(),
             policy: policy.name().to_owned(),
+            reuse: minted.reuse,
         })
     }
 
@@ -594,6 +600,9 @@ impl Exchanger {
         pending.outcome = Outcome::Pending;
         pending.reason = "pending".to_owned();
         pending.detail = Some("calling the target".to_owned());
+        // Set before the write: a request cancelled during it still completes whatever
+        // the store committed (and appends nothing if it committed nothing).
+        out.pending_written = true;
         if let Err(err) = self.store.append_audit(&pending).await {
             tracing::error!(request_id = %request.request_id, error = %err, "pending audit record could not be written; the target is not called");
             out.record.outcome = Outcome::Error;
@@ -608,7 +617,6 @@ impl Exchanger {
             policy = pending.policy.as_deref().unwrap_or(""),
             "exchange pending: calling the target"
         );
-        out.pending_written = true;
         Ok(())
     }
 

@@ -203,7 +203,9 @@ impl Minter for LocalMinter {
             expires_at: OffsetDateTime::from_unix_timestamp(exp).unwrap_or(now),
             expires_in: ttl.as_secs(),
             scope,
+            is_jwt: true,
             reused: false,
+            reuse: None,
         })
     }
 }

@@ -42,8 +42,12 @@ pub struct MintedToken {
     pub expires_in: u64,
     /// The scope the token carries, space-separated.
     pub scope: String,
+    /// The token is a JWT (so `requested_token_type=...:jwt` can be honoured).
+    pub is_jwt: bool,
     /// Handed out before, to an identical request (`reuse_tokens`).
     pub reused: bool,
+    /// Offered for reuse once handed out (`reuse_tokens`); see [`remote::ReuseOffer`].
+    pub reuse: Option<remote::ReuseOffer>,
 }
 
 /// Why minting failed. `Display` is for logs and the audit record, never for the caller.

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use super::{ReplayKey, Reservation, ReservationId, Store, StoreError};
+use super::{IfNotPending, ReplayKey, Reservation, ReservationId, Store, StoreError};
 use crate::audit::AuditRecord;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,19 +128,24 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn complete_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
+    async fn complete_audit(
+        &self,
+        record: &AuditRecord,
+        if_not_pending: IfNotPending,
+    ) -> Result<(), StoreError> {
         let mut inner = self.lock()?;
         let pending = inner.audit.iter_mut().rev().find(|r| {
             r.request_id == record.request_id && r.outcome == crate::audit::Outcome::Pending
         });
-        match pending {
-            Some(slot) => *slot = record.clone(),
-            None => {
+        match (pending, if_not_pending) {
+            (Some(slot), _) => *slot = record.clone(),
+            (None, IfNotPending::Append) => {
                 if inner.audit.len() >= MAX_AUDIT_RECORDS {
                     inner.audit.pop_front();
                 }
                 inner.audit.push_back(record.clone());
             }
+            (None, IfNotPending::Skip) => {}
         }
         Ok(())
     }

@@ -52,6 +52,15 @@ pub enum Reservation {
 #[error("store failure: {0}")]
 pub struct StoreError(pub String);
 
+/// What [`Store::complete_audit`] does when the request has no pending record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfNotPending {
+    /// Append the record (the final record of an exchange must be on record).
+    Append,
+    /// Do nothing (a cancellation must not add a record the pending write never made).
+    Skip,
+}
+
 /// Replay records and audit records, in one place so that both see the same truth.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -71,9 +80,13 @@ pub trait Store: Send + Sync + 'static {
     async fn replay_expiry(&self, key: &ReplayKey) -> Result<Option<OffsetDateTime>, StoreError>;
     /// Appends one audit record; it must be durable when this returns.
     async fn append_audit(&self, record: &AuditRecord) -> Result<(), StoreError>;
-    /// Replaces the `pending` record of `record.request_id` by its final version; appends
-    /// `record` if no pending record of that request is held any more.
-    async fn complete_audit(&self, record: &AuditRecord) -> Result<(), StoreError>;
+    /// Replaces the `pending` record of `record.request_id` by its final version; when no
+    /// pending record of that request is held, does what `if_not_pending` says.
+    async fn complete_audit(
+        &self,
+        record: &AuditRecord,
+        if_not_pending: IfNotPending,
+    ) -> Result<(), StoreError>;
     /// Audit records in the order they were written.
     async fn audit_records(&self) -> Result<Vec<AuditRecord>, StoreError>;
     /// Whether the store can take writes (readiness).

@@ -440,9 +440,16 @@ fn basic_credentials(authorization: &str) -> Option<(String, String)> {
     let (scheme, encoded) = authorization.split_once(' ')?;
     let decoded = String::from_utf8(STANDARD.decode(encoded.trim()).ok()?).ok()?;
     let (id, secret) = decoded.split_once(':')?;
+    // RFC 6749 §2.3.1: both parts are form-urlencoded before base64.
+    let form_decode = |text: &str| {
+        url::form_urlencoded::parse(format!("x={text}").as_bytes())
+            .next()
+            .map(|(_, value)| value.into_owned())
+    };
     scheme
         .eq_ignore_ascii_case("basic")
-        .then(|| (id.to_owned(), secret.to_owned()))
+        .then(|| Some((form_decode(id)?, form_decode(secret)?)))
+        .flatten()
 }
 
 /// A refusal: the answer, and the reason recorded in `TokenRequest::rejected`.

@@ -486,8 +486,9 @@ impl Store for SlowStore {
     async fn complete_audit(
         &self,
         record: &tokenmint::audit::AuditRecord,
+        if_not_pending: tokenmint::store::IfNotPending,
     ) -> Result<(), tokenmint::store::StoreError> {
-        self.inner.complete_audit(record).await
+        self.inner.complete_audit(record, if_not_pending).await
     }
     async fn audit_records(
         &self,

@@ -226,14 +226,16 @@ async fn rs384_ps256_and_pkcs1_keys_sign_accepted_assertions() {
 async fn client_secret_post_and_basic_authenticate() {
     let dir = tempfile::tempdir().expect("tempdir");
     let secret_file = dir.path().join("secret");
-    std::fs::write(&secret_file, "s3cr3t-value\n").expect("write secret");
+    // Reserved characters: Basic credentials are form-urlencoded first (RFC 6749 §2.3.1).
+    let secret = "s3cr3t+value/with:odd%chars~";
+    std::fs::write(&secret_file, format!("{secret}\n")).expect("write secret");
     for (setup, method) in [
         (
-            TenantSetup::secret_post(CLIENT_ID, "s3cr3t-value"),
+            TenantSetup::secret_post(CLIENT_ID, secret),
             "client_secret_post",
         ),
         (
-            TenantSetup::secret_basic(CLIENT_ID, "s3cr3t-value"),
+            TenantSetup::secret_basic(CLIENT_ID, secret),
             "client_secret_basic",
         ),
     ] {
@@ -251,7 +253,7 @@ async fn client_secret_post_and_basic_authenticate() {
         assert_eq!(sent.field("client_assertion"), None);
         match method {
             "client_secret_post" => {
-                assert_eq!(sent.field("client_secret"), Some("s3cr3t-value"));
+                assert_eq!(sent.field("client_secret"), Some(secret));
                 assert_eq!(sent.authorization, None);
             }
             _ => {
@@ -529,11 +531,12 @@ async fn wider_scope_is_never_handed_out() {
     let record = app.last_audit().await;
     assert_eq!(record.outcome, Outcome::Error);
     assert_eq!(record.reason, "upstream_scope_wider");
+    let withheld = sha256_hex(&tenant.issued()[0].access_token);
     assert_eq!(
-        record.detail.as_deref(),
-        Some(
-            "granted \"read:clients update:clients\", the token carries \"read:clients update:clients read:resource_servers\" (extra: read:resource_servers)"
-        )
+        record.detail,
+        Some(format!(
+            "granted \"read:clients update:clients\", the token carries \"read:clients update:clients read:resource_servers\" (extra: read:resource_servers); withheld token sha256 {withheld}"
+        ))
     );
     assert_eq!(record.token_sha256, None);
 
@@ -864,4 +867,256 @@ async fn a_dropped_connection_is_replaced() {
         "the new connection is pooled in turn"
     );
     assert_eq!(tenant.issued().len(), 3);
+}
+
+/// A JWT-shaped token with `claims` (unsigned: tokenmint never verifies a tenant's token,
+/// it only reads what the token says about itself).
+fn jwt_with(claims: Value) -> String {
+    use base64::Engine as _;
+    let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    format!(
+        "{}.{}.c2lnbmF0dXJl",
+        b64(json!({"alg": "RS256", "typ": "JWT"})),
+        b64(claims)
+    )
+}
+
+#[tokio::test]
+async fn a_token_claiming_more_than_its_answer_is_refused() {
+    let (fake, tenant, app) = tenant_app(pkjwt(), "").await;
+    let token = fake.token("github-push-main");
+    // The answer echoes the requested scope; the token itself carries more, or lives longer.
+    let wide = jwt_with(
+        json!({"scope": "read:clients update:clients delete:clients", "exp": now() + 600}),
+    );
+    let long =
+        jwt_with(json!({"scope": "read:clients update:clients", "exp": now() + 30 * 86_400}));
+    for (access_token, reason) in [
+        (wide, "upstream_scope_wider"),
+        (long, "upstream_ttl_exceeded"),
+    ] {
+        tenant.push_fault(Fault::Json(json!({
+            "access_token": access_token, "token_type": "Bearer", "expires_in": 600,
+            "scope": "read:clients update:clients",
+        })));
+        let answer = app.exchange(&token, "tenant-prod", &[]).await;
+        assert_eq!(answer.status, 502, "{}", answer.text);
+        assert!(!answer.text.contains(&access_token));
+        let record = app.last_audit().await;
+        assert_eq!(record.reason, reason);
+        assert_eq!(record.token_sha256, None);
+        let detail = record.detail.expect("detail");
+        assert!(
+            detail.ends_with(&format!(
+                "withheld token sha256 {}",
+                sha256_hex(&access_token)
+            )),
+            "{detail}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn absurd_and_empty_answers_fail_closed_without_panicking() {
+    let (fake, tenant, app) = tenant_app(pkjwt(), "enforce_max_ttl = false\n").await;
+    let token = fake.token("github-push-main");
+    let cases = [
+        (
+            json!({"access_token": "opaque", "token_type": "Bearer", "expires_in": u64::MAX, "scope": "read:clients"}),
+            "upstream_malformed",
+        ),
+        (
+            json!({"access_token": jwt_with(json!({"exp": i64::MIN})), "token_type": "Bearer", "expires_in": 60, "scope": "read:clients"}),
+            "upstream_malformed",
+        ),
+        (
+            json!({"access_token": "opaque", "token_type": "Bearer", "expires_in": 60, "scope": ""}),
+            "upstream_scope_empty",
+        ),
+    ];
+    for (body, reason) in cases {
+        tenant.push_fault(Fault::Json(body));
+        let answer = app.exchange(&token, "tenant-prod", &[]).await;
+        assert_eq!(answer.status, 502, "{}", answer.text);
+        assert_eq!(app.last_audit().await.reason, reason);
+    }
+    // None of them used the CI token up.
+    let answer = app.exchange(&token, "tenant-prod", &[]).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+}
+
+#[tokio::test]
+async fn a_rate_limit_reset_within_the_budget_is_waited_out() {
+    let (fake, tenant, app) = tenant_app(pkjwt(), "").await;
+    tenant.push_fault(Fault::RateLimited {
+        retry_after: None,
+        reset_in: Some(1),
+    });
+    let answer = app
+        .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(tenant.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn a_huge_retry_after_is_capped_at_an_hour() {
+    let (fake, tenant, app) = tenant_app(pkjwt(), "").await;
+    tenant.push_fault(Fault::RateLimited {
+        retry_after: Some(u64::MAX),
+        reset_in: None,
+    });
+    let answer = app
+        .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
+        .await;
+    assert_error(
+        &answer,
+        503,
+        "temporarily_unavailable",
+        "target \"tenant-prod\" is rate-limiting tokenmint; retry after 3600s",
+    );
+    assert_eq!(answer.headers["retry-after"], "3600");
+}
+
+#[tokio::test]
+async fn an_oversized_answer_is_refused() {
+    let (fake, tenant, app) = tenant_app(pkjwt(), "").await;
+    tenant.push_fault(Fault::Status {
+        status: 200,
+        body: format!("{{\"padding\":\"{}\"}}", "x".repeat(70 * 1024)),
+        headers: vec![("content-type".to_owned(), "application/json".to_owned())],
+    });
+    let answer = app
+        .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
+        .await;
+    assert_eq!(answer.status, 502, "{}", answer.text);
+    let record = app.last_audit().await;
+    assert_eq!(record.reason, "upstream_malformed");
+    assert_eq!(
+        record.detail.as_deref(),
+        Some("HTTP 200 OK: answer larger than 65536 bytes")
+    );
+}
+
+#[tokio::test]
+async fn requested_jwt_type_is_honoured_only_for_jwt_tokens() {
+    let (fake, tenant, app) = tenant_app(pkjwt(), "").await;
+    let jwt_type = [(
+        "requested_token_type",
+        "urn:ietf:params:oauth:token-type:jwt",
+    )];
+    let answer = app
+        .exchange(&fake.token("github-push-main"), "tenant-prod", &jwt_type)
+        .await;
+    assert_eq!(
+        answer.body["issued_token_type"],
+        "urn:ietf:params:oauth:token-type:jwt"
+    );
+    tenant.push_fault(Fault::Json(json!({
+        "access_token": "opaque-token", "token_type": "Bearer", "expires_in": 60,
+        "scope": "read:clients update:clients",
+    })));
+    let answer = app
+        .exchange(&fake.token("github-push-main"), "tenant-prod", &jwt_type)
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(
+        answer.body["issued_token_type"],
+        "urn:ietf:params:oauth:token-type:access_token"
+    );
+}
+
+/// A store whose `consume` fails while `fail` is set.
+struct FlakyConsumeStore {
+    inner: tokenmint::store::MemoryStore,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl tokenmint::store::Store for FlakyConsumeStore {
+    async fn reserve(
+        &self,
+        key: &tokenmint::store::ReplayKey,
+        keep_until: time::OffsetDateTime,
+    ) -> Result<tokenmint::store::Reservation, tokenmint::store::StoreError> {
+        self.inner.reserve(key, keep_until).await
+    }
+    async fn consume(
+        &self,
+        key: &tokenmint::store::ReplayKey,
+        holder: &tokenmint::store::ReservationId,
+    ) -> Result<(), tokenmint::store::StoreError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(tokenmint::store::StoreError("disk full".to_owned()));
+        }
+        self.inner.consume(key, holder).await
+    }
+    async fn release(
+        &self,
+        key: &tokenmint::store::ReplayKey,
+        holder: &tokenmint::store::ReservationId,
+    ) -> Result<(), tokenmint::store::StoreError> {
+        self.inner.release(key, holder).await
+    }
+    async fn replay_expiry(
+        &self,
+        key: &tokenmint::store::ReplayKey,
+    ) -> Result<Option<time::OffsetDateTime>, tokenmint::store::StoreError> {
+        self.inner.replay_expiry(key).await
+    }
+    async fn append_audit(
+        &self,
+        record: &tokenmint::audit::AuditRecord,
+    ) -> Result<(), tokenmint::store::StoreError> {
+        self.inner.append_audit(record).await
+    }
+    async fn complete_audit(
+        &self,
+        record: &tokenmint::audit::AuditRecord,
+        if_not_pending: tokenmint::store::IfNotPending,
+    ) -> Result<(), tokenmint::store::StoreError> {
+        self.inner.complete_audit(record, if_not_pending).await
+    }
+    async fn audit_records(
+        &self,
+    ) -> Result<Vec<tokenmint::audit::AuditRecord>, tokenmint::store::StoreError> {
+        self.inner.audit_records().await
+    }
+    async fn healthy(&self) -> bool {
+        true
+    }
+}
+
+/// A token that was withheld (here: the CI token could not be marked used) is never
+/// offered for reuse: a later request gets a token of its own.
+#[tokio::test]
+async fn a_withheld_token_is_never_reused() {
+    let store = std::sync::Arc::new(FlakyConsumeStore {
+        inner: tokenmint::store::MemoryStore::new(),
+        fail: std::sync::atomic::AtomicBool::new(true),
+    });
+    let fake = FakeIssuer::start(Shape::Github).await;
+    let tenant = FakeTenant::start(pkjwt()).await;
+    let app = AppBuilder::new()
+        .github("github", &fake)
+        .config(&auth0_target(&tenant, "reuse_tokens = true\n"))
+        .policy("deploy-tenant.yaml", TENANT_POLICY)
+        .store(store.clone())
+        .spawn()
+        .await;
+    let withheld = app
+        .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
+        .await;
+    assert_eq!(withheld.status, 503, "{}", withheld.text);
+    assert_eq!(app.last_audit().await.reason, "store_unavailable");
+
+    store.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    let answer = app
+        .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let issued = tenant.issued();
+    assert_eq!(issued.len(), 2, "the second request got a fresh token");
+    assert_eq!(answer.body["access_token"], issued[1].access_token);
+    assert!(!app.last_audit().await.reused);
 }

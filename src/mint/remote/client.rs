@@ -30,6 +30,8 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024;
 const BASE_BACKOFF: Duration = Duration::from_millis(200);
 /// Wait assumed after a 429 that says nothing about when to come back.
 const DEFAULT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(5);
+/// The longest wait a 429 can ask of us (and that we pass on in `Retry-After`).
+const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(3600);
 /// An attempt is started only with at least this much of the budget left.
 const MIN_ATTEMPT_TIME: Duration = Duration::from_millis(100);
 /// Longest text from the endpoint copied into a log line or audit record.
@@ -38,24 +40,33 @@ const MAX_DETAIL: usize = 300;
 /// A token the endpoint issued, as it stated it.
 pub struct EndpointToken {
     pub access_token: SecretString,
-    /// Seconds the token lives: the answer's `expires_in`, else the token's `exp`.
+    /// Seconds the token lives as the answer states it: `expires_in`, else the token's `exp`.
     pub expires_in: u64,
-    /// The granted scope exactly as stated: the `scope` field, else the token's `scope`
-    /// (or `scp`) claim; `None` when neither says.
+    /// Seconds until the token's own `exp`, when it is a JWT that has one.
+    pub exp_in: Option<u64>,
+    /// The granted scope as the answer states it: the `scope` field, else the token's
+    /// claim; `None` when neither says. Returned to the caller unchanged.
     pub scope: Option<String>,
-    pub scope_stated_in: ScopeSource,
+    /// The token's own `scope` (or `scp`) claim, when it is a JWT that carries one.
+    pub claim_scope: Option<String>,
     /// The token's `jti` claim, when it is a JWT that has one.
     pub jti: Option<String>,
+    /// The token is a compact JWS with a JSON payload.
+    pub is_jwt: bool,
     /// HTTP attempts made.
     pub attempts: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScopeSource {
-    AnswerField,
-    TokenClaim,
-    Nowhere,
+impl EndpointToken {
+    /// The longest life any statement gives the token: `expires_in` or its own `exp`.
+    pub fn longest_life(&self) -> u64 {
+        self.exp_in
+            .map_or(self.expires_in, |exp| exp.max(self.expires_in))
+    }
 }
+
+/// Lifetimes beyond this are nonsense (Auth0's own maximum is 30 days).
+const MAX_STATED_LIFETIME: u64 = 10 * 365 * 24 * 3600;
 
 /// Why no usable answer came. `public` is for the caller and names no secret and no
 /// text of the endpoint's; `detail` goes to the log and the audit record.
@@ -163,9 +174,8 @@ impl TokenEndpointClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let remaining = deadline.saturating_duration_since(Instant::now());
             let started = Instant::now();
-            let outcome = self.attempt(request_id, scope, remaining).await;
+            let outcome = self.attempt(request_id, scope, deadline).await;
             self.observer.attempt(
                 &self.target,
                 outcome.label(),
@@ -240,8 +250,9 @@ impl TokenEndpointClient {
         &self,
         request_id: &str,
         scope: Option<&[String]>,
-        remaining: Duration,
+        deadline: Instant,
     ) -> Attempt {
+        let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining < MIN_ATTEMPT_TIME {
             return Attempt::Fatal(self.timed_out());
         }
@@ -298,7 +309,7 @@ impl TokenEndpointClient {
         }
         let response = match request.send().await {
             Ok(response) => response,
-            Err(err) => return self.network_error(&err),
+            Err(err) => return self.network_error(&err, deadline),
         };
         let status = response.status();
         let headers = response.headers().clone();
@@ -309,7 +320,7 @@ impl TokenEndpointClient {
                     "HTTP {status}: answer larger than {MAX_ANSWER_BYTES} bytes"
                 )));
             }
-            Err(BodyError::Network(err)) => return self.network_error(&err),
+            Err(BodyError::Network(err)) => return self.network_error(&err, deadline),
         };
         if status.is_success() {
             return match parse_token_answer(&body, OffsetDateTime::now_utc()) {
@@ -336,9 +347,10 @@ impl TokenEndpointClient {
         }
     }
 
-    fn network_error(&self, err: &reqwest::Error) -> Attempt {
-        if err.is_timeout() {
-            // The request timeout is the rest of the budget: nothing is left to retry in.
+    fn network_error(&self, err: &reqwest::Error, deadline: Instant) -> Attempt {
+        // A request timeout is the rest of the budget: nothing is left to retry in. A
+        // connect timeout comes earlier and is retried like any network error.
+        if err.is_timeout() && Instant::now() + MIN_ATTEMPT_TIME >= deadline {
             return Attempt::Fatal(self.timed_out());
         }
         Attempt::Retry {
@@ -386,10 +398,12 @@ impl TokenEndpointClient {
         let target = &self.target;
         let status_code = status.as_u16();
         if status_code == 429 {
-            let wait = rate_limit_wait(headers, OffsetDateTime::now_utc());
-            let retry_after = wait.unwrap_or(DEFAULT_RATE_LIMIT_WAIT).as_secs().max(1);
+            let wait = rate_limit_wait(headers, OffsetDateTime::now_utc())
+                .unwrap_or(DEFAULT_RATE_LIMIT_WAIT)
+                .min(MAX_RATE_LIMIT_WAIT);
+            let retry_after = wait.as_secs().max(1);
             return Attempt::Retry {
-                wait: Some(wait.unwrap_or(DEFAULT_RATE_LIMIT_WAIT)),
+                wait: Some(wait),
                 error: EndpointError::RateLimited {
                     retry_after,
                     detail,
@@ -455,8 +469,8 @@ fn backoff(attempt: u32) -> Duration {
     base.mul_f64(rand::rng().random_range(0.5..1.5))
 }
 
-/// How long a 429 asks us to wait: `Retry-After` (seconds), else `X-RateLimit-Reset`
-/// (UNIX seconds, as Auth0 sends it).
+/// How long a 429 asks us to wait: `Retry-After` (seconds or an HTTP date), else
+/// `X-RateLimit-Reset` (UNIX seconds, as Auth0 sends it).
 pub fn rate_limit_wait(
     headers: &reqwest::header::HeaderMap,
     now: OffsetDateTime,
@@ -466,14 +480,19 @@ pub fn rate_limit_wait(
             .get(name)
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
-            .and_then(|v| v.parse::<u64>().ok())
     };
-    if let Some(seconds) = header("retry-after") {
-        return Some(Duration::from_secs(seconds));
+    let until = |at: OffsetDateTime| Duration::try_from(at - now).unwrap_or(Duration::ZERO);
+    if let Some(text) = header("retry-after") {
+        if let Ok(seconds) = text.parse::<u64>() {
+            return Some(Duration::from_secs(seconds));
+        }
+        if let Ok(at) = OffsetDateTime::parse(text, &time::format_description::well_known::Rfc2822)
+        {
+            return Some(until(at));
+        }
     }
-    let reset = header("x-ratelimit-reset")?;
-    let now = u64::try_from(now.unix_timestamp()).ok()?;
-    Some(Duration::from_secs(reset.saturating_sub(now)))
+    let reset = header("x-ratelimit-reset")?.parse::<i64>().ok()?;
+    Some(until(OffsetDateTime::from_unix_timestamp(reset).ok()?))
 }
 
 enum BodyError {
@@ -543,6 +562,23 @@ fn parse_token_answer(body: &[u8], now: OffsetDateTime) -> Result<EndpointToken,
     }
     let claims = upstream_token_claims(access_token.expose_secret());
     let claim = |name: &str| claims.as_ref().and_then(|c| c.get(name));
+    let exp_in = match claim("exp") {
+        None => None,
+        Some(exp) => {
+            let exp = exp
+                .as_i64()
+                .ok_or("the token's exp is not a whole number")?;
+            match exp.checked_sub(now.unix_timestamp()).map(u64::try_from) {
+                Some(Ok(secs)) if secs > 0 && secs <= MAX_STATED_LIFETIME => Some(secs),
+                Some(Ok(secs)) if secs > 0 => {
+                    return Err(format!(
+                        "the token's exp is {secs}s away, beyond any sane lifetime"
+                    ));
+                }
+                _ => return Err("the token's exp is in the past".to_owned()),
+            }
+        }
+    };
     let expires_in = match map.get("expires_in") {
         Some(Value::Number(n)) => n
             .as_u64()
@@ -554,41 +590,48 @@ fn parse_token_answer(body: &[u8], now: OffsetDateTime) -> Result<EndpointToken,
             )
         })?,
         Some(_) => return Err("expires_in is not a number".to_owned()),
-        None => match claim("exp").and_then(Value::as_i64) {
-            Some(exp) => u64::try_from(exp - now.unix_timestamp()).unwrap_or(0),
-            None => {
-                return Err("the answer has no expires_in and the token no exp: its lifetime cannot be checked".to_owned());
-            }
-        },
+        None => exp_in.ok_or(
+            "the answer has no expires_in and the token no exp: its lifetime cannot be checked",
+        )?,
     };
     if expires_in == 0 {
         return Err("the token is already expired (expires_in 0)".to_owned());
     }
-    let (scope, scope_stated_in) = match map.get("scope") {
-        Some(Value::String(scope)) => (Some(scope.clone()), ScopeSource::AnswerField),
+    if expires_in > MAX_STATED_LIFETIME {
+        return Err(format!(
+            "expires_in {expires_in} is beyond any sane lifetime"
+        ));
+    }
+    let claim_scope = match claim("scope").or_else(|| claim("scp")) {
+        None => None,
+        Some(Value::String(scope)) => Some(scope.clone()),
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => Some(
+            items
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        Some(_) => {
+            return Err(
+                "the token's scope claim is neither a string nor a list of strings".to_owned(),
+            );
+        }
+    };
+    let scope = match map.get("scope") {
+        Some(Value::String(scope)) => Some(scope.clone()),
         Some(_) => return Err("scope is not a string".to_owned()),
-        None => match claim("scope").or_else(|| claim("scp")) {
-            Some(Value::String(scope)) => (Some(scope.clone()), ScopeSource::TokenClaim),
-            Some(Value::Array(items)) if items.iter().all(Value::is_string) => (
-                Some(
-                    items
-                        .iter()
-                        .filter_map(Value::as_str)
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                ),
-                ScopeSource::TokenClaim,
-            ),
-            _ => (None, ScopeSource::Nowhere),
-        },
+        None => claim_scope.clone(),
     };
     let jti = claim("jti").and_then(Value::as_str).map(bounded);
     Ok(EndpointToken {
         access_token,
         expires_in,
+        exp_in,
         scope,
-        scope_stated_in,
+        claim_scope,
         jti,
+        is_jwt: claims.is_some(),
         attempts: 1,
     })
 }
@@ -633,6 +676,15 @@ mod tests {
         assert_eq!(rate_limit_wait(&headers, now), Some(Duration::from_secs(7)));
         headers.insert("retry-after", "3".parse().expect("value"));
         assert_eq!(rate_limit_wait(&headers, now), Some(Duration::from_secs(3)));
+        // 1789465000 is Tue, 15 Sep 2026 09:36:40 GMT.
+        headers.insert(
+            "retry-after",
+            "Tue, 15 Sep 2026 09:37:00 GMT".parse().expect("value"),
+        );
+        assert_eq!(
+            rate_limit_wait(&headers, now),
+            Some(Duration::from_secs(20))
+        );
     }
 
     #[test]
@@ -663,7 +715,8 @@ mod tests {
         .expect("valid");
         assert_eq!(ok.expires_in, 600);
         assert_eq!(ok.scope.as_deref(), Some("a b"));
-        assert_eq!(ok.scope_stated_in, ScopeSource::AnswerField);
+        assert_eq!(ok.claim_scope, None);
+        assert!(!ok.is_jwt);
         for (body, expected) in [
             (&b"<html>"[..], "the answer is not JSON"),
             (br#"[1]"#, "the answer is JSON but not an object"),
@@ -698,6 +751,10 @@ mod tests {
             (
                 br#"{"access_token":"ab","token_type":"Bearer","expires_in":5,"scope":["a"]}"#,
                 "scope is not a string",
+            ),
+            (
+                br#"{"access_token":"ab","token_type":"Bearer","expires_in":1000000000000}"#,
+                "expires_in 1000000000000 is beyond any sane lifetime",
             ),
         ] {
             match parse_token_answer(body, now) {
