@@ -1120,3 +1120,59 @@ async fn a_withheld_token_is_never_reused() {
     assert_eq!(answer.body["access_token"], issued[1].access_token);
     assert!(!app.last_audit().await.reused);
 }
+
+/// A connect timeout is retried like any network error; only the end of the budget is final.
+#[tokio::test]
+async fn a_connect_timeout_is_retried_not_final() {
+    // A listener whose accept queue is full: the kernel drops further SYNs, so connecting
+    // times out. Nothing is ever accepted.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let listener = socket.listen(1).expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    let mut filler = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(stream)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            filler.push(stream);
+        }
+    }
+    let fake = FakeIssuer::start(Shape::Github).await;
+    let app = AppBuilder::new()
+        .github("github", &fake)
+        .config(&format!(
+            "[targets.tenant-prod]\nkind = \"auth0\"\ndomain = \"acme.eu.auth0.com\"\nbase_url = \"http://{addr}\"\nclient_id = \"{CLIENT_ID}\"\nprivate_key_file = \"{}\"\nconnect_timeout = \"300ms\"\ntimeout = \"5s\"\n",
+            key_path("auth0-client.pem")
+        ))
+        .policy("deploy-tenant.yaml", TENANT_POLICY)
+        .spawn()
+        .await;
+    let answer = app
+        .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
+        .await;
+    assert_error(
+        &answer,
+        502,
+        "temporarily_unavailable",
+        "target \"tenant-prod\" could not be reached; retry later",
+    );
+    let record = app.last_audit().await;
+    assert_eq!(record.reason, "upstream_unreachable");
+    let detail = record.detail.expect("detail");
+    assert!(detail.contains("tcp connect error"), "{detail}");
+    let metrics = app.service.state.metrics.render();
+    assert!(
+        metrics.contains(
+            "tokenmint_upstream_requests_total{target=\"tenant-prod\",outcome=\"network_error\"} 3\n"
+        ),
+        "{metrics}"
+    );
+    drop(filler);
+    drop(listener);
+}
