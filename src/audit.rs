@@ -132,10 +132,15 @@ impl AuditRecord {
     }
 
     /// Turns an allow record into the error record of a token that was minted but withheld.
+    /// The token's SHA-256 moves into `detail` (first, so cutting never loses it): a
+    /// remote target's token exists even when withheld, and Auth0 cannot revoke it.
     pub fn withhold(&mut self, reason: &str, detail: &str) {
         self.outcome = Outcome::Error;
         self.reason = reason.to_owned();
-        self.detail = Some(format!("token withheld: {detail}"));
+        self.detail = Some(match &self.token_sha256 {
+            Some(hash) => format!("withheld token sha256 {hash}; {detail}"),
+            None => format!("token withheld: {detail}"),
+        });
         self.token_sha256 = None;
         self.token_jti = None;
         self.expires_at = None;

@@ -242,21 +242,19 @@ async fn check_remote(
         Level::Ok,
         format!("reachable and authenticated ({} attempt(s))", full.attempts),
     ));
-    let Some(grant_scope) = full.scope.clone() else {
+    let Some(grant) = stated_scopes(&full) else {
         lines.push((
             Level::Fail,
             "the answer states no scope (no scope field, no scope claim): every exchange would fail closed".to_owned(),
         ));
         return (heading, lines);
     };
-    let grant: Vec<String> = grant_scope
-        .split_ascii_whitespace()
-        .map(str::to_owned)
-        .collect();
     lines.push((Level::Ok, format!("the grant allows: {}", or_none(&grant))));
 
     let max = target.max_ttl.as_secs();
-    if full.expires_in > max {
+    // The exchange judges the longest life any statement gives the token.
+    let life = full.longest_life();
+    if life > max {
         let (level, consequence) = if remote.enforce_max_ttl {
             (Level::Fail, "every exchange fails with 502")
         } else {
@@ -273,14 +271,11 @@ async fn check_remote(
             level,
             format!(
                 "tokens live {}s, longer than max_ttl {max}s: {consequence}; shorten {setting}",
-                full.expires_in
+                life
             ),
         ));
     } else {
-        lines.push((
-            Level::Ok,
-            format!("tokens live {}s (max_ttl {max}s)", full.expires_in),
-        ));
+        lines.push((Level::Ok, format!("tokens live {life}s (max_ttl {max}s)")));
     }
 
     if matches!(remote.provider, RemoteProvider::Auth0 { .. }) {
@@ -307,7 +302,7 @@ async fn check_remote(
     } else {
         let asked = vec![grant[0].clone()];
         match request(&minter, target, Some(&asked), store, requests).await {
-            Ok(narrowed) => match narrowed.scope.as_deref() {
+            Ok(narrowed) => match stated_scopes(&narrowed) {
                 None => {
                     lines.push((
                         Level::Fail,
@@ -316,8 +311,18 @@ async fn check_remote(
                     ));
                     None
                 }
+                Some(got) if got.is_empty() => {
+                    lines.push((
+                        Level::Fail,
+                        format!(
+                            "asked for {:?}, the target granted no scope at all",
+                            asked[0]
+                        ),
+                    ));
+                    None
+                }
                 Some(got) => {
-                    let narrows = got.split_ascii_whitespace().all(|s| s == asked[0]);
+                    let narrows = got.iter().all(|s| *s == asked[0]);
                     let verdict = if narrows {
                         "narrows by scope"
                     } else {
@@ -325,7 +330,11 @@ async fn check_remote(
                     };
                     lines.push((
                         Level::Ok,
-                        format!("{verdict}: asked for {:?}, got {got:?}", asked[0]),
+                        format!(
+                            "{verdict}: asked for {:?}, got {:?}",
+                            asked[0],
+                            got.join(" ")
+                        ),
                     ));
                     Some(narrows)
                 }
@@ -413,6 +422,25 @@ async fn request(
             detail,
         } => format!("rate limited for {retry_after}s ({detail})"),
     })
+}
+
+/// Every scope the answer or the token itself states (both count, as in the exchange),
+/// in order without repeats; `None` when neither states one.
+fn stated_scopes(token: &EndpointToken) -> Option<Vec<String>> {
+    if token.scope.is_none() && token.claim_scope.is_none() {
+        return None;
+    }
+    let mut scopes: Vec<String> = Vec::new();
+    for scope in [&token.scope, &token.claim_scope]
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s.split_ascii_whitespace())
+    {
+        if !scopes.iter().any(|s| s == scope) {
+            scopes.push(scope.to_owned());
+        }
+    }
+    Some(scopes)
 }
 
 fn or_none(scopes: &[String]) -> String {

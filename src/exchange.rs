@@ -134,6 +134,7 @@ impl Outcomes {
             self.store
                 .complete_audit(&self.record, IfNotPending::Append)
                 .await
+                .map(|_| ())
         } else {
             self.store.append_audit(&self.record).await
         };
@@ -154,12 +155,17 @@ impl Drop for Outcomes {
             "cancelled",
             "the request was cancelled while the target was called",
         );
-        crate::audit::log_decision(&record);
         let store = self.store.clone();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                if let Err(err) = store.complete_audit(&record, IfNotPending::Skip).await {
-                    tracing::error!(request_id = %record.request_id, error = %err, "the cancelled request's audit record could not be completed");
+                match store.complete_audit(&record, IfNotPending::Skip).await {
+                    // Logged only when it is what the store holds (a final record that
+                    // was committed just before the cancellation stays as it is).
+                    Ok(true) => crate::audit::log_decision(&record),
+                    Ok(false) => {}
+                    Err(err) => {
+                        tracing::error!(request_id = %record.request_id, error = %err, "the cancelled request's audit record could not be completed");
+                    }
                 }
             });
         }

@@ -404,7 +404,7 @@ impl RawTarget {
         if self.max_ttl.get() > MAX_REMOTE_TTL {
             return Err(fail(
                 &key("max_ttl"),
-                "must be at most 30 days (Auth0's own maximum token lifetime)".to_owned(),
+                "must be at most 30 days for a remote target".to_owned(),
             ));
         }
         let connect_timeout = self

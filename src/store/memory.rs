@@ -132,13 +132,16 @@ impl Store for MemoryStore {
         &self,
         record: &AuditRecord,
         if_not_pending: IfNotPending,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let mut inner = self.lock()?;
         let pending = inner.audit.iter_mut().rev().find(|r| {
             r.request_id == record.request_id && r.outcome == crate::audit::Outcome::Pending
         });
         match (pending, if_not_pending) {
-            (Some(slot), _) => *slot = record.clone(),
+            (Some(slot), _) => {
+                *slot = record.clone();
+                return Ok(true);
+            }
             (None, IfNotPending::Append) => {
                 if inner.audit.len() >= MAX_AUDIT_RECORDS {
                     inner.audit.pop_front();
@@ -147,7 +150,7 @@ impl Store for MemoryStore {
             }
             (None, IfNotPending::Skip) => {}
         }
-        Ok(())
+        Ok(false)
     }
 
     async fn audit_records(&self) -> Result<Vec<AuditRecord>, StoreError> {

@@ -81,12 +81,13 @@ pub trait Store: Send + Sync + 'static {
     /// Appends one audit record; it must be durable when this returns.
     async fn append_audit(&self, record: &AuditRecord) -> Result<(), StoreError>;
     /// Replaces the `pending` record of `record.request_id` by its final version; when no
-    /// pending record of that request is held, does what `if_not_pending` says.
+    /// pending record of that request is held, does what `if_not_pending` says. Returns
+    /// whether a pending record was replaced.
     async fn complete_audit(
         &self,
         record: &AuditRecord,
         if_not_pending: IfNotPending,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
     /// Audit records in the order they were written.
     async fn audit_records(&self) -> Result<Vec<AuditRecord>, StoreError>;
     /// Whether the store can take writes (readiness).

@@ -487,7 +487,7 @@ impl Store for SlowStore {
         &self,
         record: &tokenmint::audit::AuditRecord,
         if_not_pending: tokenmint::store::IfNotPending,
-    ) -> Result<(), tokenmint::store::StoreError> {
+    ) -> Result<bool, tokenmint::store::StoreError> {
         self.inner.complete_audit(record, if_not_pending).await
     }
     async fn audit_records(

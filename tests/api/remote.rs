@@ -535,7 +535,7 @@ async fn wider_scope_is_never_handed_out() {
     assert_eq!(
         record.detail,
         Some(format!(
-            "granted \"read:clients update:clients\", the token carries \"read:clients update:clients read:resource_servers\" (extra: read:resource_servers); withheld token sha256 {withheld}"
+            "withheld token sha256 {withheld}; granted \"read:clients update:clients\", the token carries \"read:clients update:clients read:resource_servers\" (extra: read:resource_servers)"
         ))
     );
     assert_eq!(record.token_sha256, None);
@@ -907,8 +907,8 @@ async fn a_token_claiming_more_than_its_answer_is_refused() {
         assert_eq!(record.token_sha256, None);
         let detail = record.detail.expect("detail");
         assert!(
-            detail.ends_with(&format!(
-                "withheld token sha256 {}",
+            detail.starts_with(&format!(
+                "withheld token sha256 {};",
                 sha256_hex(&access_token)
             )),
             "{detail}"
@@ -1074,7 +1074,7 @@ impl tokenmint::store::Store for FlakyConsumeStore {
         &self,
         record: &tokenmint::audit::AuditRecord,
         if_not_pending: tokenmint::store::IfNotPending,
-    ) -> Result<(), tokenmint::store::StoreError> {
+    ) -> Result<bool, tokenmint::store::StoreError> {
         self.inner.complete_audit(record, if_not_pending).await
     }
     async fn audit_records(
@@ -1108,7 +1108,17 @@ async fn a_withheld_token_is_never_reused() {
         .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
         .await;
     assert_eq!(withheld.status, 503, "{}", withheld.text);
-    assert_eq!(app.last_audit().await.reason, "store_unavailable");
+    let record = app.last_audit().await;
+    assert_eq!(record.reason, "store_unavailable");
+    assert_eq!(record.token_sha256, None);
+    // The tenant issued it and cannot revoke it: its hash stays on record.
+    assert_eq!(
+        record.detail,
+        Some(format!(
+            "withheld token sha256 {}; store failure: disk full",
+            sha256_hex(&tenant.issued()[0].access_token)
+        ))
+    );
 
     store.fail.store(false, std::sync::atomic::Ordering::SeqCst);
     let answer = app
@@ -1165,7 +1175,7 @@ async fn a_connect_timeout_is_retried_not_final() {
     let record = app.last_audit().await;
     assert_eq!(record.reason, "upstream_unreachable");
     let detail = record.detail.expect("detail");
-    assert!(detail.contains("tcp connect error"), "{detail}");
+    assert!(detail.contains("client error (Connect)"), "{detail}");
     let metrics = app.service.state.metrics.render();
     assert!(
         metrics.contains(
@@ -1175,4 +1185,45 @@ async fn a_connect_timeout_is_retried_not_final() {
     );
     drop(filler);
     drop(listener);
+}
+
+/// A tenant ignoring the narrowing with its whole Management API grant: the detail is cut
+/// to the recorded size, and the withheld token's hash survives the cut.
+#[tokio::test]
+async fn the_withheld_hash_survives_a_long_scope_list() {
+    let mut setup = pkjwt();
+    setup.scope_handling = ScopeHandling::Ignore;
+    setup.grant_scopes = (0..82)
+        .map(|i| format!("update:management_api_resource_{i:02}"))
+        .chain(["read:clients".to_owned(), "update:clients".to_owned()])
+        .collect();
+    let (fake, tenant, app) = tenant_app(setup, "").await;
+    let answer = app
+        .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
+        .await;
+    assert_eq!(answer.status, 502, "{}", answer.text);
+    let detail = app.last_audit().await.detail.expect("detail");
+    let withheld = sha256_hex(&tenant.issued()[0].access_token);
+    assert!(
+        detail.starts_with(&format!("withheld token sha256 {withheld};")),
+        "{detail}"
+    );
+    assert!(detail.len() < 1024, "{}", detail.len());
+}
+
+/// The token's own lifetime is `exp - iat`: a tenant clock a second ahead of ours does
+/// not make a token of exactly `max_ttl` look longer.
+#[tokio::test]
+async fn a_tenant_clock_ahead_does_not_stretch_the_lifetime() {
+    let (fake, tenant, app) = tenant_app(pkjwt(), "max_ttl = \"10m\"\n").await;
+    let ahead = now() + 5;
+    tenant.push_fault(Fault::Json(json!({
+        "access_token": jwt_with(json!({"scope": "read:clients update:clients", "iat": ahead, "exp": ahead + 600})),
+        "token_type": "Bearer", "expires_in": 600, "scope": "read:clients update:clients",
+    })));
+    let answer = app
+        .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(answer.body["expires_in"], 600);
 }

@@ -187,7 +187,7 @@ fn every_bad_remote_target_is_refused_naming_its_key() {
         ),
         (
             auth0(&format!("{key}max_ttl = \"2000y\"\n")),
-            "tokenmint.toml: `targets.prod.max_ttl`: must be at most 30 days (Auth0's own maximum token lifetime)",
+            "tokenmint.toml: `targets.prod.max_ttl`: must be at most 30 days for a remote target",
         ),
         (
             "[targets.prod]\nkind = \"auth0\"\ndomain = \"acme.eu.auth0.com\"\nclient_id = \"c12345678901234567890123456789012345678901234567890123456789012345\"\nprivate_key_file = \"/k.pem\"\n".to_owned(),

@@ -42,7 +42,8 @@ pub struct EndpointToken {
     pub access_token: SecretString,
     /// Seconds the token lives as the answer states it: `expires_in`, else the token's `exp`.
     pub expires_in: u64,
-    /// Seconds until the token's own `exp`, when it is a JWT that has one.
+    /// The token's own lifetime, when it is a JWT with `exp`: `exp - iat`, or `exp - now`
+    /// without `iat`.
     pub exp_in: Option<u64>,
     /// The granted scope as the answer states it: the `scope` field, else the token's
     /// claim; `None` when neither says. Returned to the caller unchanged.
@@ -65,6 +66,8 @@ impl EndpointToken {
     }
 }
 
+/// Clock difference allowed when judging whether a target's token has already expired.
+const TOKEN_CLOCK_LEEWAY_SECS: i64 = 60;
 /// Lifetimes beyond this are nonsense (Auth0's own maximum is 30 days).
 const MAX_STATED_LIFETIME: u64 = 10 * 365 * 24 * 3600;
 
@@ -562,20 +565,29 @@ fn parse_token_answer(body: &[u8], now: OffsetDateTime) -> Result<EndpointToken,
     }
     let claims = upstream_token_claims(access_token.expose_secret());
     let claim = |name: &str| claims.as_ref().and_then(|c| c.get(name));
+    // The token's own lifetime: `exp - iat` when it says when it was issued (no clock
+    // skew involved), else `exp - now`.
     let exp_in = match claim("exp") {
         None => None,
         Some(exp) => {
             let exp = exp
                 .as_i64()
                 .ok_or("the token's exp is not a whole number")?;
-            match exp.checked_sub(now.unix_timestamp()).map(u64::try_from) {
+            let now = now.unix_timestamp();
+            if exp
+                .checked_add(TOKEN_CLOCK_LEEWAY_SECS)
+                .is_none_or(|late| late <= now)
+            {
+                return Err("the token's exp is in the past".to_owned());
+            }
+            let issued = claim("iat").and_then(Value::as_i64).unwrap_or(now);
+            match exp.checked_sub(issued).map(u64::try_from) {
                 Some(Ok(secs)) if secs > 0 && secs <= MAX_STATED_LIFETIME => Some(secs),
-                Some(Ok(secs)) if secs > 0 => {
+                _ => {
                     return Err(format!(
-                        "the token's exp is {secs}s away, beyond any sane lifetime"
+                        "the token's exp {exp} gives no sane lifetime (issued at {issued})"
                     ));
                 }
-                _ => return Err("the token's exp is in the past".to_owned()),
             }
         }
     };

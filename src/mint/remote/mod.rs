@@ -95,6 +95,7 @@ impl RemoteMinter {
         let target = &self.target;
         // A withheld token cannot be revoked at Auth0; its hash lets the tenant's logs be
         // matched to this record.
+        // First in the detail, so that cutting a long detail never loses it.
         let withheld = format!(
             "withheld token sha256 {}",
             token_sha256(token.access_token.expose_secret())
@@ -107,7 +108,7 @@ impl RemoteMinter {
                      check it against the policy; the token was not handed out"
                 ),
                 detail: format!(
-                    "the answer has no scope field and the token no scope claim; {withheld}"
+                    "{withheld}; the answer has no scope field and the token no scope claim"
                 ),
             });
         };
@@ -141,8 +142,9 @@ impl RemoteMinter {
                      narrow to the requested scope); the token was not handed out; an operator must {hint}"
                 ),
                 detail: format!(
-                    "granted {:?}, the token carries {scope:?}{claim} (extra: {}); {withheld}",
+                    "{withheld}; granted {:?}, the token carries {:?}{claim} (extra: {})",
                     granted.join(" "),
+                    scope,
                     extra.into_iter().collect::<Vec<_>>().join(" ")
                 ),
             });
@@ -155,7 +157,7 @@ impl RemoteMinter {
                      handed out; an operator must add the policy's scopes to tokenmint's client grant"
                 ),
                 detail: format!(
-                    "granted {:?}, the token carries none; {withheld}",
+                    "{withheld}; granted {:?}, the token carries none",
                     granted.join(" ")
                 ),
             });
@@ -176,7 +178,7 @@ impl RemoteMinter {
                      the token was not handed out; an operator must {setting} or raise max_ttl"
                 ),
                 detail: format!(
-                    "expires_in {}, exp in {}, max_ttl {max}s; {withheld}",
+                    "{withheld}; expires_in {}, own lifetime {}, max_ttl {max}s",
                     token.expires_in,
                     token
                         .exp_in
