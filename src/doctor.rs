@@ -203,12 +203,11 @@ async fn check_remote(
         }
     };
     let credentials = match minter.client().credentials() {
-        ClientCredentials::Assertion(signer) => format!(
-            "private_key_jwt {}, kid {} (register this public key with the client)",
-            signer.algorithm().as_str(),
-            signer.kid()
+        assertion @ ClientCredentials::Assertion(_) => format!(
+            "{} (register this public key with the client)",
+            assertion.describe()
         ),
-        other => other.method_name().to_owned(),
+        other => other.describe(),
     };
     lines.push((
         Level::Ok,

@@ -264,10 +264,19 @@ impl Service {
                     *algorithm,
                     target.max_ttl,
                 )),
-                TargetKindConfig::Remote(_) => Arc::new(
-                    RemoteMinter::new(target, metrics.clone())
-                        .map_err(|err| anyhow::anyhow!("{err}"))?,
-                ),
+                TargetKindConfig::Remote(remote) => {
+                    let minter = RemoteMinter::new(target, metrics.clone())
+                        .map_err(|err| anyhow::anyhow!("{err}"))?;
+                    tracing::info!(
+                        target_name = %target.name,
+                        kind = remote.provider.kind(),
+                        token_endpoint = %remote.token_endpoint,
+                        client_id = %remote.client_id,
+                        credential = %minter.client().credentials().describe(),
+                        "remote target ready"
+                    );
+                    Arc::new(minter)
+                }
             };
             targets.insert(
                 target.name.clone(),

@@ -102,6 +102,19 @@ impl ClientCredentials {
         }
     }
 
+    /// What an operator needs to match the tenant's side: the method, and for
+    /// private_key_jwt the algorithm and `kid` (never any secret).
+    pub fn describe(&self) -> String {
+        match self {
+            ClientCredentials::Assertion(signer) => format!(
+                "private_key_jwt {}, kid {}",
+                signer.algorithm().as_str(),
+                signer.kid()
+            ),
+            other => other.method_name().to_owned(),
+        }
+    }
+
     /// The authentication method's name, as OAuth2 server metadata spells it.
     pub fn method_name(&self) -> &'static str {
         match self {
