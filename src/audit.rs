@@ -182,6 +182,18 @@ impl AuditRecord {
     }
 }
 
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+pub fn prefix_at_most(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// The decision log: one line per audit record, never a token (only its SHA-256).
 pub fn log_decision(record: &AuditRecord) {
     tracing::info!(

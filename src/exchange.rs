@@ -180,11 +180,8 @@ fn bounded(text: &str) -> String {
     if text.len() <= MAX_RECORDED_TEXT {
         return text.to_owned();
     }
-    let mut end = MAX_RECORDED_TEXT;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes)", &text[..end], text.len())
+    let kept = crate::audit::prefix_at_most(text, MAX_RECORDED_TEXT);
+    format!("{kept}… ({} bytes)", text.len())
 }
 
 /// A reserved replay key. Until [`ReplayGuard::disarm`] (the token is on its way out),

@@ -441,14 +441,36 @@ pub fn tokenmint() -> std::process::Command {
     command
 }
 
-/// A store that takes its time marking CI tokens used, so that requests overlap.
-pub struct SlowStore {
+/// A store whose `consume` can be slowed down (so that requests overlap) or made to fail;
+/// everything else is the in-memory store.
+pub struct HookedStore {
     pub inner: MemoryStore,
-    pub delay: std::time::Duration,
+    pub consume_delay: std::time::Duration,
+    pub fail_consume: std::sync::atomic::AtomicBool,
+}
+
+impl HookedStore {
+    /// Marking CI tokens used takes `delay`.
+    pub fn slow(delay: std::time::Duration) -> Self {
+        Self {
+            inner: MemoryStore::new(),
+            consume_delay: delay,
+            fail_consume: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Marking CI tokens used fails until `fail_consume` is cleared.
+    pub fn failing_consume() -> Self {
+        Self {
+            inner: MemoryStore::new(),
+            consume_delay: std::time::Duration::ZERO,
+            fail_consume: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
 }
 
 #[async_trait::async_trait]
-impl Store for SlowStore {
+impl Store for HookedStore {
     async fn reserve(
         &self,
         key: &tokenmint::store::ReplayKey,
@@ -461,7 +483,10 @@ impl Store for SlowStore {
         key: &tokenmint::store::ReplayKey,
         holder: &tokenmint::store::ReservationId,
     ) -> Result<(), tokenmint::store::StoreError> {
-        tokio::time::sleep(self.delay).await;
+        tokio::time::sleep(self.consume_delay).await;
+        if self.fail_consume.load(Ordering::SeqCst) {
+            return Err(tokenmint::store::StoreError("disk full".to_owned()));
+        }
         self.inner.consume(key, holder).await
     }
     async fn release(

@@ -1026,75 +1026,11 @@ async fn requested_jwt_type_is_honoured_only_for_jwt_tokens() {
     );
 }
 
-/// A store whose `consume` fails while `fail` is set.
-struct FlakyConsumeStore {
-    inner: tokenmint::store::MemoryStore,
-    fail: std::sync::atomic::AtomicBool,
-}
-
-#[async_trait::async_trait]
-impl tokenmint::store::Store for FlakyConsumeStore {
-    async fn reserve(
-        &self,
-        key: &tokenmint::store::ReplayKey,
-        keep_until: time::OffsetDateTime,
-    ) -> Result<tokenmint::store::Reservation, tokenmint::store::StoreError> {
-        self.inner.reserve(key, keep_until).await
-    }
-    async fn consume(
-        &self,
-        key: &tokenmint::store::ReplayKey,
-        holder: &tokenmint::store::ReservationId,
-    ) -> Result<(), tokenmint::store::StoreError> {
-        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(tokenmint::store::StoreError("disk full".to_owned()));
-        }
-        self.inner.consume(key, holder).await
-    }
-    async fn release(
-        &self,
-        key: &tokenmint::store::ReplayKey,
-        holder: &tokenmint::store::ReservationId,
-    ) -> Result<(), tokenmint::store::StoreError> {
-        self.inner.release(key, holder).await
-    }
-    async fn replay_expiry(
-        &self,
-        key: &tokenmint::store::ReplayKey,
-    ) -> Result<Option<time::OffsetDateTime>, tokenmint::store::StoreError> {
-        self.inner.replay_expiry(key).await
-    }
-    async fn append_audit(
-        &self,
-        record: &tokenmint::audit::AuditRecord,
-    ) -> Result<(), tokenmint::store::StoreError> {
-        self.inner.append_audit(record).await
-    }
-    async fn complete_audit(
-        &self,
-        record: &tokenmint::audit::AuditRecord,
-        if_not_pending: tokenmint::store::IfNotPending,
-    ) -> Result<bool, tokenmint::store::StoreError> {
-        self.inner.complete_audit(record, if_not_pending).await
-    }
-    async fn audit_records(
-        &self,
-    ) -> Result<Vec<tokenmint::audit::AuditRecord>, tokenmint::store::StoreError> {
-        self.inner.audit_records().await
-    }
-    async fn healthy(&self) -> bool {
-        true
-    }
-}
-
 /// A token that was withheld (here: the CI token could not be marked used) is never
 /// offered for reuse: a later request gets a token of its own.
 #[tokio::test]
 async fn a_withheld_token_is_never_reused() {
-    let store = std::sync::Arc::new(FlakyConsumeStore {
-        inner: tokenmint::store::MemoryStore::new(),
-        fail: std::sync::atomic::AtomicBool::new(true),
-    });
+    let store = std::sync::Arc::new(HookedStore::failing_consume());
     let fake = FakeIssuer::start(Shape::Github).await;
     let tenant = FakeTenant::start(pkjwt()).await;
     let app = AppBuilder::new()
@@ -1120,7 +1056,9 @@ async fn a_withheld_token_is_never_reused() {
         ))
     );
 
-    store.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+    store
+        .fail_consume
+        .store(false, std::sync::atomic::Ordering::SeqCst);
     let answer = app
         .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
         .await;

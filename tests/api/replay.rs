@@ -132,10 +132,9 @@ async fn replay_record_outlives_token_expiry_plus_leeway() {
 async fn slow_app(delay_ms: u64) -> (FakeIssuer, TestApp) {
     let fake = FakeIssuer::start(Shape::Github).await;
     let app = crate::exchange::deploy_builder(&fake, "")
-        .store(std::sync::Arc::new(SlowStore {
-            inner: tokenmint::store::MemoryStore::new(),
-            delay: std::time::Duration::from_millis(delay_ms),
-        }))
+        .store(std::sync::Arc::new(HookedStore::slow(
+            std::time::Duration::from_millis(delay_ms),
+        )))
         .spawn()
         .await;
     (fake, app)

@@ -128,6 +128,8 @@ pub struct TokenEndpointClient {
     audience: String,
     config: RemoteTargetConfig,
     credentials: ClientCredentials,
+    /// `client_secret_basic`: the `Authorization` header, built once, marked sensitive.
+    basic_authorization: Option<reqwest::header::HeaderValue>,
     http: reqwest::Client,
     observer: Arc<dyn UpstreamObserver>,
 }
@@ -148,11 +150,19 @@ impl TokenEndpointClient {
             .pool_idle_timeout(Duration::from_secs(90))
             .build()
             .map_err(|err| format!("building the HTTP client: {err}"))?;
+        let basic_authorization = match &credentials {
+            ClientCredentials::Secret {
+                secret,
+                method: SecretMethod::Basic,
+            } => Some(basic_authorization(&config.client_id, secret)?),
+            _ => None,
+        };
         Ok(Self {
             target: target.to_owned(),
             audience: audience.to_owned(),
             config,
             credentials,
+            basic_authorization,
             http,
             observer,
         })
@@ -296,19 +306,8 @@ impl TokenEndpointClient {
                 ),
             )
             .body(body.expose_secret().to_owned());
-        if let ClientCredentials::Secret {
-            secret,
-            method: SecretMethod::Basic,
-        } = &self.credentials
-        {
-            // RFC 6749 §2.3.1: both parts form-urlencoded before base64.
-            let user = form_encode(&self.config.client_id);
-            let password = form_encode(secret.expose_secret());
-            let encoded = STANDARD.encode(format!("{user}:{password}"));
-            let mut value = reqwest::header::HeaderValue::from_str(&format!("Basic {encoded}"))
-                .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static("Basic"));
-            value.set_sensitive(true);
-            request = request.header(reqwest::header::AUTHORIZATION, value);
+        if let Some(authorization) = &self.basic_authorization {
+            request = request.header(reqwest::header::AUTHORIZATION, authorization.clone());
         }
         let response = match request.send().await {
             Ok(response) => response,
@@ -648,6 +647,22 @@ fn parse_token_answer(body: &[u8], now: OffsetDateTime) -> Result<EndpointToken,
     })
 }
 
+/// `Basic base64(client_id:secret)`, both parts form-urlencoded first (RFC 6749 §2.3.1).
+fn basic_authorization(
+    client_id: &str,
+    secret: &SecretString,
+) -> Result<reqwest::header::HeaderValue, String> {
+    let user = form_encode(client_id);
+    let password = form_encode(secret.expose_secret());
+    let encoded = STANDARD.encode(format!("{user}:{password}"));
+    let mut value =
+        reqwest::header::HeaderValue::from_str(&format!("Basic {encoded}")).map_err(|_| {
+            "the client credentials do not form a valid Authorization header".to_owned()
+        })?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
 fn form_encode(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
@@ -656,11 +671,7 @@ fn bounded(text: &str) -> String {
     if text.len() <= MAX_DETAIL {
         return text.to_owned();
     }
-    let mut end = MAX_DETAIL;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
+    format!("{}…", crate::audit::prefix_at_most(text, MAX_DETAIL))
 }
 
 /// An error and its sources on one line (reqwest's own text stops at "error sending request").
