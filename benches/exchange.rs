@@ -1,0 +1,162 @@
+//! One token exchange on the in-memory store: a GitHub-shaped CI token (RS256) verified,
+//! a policy chosen, an ES256 local token signed, the replay record and the audit record
+//! written. This is the hot path; it should cost little more than its cryptography.
+//!
+//! Run with `cargo bench --bench exchange`. Each iteration gets a fresh CI token (signed
+//! in the untimed set-up) so that replay protection does its real work.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use serde_json::{Map, Value, json};
+
+use tokenmint::config::{Config, ConfigSource};
+use tokenmint::keys::{SigningAlgorithm, SigningKey};
+use tokenmint::metrics::Metrics;
+use tokenmint::service::Service;
+
+const ISSUER: &str = "https://token.actions.githubusercontent.com";
+const PUBLIC_URL: &str = "https://sts.example.com";
+
+const POLICY: &str = r#"
+name: deploy-api
+issuer: github
+target: internal-api
+scopes: [deploy, read]
+claims:
+  repository_id: "89012345"
+  ref: refs/heads/main
+  event_name: [push, workflow_dispatch]
+  workflow_ref: { glob: "acme/identity-config/.github/workflows/*.yml@refs/heads/main" }
+"#;
+
+struct Bench {
+    _dir: tempfile::TempDir,
+    service: Service,
+    ci_key: SigningKey,
+    claims: Map<String, Value>,
+}
+
+fn manifest(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn set_up(runtime: &tokio::runtime::Runtime) -> Bench {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pem = std::fs::read_to_string(manifest("tests/data/keys/ci-issuer-a.pem")).expect("key");
+    let ci_key = SigningKey::from_pkcs8_pem(SigningAlgorithm::RS256, &pem).expect("CI key");
+    let jwks = dir.path().join("github-jwks.json");
+    std::fs::write(&jwks, json!({"keys": [ci_key.public_jwk()]}).to_string()).expect("jwks");
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).expect("policies dir");
+    std::fs::write(policies.join("deploy-api.yaml"), POLICY).expect("policy");
+    let config_file = dir.path().join("tokenmint.toml");
+    std::fs::write(
+        &config_file,
+        format!(
+            r#"
+[server]
+public_url = "{PUBLIC_URL}"
+admin_listen = ""
+
+[storage]
+data_dir = "{data}"
+
+[policies]
+dir = "{policies}"
+
+[issuers.github]
+issuer = "{ISSUER}"
+jwks_file = "{jwks}"
+
+[targets.internal-api]
+kind = "local"
+audience = "https://api.internal.example"
+algorithm = "ES256"
+max_ttl = "15m"
+"#,
+            data = dir.path().join("data").display(),
+            policies = policies.display(),
+            jwks = jwks.display(),
+        ),
+    )
+    .expect("config");
+    let config = Config::load(&ConfigSource {
+        file: Some(config_file),
+        listen: None,
+    })
+    .expect("config loads");
+    let service = runtime
+        .block_on(Service::build(config, Arc::new(Metrics::new())))
+        .expect("service builds");
+    let fixture = std::fs::read_to_string(manifest("tests/data/claims/github-push-main.json"))
+        .expect("claims fixture");
+    let Value::Object(claims) = serde_json::from_str(&fixture).expect("claims JSON") else {
+        panic!("claims fixture is not an object");
+    };
+    Bench {
+        _dir: dir,
+        service,
+        ci_key,
+        claims,
+    }
+}
+
+impl Bench {
+    /// A fresh CI token (new `jti`, valid now).
+    fn ci_token(&self) -> String {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let mut claims = self.claims.clone();
+        claims.insert("iss".into(), json!(ISSUER));
+        claims.insert("aud".into(), json!(PUBLIC_URL));
+        claims.insert("iat".into(), json!(now));
+        claims.insert("nbf".into(), json!(now - 5));
+        claims.insert("exp".into(), json!(now + 300));
+        claims.insert("jti".into(), json!(uuid::Uuid::new_v4().to_string()));
+        self.ci_key
+            .sign_jwt(&Value::Object(claims))
+            .expect("CI token signs")
+    }
+}
+
+fn request(token: String) -> tokenmint::exchange::ExchangeRequest {
+    tokenmint::exchange::ExchangeRequest {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        subject_token: token.into(),
+        audience: "internal-api".to_owned(),
+        scope: Some(vec!["deploy".to_owned()]),
+        policy: None,
+        requested_token_type: None,
+        client_ip: Some("10.1.2.3".to_owned()),
+        user_agent: Some("bench".to_owned()),
+    }
+}
+
+fn exchange(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let bench = set_up(&runtime);
+    let exchanger = bench.service.state.exchanger.clone();
+    c.bench_function("exchange/local_es256_memory_store", |b| {
+        b.to_async(&runtime).iter_batched(
+            || request(bench.ci_token()),
+            |request| {
+                let exchanger = exchanger.clone();
+                async move {
+                    let (result, _) = exchanger
+                        .exchange(&request, time::OffsetDateTime::now_utc())
+                        .await;
+                    assert!(result.is_ok(), "the exchange succeeds");
+                }
+            },
+            BatchSize::SmallInput,
+        );
+    });
+}
+
+criterion_group!(benches, exchange);
+criterion_main!(benches);
