@@ -11,10 +11,10 @@ use std::sync::Arc;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use serde_json::{Map, Value, json};
 
+use tokenmint::adapters::signing::{SigningAlgorithm, SigningKey};
 use tokenmint::config::{Config, ConfigSource};
-use tokenmint::keys::{SigningAlgorithm, SigningKey};
-use tokenmint::metrics::Metrics;
-use tokenmint::service::Service;
+use tokenmint::edges::metrics::Metrics;
+use tokenmint::edges::service::Service;
 
 const ISSUER: &str = "https://token.actions.githubusercontent.com";
 const PUBLIC_URL: &str = "https://sts.example.com";
@@ -120,8 +120,8 @@ impl Bench {
     }
 }
 
-fn request(token: String) -> tokenmint::exchange::ExchangeRequest {
-    tokenmint::exchange::ExchangeRequest {
+fn request(token: String) -> tokenmint::trust::exchange::ExchangeRequest {
+    tokenmint::trust::exchange::ExchangeRequest {
         request_id: uuid::Uuid::new_v4().to_string(),
         subject_token: token.into(),
         audience: "internal-api".to_owned(),

@@ -1,27 +1,19 @@
 //! tokenmint: exchange CI OIDC tokens for short-lived access tokens under audited trust policies.
 //!
-//! Layout, from the outside in: `cli` (commands) → `service` (assembly) → `http` (routes,
-//! request parsing, error mapping) → `exchange` (the trust core's orchestration) →
-//! `verify` (CI tokens; `verify::unverified` is the only unverified decoding),
-//! `keystore` (issuer JWKS), `policy` (trust policies), `mint` + `keys` (local tokens),
-//! `store` (replay and audit), `audit` (records).
+//! Three layers, each depending only on the ones below it:
+//!
+//! - [`edges`]: how people and programs reach tokenmint: the command line, the HTTP
+//!   routers, dev mode, `doctor`, logs and metrics, and the assembly of a running service.
+//! - [`adapters`]: the outside world behind the trust core's traits: issuer key sets
+//!   fetched over HTTP, our own signing keys on disk, minters that sign or call a tenant,
+//!   the replay and audit store.
+//! - [`trust`]: the trust core: what is decided and why. CI platforms' rules, token
+//!   verification, trust policies, the audit record, and the exchange itself. No HTTP
+//!   framework, no database, no sockets.
+//!
+//! [`config`] is the typed configuration every layer reads.
 
-pub mod audit;
-pub mod claims;
-pub mod cli;
+pub mod adapters;
 pub mod config;
-pub mod dev;
-pub mod doctor;
-pub mod exchange;
-pub mod http;
-pub mod json;
-pub mod keys;
-pub mod keystore;
-pub mod metrics;
-pub mod mint;
-pub mod policy;
-pub mod policy_reload;
-pub mod service;
-pub mod store;
-pub mod telemetry;
-pub mod verify;
+pub mod edges;
+pub mod trust;

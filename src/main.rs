@@ -1,5 +1,5 @@
 //! The `tokenmint` binary: everything lives in the library; this only dispatches.
 
 fn main() -> std::process::ExitCode {
-    tokenmint::cli::main()
+    tokenmint::edges::cli::main()
 }

@@ -15,14 +15,16 @@ use figment::providers::{Env, Format, Toml};
 use url::Url;
 
 pub use duration::{HumanDuration, format_duration, parse_duration};
-pub use issuer::{IssuerKind, ReplayMode, infer_issuer_kind};
+pub use issuer::ReplayMode;
+
+pub use crate::trust::platform::{IssuerKind, infer_issuer_kind};
 pub use raw::parse_ci_algorithm;
 pub use target::{
     AssertionAlgorithm, AudienceParam, ClientAuthConfig, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_REMOTE_TIMEOUT, RemoteProvider, RemoteTargetConfig, SecretMethod, SecretSource,
 };
 
-use crate::keys::SigningAlgorithm;
+use crate::adapters::signing::SigningAlgorithm;
 
 /// The file read when `--config` is not given and it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "tokenmint.toml";

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use url::Url;
 
 use super::{ConfigError, HumanDuration, TargetConfig, TargetKindConfig, check_https_url};
-use crate::keys::SigningAlgorithm;
+use crate::adapters::signing::SigningAlgorithm;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

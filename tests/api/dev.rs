@@ -10,8 +10,9 @@ use tower::ServiceExt as _;
 
 use crate::exchange::jwt_parts;
 use crate::helpers::*;
-use tokenmint::metrics::Metrics;
-use tokenmint::service::{Service, dev_config};
+use tokenmint::edges::dev::dev_config;
+use tokenmint::edges::metrics::Metrics;
+use tokenmint::edges::service::Service;
 
 async fn post_json(
     router: &axum::Router,
@@ -45,7 +46,7 @@ async fn the_two_curl_calls_of_the_readme_complete_an_exchange() {
     let service = Service::build(config, Arc::new(Metrics::new()))
         .await
         .expect("dev service");
-    let router = tokenmint::http::router(service.state.clone());
+    let router = tokenmint::edges::http::router(service.state.clone());
 
     let (status, body) = post_json(
         &router,
@@ -90,7 +91,7 @@ async fn the_dev_issuer_cannot_be_overridden_and_needs_a_repository() {
     let service = Service::build(config, Arc::new(Metrics::new()))
         .await
         .expect("dev service");
-    let router = tokenmint::http::router(service.state.clone());
+    let router = tokenmint::edges::http::router(service.state.clone());
     let (_, body) = post_json(
         &router,
         "/dev/ci-token",

@@ -174,7 +174,7 @@ async fn row_6_a_defective_token_is_invalid_grant_and_audited() {
         "the subject token is malformed: it is not a compact JWS (header.payload.signature)",
     );
     let record = app.last_audit().await;
-    assert_eq!(record.outcome, tokenmint::audit::Outcome::Deny);
+    assert_eq!(record.outcome, tokenmint::trust::audit::Outcome::Deny);
     assert_eq!(record.reason, "malformed_token");
     assert_eq!(record.audience.as_deref(), Some("internal-api"));
 }

@@ -114,7 +114,7 @@ async fn github_push_on_main_gets_a_local_token() {
 
     let record = app.last_audit().await;
     assert_eq!(record.request_id, request_id);
-    assert_eq!(record.outcome, tokenmint::audit::Outcome::Allow);
+    assert_eq!(record.outcome, tokenmint::trust::audit::Outcome::Allow);
     assert_eq!(record.reason, "allowed");
     assert_eq!(record.policy.as_deref(), Some("deploy-api"));
     assert_eq!(record.target.as_deref(), Some("internal-api"));
@@ -126,7 +126,7 @@ async fn github_push_on_main_gets_a_local_token() {
     assert_eq!(record.token_jti.as_deref(), Some(jti.as_str()));
     assert_eq!(
         record.token_sha256.as_deref(),
-        Some(tokenmint::verify::token_sha256(access_token).as_str())
+        Some(tokenmint::trust::verify::token_sha256(access_token).as_str())
     );
     assert_eq!(
         record.expires_at.map(|t| t.unix_timestamp()),

@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
-use tokenmint::keys::{SigningAlgorithm, SigningKey, jwk_thumbprint};
+use tokenmint::adapters::signing::{SigningAlgorithm, SigningKey, jwk_thumbprint};
 
 use crate::helpers::{now, sign_with_header};
 

@@ -17,11 +17,11 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value, json};
 use tower::ServiceExt as _;
 
+use tokenmint::adapters::signing::{SigningAlgorithm, SigningKey};
+use tokenmint::adapters::store::{MemoryStore, Store};
 use tokenmint::config::{Config, ConfigSource};
-use tokenmint::keys::{SigningAlgorithm, SigningKey};
-use tokenmint::metrics::Metrics;
-use tokenmint::service::Service;
-use tokenmint::store::{MemoryStore, Store};
+use tokenmint::edges::metrics::Metrics;
+use tokenmint::edges::service::Service;
 
 /// The CI-token audience every test configuration uses (`server.public_url`).
 pub const PUBLIC_URL: &str = "https://sts.example.com";
@@ -320,7 +320,7 @@ impl AppBuilder {
         })?;
         let store = self.store.unwrap_or_else(|| Arc::new(MemoryStore::new()));
         let service = Service::build_with_store(config, Arc::new(Metrics::new()), store).await?;
-        let router = tokenmint::http::router(service.state.clone());
+        let router = tokenmint::edges::http::router(service.state.clone());
         Ok(TestApp {
             service,
             router,
@@ -394,7 +394,7 @@ impl TestApp {
         self.post_form(&fields).await
     }
 
-    pub async fn audit(&self) -> Vec<tokenmint::audit::AuditRecord> {
+    pub async fn audit(&self) -> Vec<tokenmint::trust::audit::AuditRecord> {
         self.service
             .state
             .exchanger
@@ -404,7 +404,7 @@ impl TestApp {
             .expect("audit records")
     }
 
-    pub async fn last_audit(&self) -> tokenmint::audit::AuditRecord {
+    pub async fn last_audit(&self) -> tokenmint::trust::audit::AuditRecord {
         self.audit().await.pop().expect("an audit record")
     }
 }
@@ -473,51 +473,55 @@ impl HookedStore {
 impl Store for HookedStore {
     async fn reserve(
         &self,
-        key: &tokenmint::store::ReplayKey,
+        key: &tokenmint::adapters::store::ReplayKey,
         keep_until: time::OffsetDateTime,
-    ) -> Result<tokenmint::store::Reservation, tokenmint::store::StoreError> {
+    ) -> Result<tokenmint::adapters::store::Reservation, tokenmint::adapters::store::StoreError>
+    {
         self.inner.reserve(key, keep_until).await
     }
     async fn consume(
         &self,
-        key: &tokenmint::store::ReplayKey,
-        holder: &tokenmint::store::ReservationId,
-    ) -> Result<(), tokenmint::store::StoreError> {
+        key: &tokenmint::adapters::store::ReplayKey,
+        holder: &tokenmint::adapters::store::ReservationId,
+    ) -> Result<(), tokenmint::adapters::store::StoreError> {
         tokio::time::sleep(self.consume_delay).await;
         if self.fail_consume.load(Ordering::SeqCst) {
-            return Err(tokenmint::store::StoreError("disk full".to_owned()));
+            return Err(tokenmint::adapters::store::StoreError(
+                "disk full".to_owned(),
+            ));
         }
         self.inner.consume(key, holder).await
     }
     async fn release(
         &self,
-        key: &tokenmint::store::ReplayKey,
-        holder: &tokenmint::store::ReservationId,
-    ) -> Result<(), tokenmint::store::StoreError> {
+        key: &tokenmint::adapters::store::ReplayKey,
+        holder: &tokenmint::adapters::store::ReservationId,
+    ) -> Result<(), tokenmint::adapters::store::StoreError> {
         self.inner.release(key, holder).await
     }
     async fn replay_expiry(
         &self,
-        key: &tokenmint::store::ReplayKey,
-    ) -> Result<Option<time::OffsetDateTime>, tokenmint::store::StoreError> {
+        key: &tokenmint::adapters::store::ReplayKey,
+    ) -> Result<Option<time::OffsetDateTime>, tokenmint::adapters::store::StoreError> {
         self.inner.replay_expiry(key).await
     }
     async fn append_audit(
         &self,
-        record: &tokenmint::audit::AuditRecord,
-    ) -> Result<(), tokenmint::store::StoreError> {
+        record: &tokenmint::trust::audit::AuditRecord,
+    ) -> Result<(), tokenmint::adapters::store::StoreError> {
         self.inner.append_audit(record).await
     }
     async fn complete_audit(
         &self,
-        record: &tokenmint::audit::AuditRecord,
-        if_not_pending: tokenmint::store::IfNotPending,
-    ) -> Result<bool, tokenmint::store::StoreError> {
+        record: &tokenmint::trust::audit::AuditRecord,
+        if_not_pending: tokenmint::adapters::store::IfNotPending,
+    ) -> Result<bool, tokenmint::adapters::store::StoreError> {
         self.inner.complete_audit(record, if_not_pending).await
     }
     async fn audit_records(
         &self,
-    ) -> Result<Vec<tokenmint::audit::AuditRecord>, tokenmint::store::StoreError> {
+    ) -> Result<Vec<tokenmint::trust::audit::AuditRecord>, tokenmint::adapters::store::StoreError>
+    {
         self.inner.audit_records().await
     }
     async fn healthy(&self) -> bool {

@@ -57,7 +57,7 @@ async fn an_issuer_whose_keys_cannot_be_fetched_fails_closed_with_503() {
     );
     assert_eq!(answer.headers["retry-after"], "30");
     let record = app.last_audit().await;
-    assert_eq!(record.outcome, tokenmint::audit::Outcome::Error);
+    assert_eq!(record.outcome, tokenmint::trust::audit::Outcome::Error);
     assert_eq!(record.reason, "issuer_keys_unavailable");
 }
 
@@ -75,7 +75,7 @@ async fn a_running_service_picks_up_a_local_key_rotation() {
     };
     let before = kids(&before);
     // What `tokenmint keys rotate --force` does, from another process's point of view.
-    let report = tokenmint::keys::rotate(
+    let report = tokenmint::adapters::signing::rotate(
         &app.data_dir.join("keys"),
         std::time::Duration::from_secs(3600),
         true,

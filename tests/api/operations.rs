@@ -40,7 +40,7 @@ async fn the_admin_listener_serves_metrics_and_readiness_detail() {
         400
     );
 
-    let admin = tokenmint::http::admin_router(app.service.state.clone());
+    let admin = tokenmint::edges::http::admin_router(app.service.state.clone());
     let response = admin
         .clone()
         .oneshot(
@@ -87,8 +87,10 @@ async fn the_admin_listener_serves_metrics_and_readiness_detail() {
 async fn a_target_with_a_fixed_signing_key_signs_with_it() {
     let fake = FakeIssuer::start(Shape::Github).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let key = tokenmint::keys::SigningKey::generate(tokenmint::keys::SigningAlgorithm::EdDSA)
-        .expect("key");
+    let key = tokenmint::adapters::signing::SigningKey::generate(
+        tokenmint::adapters::signing::SigningAlgorithm::EdDSA,
+    )
+    .expect("key");
     let pem_path = dir.path().join("fixed.pem");
     {
         use secrecy::ExposeSecret as _;
@@ -262,7 +264,7 @@ fn decisions_are_logged_as_json_lines_without_tokens() {
     assert_eq!(decisions[0]["policy"], "dev-any-repository");
     assert_eq!(
         decisions[0]["token_sha256"],
-        tokenmint::verify::token_sha256(&access_token)
+        tokenmint::trust::verify::token_sha256(&access_token)
     );
     for line in &lines {
         assert!(

@@ -173,7 +173,7 @@ async fn a_bound_caller_is_told_which_conditions_failed() {
     );
     let record = app.last_audit().await;
     assert_eq!(record.reason, "no_policy_matched");
-    assert_eq!(record.outcome, tokenmint::audit::Outcome::Deny);
+    assert_eq!(record.outcome, tokenmint::trust::audit::Outcome::Deny);
 }
 
 #[tokio::test]

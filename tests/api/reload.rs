@@ -14,7 +14,7 @@ async fn app(max_stale: &str) -> (FakeIssuer, TestApp) {
     (fake, app)
 }
 
-fn reload(app: &TestApp) -> tokenmint::policy_reload::ReloadReport {
+fn reload(app: &TestApp) -> tokenmint::trust::policy::reload::ReloadReport {
     app.service.reloader.as_ref().expect("reloader").reload()
 }
 

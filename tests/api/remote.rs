@@ -8,7 +8,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::fake_auth0::*;
 use crate::helpers::*;
-use tokenmint::audit::Outcome;
+use tokenmint::trust::audit::Outcome;
 
 pub const CLIENT_ID: &str = "tmClient0123456789abcdefABCDEF01";
 
@@ -70,7 +70,7 @@ fn assert_tenant_accepted_all(tenant: &FakeTenant) {
 }
 
 /// The audit records of one request.
-async fn records_of(app: &TestApp, request_id: &str) -> Vec<tokenmint::audit::AuditRecord> {
+async fn records_of(app: &TestApp, request_id: &str) -> Vec<tokenmint::trust::audit::AuditRecord> {
     app.audit()
         .await
         .into_iter()

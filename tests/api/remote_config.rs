@@ -6,12 +6,12 @@
 )]
 
 use figment::Jail;
+use tokenmint::adapters::mint::RemoteMinter;
 use tokenmint::config::{
     AssertionAlgorithm, AudienceParam, ClientAuthConfig, Config, ConfigSource, RemoteProvider,
     SecretMethod, SecretSource, TargetConfig,
 };
-use tokenmint::metrics::NoObserver;
-use tokenmint::mint::RemoteMinter;
+use tokenmint::edges::metrics::NoObserver;
 
 use crate::helpers::*;
 use crate::remote::{CLIENT_ID, key_path};

@@ -2,8 +2,8 @@
 
 use crate::exchange::github_app;
 use crate::helpers::*;
-use tokenmint::exchange::{REPLAY_MARGIN, replay_keep_until};
-use tokenmint::store::ReplayKey;
+use tokenmint::adapters::store::ReplayKey;
+use tokenmint::trust::exchange::{REPLAY_MARGIN, replay_keep_until};
 
 #[tokio::test]
 async fn a_ci_token_buys_exactly_one_access_token() {

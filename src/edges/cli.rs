@@ -1,0 +1,305 @@
+//! The command line: parsing and dispatch; each command's work lives in the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use time::OffsetDateTime;
+
+use crate::config::{Config, ConfigSource, config_env_vars_present};
+use crate::edges::metrics::Metrics;
+use crate::edges::service::{self, Service};
+use crate::edges::telemetry::{self, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tokenmint",
+    version,
+    about = "Exchange CI OIDC tokens for short-lived access tokens under audited trust policies"
+)]
+pub struct Cli {
+    /// Log line format.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service.
+    Serve(ServeArgs),
+    /// Work with trust policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Manage the signing keys of local targets.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Check every issuer, the policies and every target; exit 1 on any failure.
+    Doctor {
+        /// Configuration file (default: ./tokenmint.toml if present).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Do not request tokens from remote targets (credentials are still loaded).
+        #[arg(long)]
+        no_mint: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Configuration file (default: ./tokenmint.toml if present).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Listen address, overriding server.listen.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// A self-contained local playground with a dev CI issuer; never touches real targets.
+    #[arg(long)]
+    dev: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Validate policies: every file must load and compile.
+    Check {
+        /// Configuration file (default: ./tokenmint.toml if present).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Also fail on warnings (such as `unbound: true` policies).
+        #[arg(long)]
+        strict: bool,
+        /// Policy directory (default: policies.dir from the configuration).
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Promote the next signing key to current and stage a new next key.
+    Rotate {
+        /// Configuration file (default: ./tokenmint.toml if present).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Rotate even if the next key was published for less than keys.min_publish.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Parses the command line, runs the command, and turns errors into one line and exit 1.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("tokenmint: {}", one_line(&err));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn one_line(err: &anyhow::Error) -> String {
+    err.chain()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(serve(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy(PolicyCommand::Check {
+            config,
+            strict,
+            dir,
+        }) => policy_check(config, strict, dir),
+        Command::Keys(KeysCommand::Rotate { config, force }) => keys_rotate(config, force),
+        Command::Doctor { config, no_mint } => doctor(config, no_mint),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = if args.dev {
+        if args.config.is_some() {
+            bail!("--dev cannot be combined with --config: dev mode never reads configuration");
+        }
+        let vars = config_env_vars_present();
+        if !vars.is_empty() {
+            bail!(
+                "--dev refuses to start while configuration variables are set: {}",
+                vars.join(", ")
+            );
+        }
+        let listen = args
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+        if !listen.ip().is_loopback() {
+            bail!("--dev binds loopback addresses only; {listen} is not one");
+        }
+        None
+    } else {
+        Some(Config::load(&ConfigSource {
+            file: args.config.clone(),
+            listen: args.listen,
+        })?)
+    };
+    let listen = config.as_ref().map_or_else(
+        || {
+            args.listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)))
+        },
+        |c| c.server.listen,
+    );
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let bound = listener.local_addr().context("reading the bound address")?;
+    let config = match config {
+        Some(config) => config,
+        None => crate::edges::dev::dev_config(bound)?,
+    };
+    let admin = match (config.dev, config.server.admin_listen) {
+        (false, Some(addr)) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding server.admin_listen {addr}"))?,
+        ),
+        _ => None,
+    };
+    let metrics = Arc::new(Metrics::new());
+    let service = Service::build(config, metrics).await?;
+    if service.config.dev {
+        announce_dev_mode(&service.config.server.public_url);
+    }
+    let shutdown = shutdown_signal()?;
+    tracing::info!(listen = %bound, public_url = %service.config.server.public_url, "tokenmint is serving");
+    service.serve(listener, admin, shutdown).await
+}
+
+fn announce_dev_mode(public_url: &str) {
+    let banner = format!(
+        "\n  *** DEV MODE: the dev CI issuer is ON at {public_url}/dev ***\n  \
+         Anyone who can reach this address can mint CI tokens for it. State and keys are in memory.\n  \
+         Try:\n    TOKEN=$(curl -s -X POST {public_url}/dev/ci-token -H 'content-type: application/json' \\\n      \
+         -d '{{\"repository\":\"acme/app\",\"ref\":\"refs/heads/main\"}}' | sed 's/.*\"token\":\"\\([^\"]*\\)\".*/\\1/')\n    \
+         curl -s -X POST {public_url}/token -d grant_type=urn:ietf:params:oauth:grant-type:token-exchange \\\n      \
+         -d subject_token_type=urn:ietf:params:oauth:token-type:id_token -d audience=dev-api -d subject_token=$TOKEN\n"
+    );
+    eprintln!("{banner}");
+    tracing::warn!(issuer = %format!("{public_url}/dev"), "dev mode: the dev CI issuer is on; never expose this listener");
+}
+
+/// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is called, not when
+/// the future is first polled, so a signal right after start-up is never lost.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {},
+            _ = interrupt.recv() => {},
+        }
+    })
+}
+
+fn policy_check(
+    config: Option<PathBuf>,
+    strict: bool,
+    dir: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&ConfigSource {
+        file: config,
+        listen: None,
+    })?;
+    let dir = dir.unwrap_or_else(|| config.policies.dir.clone());
+    let policies = match service::load_policies(&config, &dir) {
+        Ok(policies) => policies,
+        Err(errors) => {
+            // `policy check` lists one error per line, for editors and CI annotations.
+            for error in &errors {
+                eprintln!("{error}");
+            }
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let mut warnings = 0;
+    for policy in policies.iter() {
+        if policy.unbound() {
+            warnings += 1;
+            println!(
+                "warning: {}: policy {:?} sets unbound: true, so any workload of its issuer that matches its other conditions can use it",
+                policy.source_file(),
+                policy.name()
+            );
+        }
+    }
+    println!(
+        "{} policies in {} loaded; {} warning(s); policy set version {}",
+        policies.len(),
+        dir.display(),
+        warnings,
+        policies.version()
+    );
+    Ok(if strict && warnings > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn doctor(config: Option<PathBuf>, no_mint: bool) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&ConfigSource {
+        file: config,
+        listen: None,
+    })?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    // The doctor's requests are audit records; until the persistent store lands they
+    // reach the decision log (stderr), which is the durable copy.
+    let store = Arc::new(crate::adapters::store::MemoryStore::new());
+    let report = runtime.block_on(crate::edges::doctor::run(&config, !no_mint, store));
+    print!("{}", report.render());
+    Ok(if report.failed() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn keys_rotate(config: Option<PathBuf>, force: bool) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&ConfigSource {
+        file: config,
+        listen: None,
+    })?;
+    let Some(dir) = service::key_dir(&config) else {
+        bail!("keys rotate needs storage.data_dir");
+    };
+    let algorithms = service::ring_algorithms(&config.targets);
+    if algorithms.is_empty() {
+        bail!("no local target uses generated keys: nothing to rotate");
+    }
+    let now = OffsetDateTime::now_utc();
+    // Make sure every algorithm in use has keys before rotating.
+    crate::adapters::signing::KeyRing::load_or_create(&dir, &algorithms, now)
+        .with_context(|| format!("loading signing keys from {}", dir.display()))?;
+    let targets = config.targets.clone();
+    let report = crate::adapters::signing::rotate(
+        &dir,
+        config.keys.min_publish,
+        force,
+        &|alg| service::max_token_ttl(&targets, alg),
+        now,
+    )?;
+    println!("{report}");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,143 @@
+//! Maps exchange outcomes to status codes and RFC 6749 error bodies; the one place that knows both.
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::trust::exchange::{Denial, ExchangeError};
+
+/// An error answer of `POST /token`.
+#[derive(Debug)]
+pub struct TokenError {
+    pub status: StatusCode,
+    pub error: &'static str,
+    pub description: String,
+    pub retry_after: Option<u64>,
+    /// Extra members for bound callers (nearest policy and failing conditions).
+    pub extra: Option<Box<Value>>,
+    /// The metrics reason for errors answered before verification.
+    pub reason: &'static str,
+}
+
+impl TokenError {
+    pub fn new(
+        status: StatusCode,
+        error: &'static str,
+        description: impl Into<String>,
+        reason: &'static str,
+    ) -> Self {
+        Self {
+            status,
+            error,
+            description: description.into(),
+            retry_after: None,
+            extra: None,
+            reason,
+        }
+    }
+
+    /// Row 5: `invalid_request`.
+    pub fn invalid_request(description: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            description,
+            "invalid_request",
+        )
+    }
+
+    pub fn into_response_with_id(self, request_id: &str) -> Response {
+        let mut body = json!({
+            "error": self.error,
+            "error_description": self.description,
+            "request_id": request_id,
+        });
+        if let (Some(extra), Some(object)) = (self.extra, body.as_object_mut())
+            && let Value::Object(extra) = *extra
+        {
+            object.extend(extra);
+        }
+        let mut headers = no_store_headers(request_id);
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        (self.status, headers, axum::Json(body)).into_response()
+    }
+}
+
+impl From<ExchangeError> for TokenError {
+    fn from(err: ExchangeError) -> Self {
+        match err {
+            ExchangeError::InvalidGrant(text) => Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                text,
+                "invalid_grant",
+            ),
+            ExchangeError::InvalidTarget(text) => Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_target",
+                text,
+                "invalid_target",
+            ),
+            ExchangeError::InvalidRequest(text) => Self::invalid_request(text),
+            ExchangeError::AccessDenied(Denial {
+                description,
+                nearest,
+            }) => {
+                let mut error = Self::new(
+                    StatusCode::FORBIDDEN,
+                    "access_denied",
+                    description,
+                    "access_denied",
+                );
+                if let Some((policy, failures)) = nearest {
+                    let failed: Vec<Value> = failures
+                        .iter()
+                        .map(|c| json!({"claim": c.claim, "expected": c.expected, "actual": c.actual}))
+                        .collect();
+                    error.extra = Some(Box::new(
+                        json!({"policy": policy, "failed_conditions": failed}),
+                    ));
+                }
+                error
+            }
+            ExchangeError::InvalidScope(text) => Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_scope",
+                text,
+                "invalid_scope",
+            ),
+            ExchangeError::UpstreamFailed(description) => Self::new(
+                StatusCode::BAD_GATEWAY,
+                "temporarily_unavailable",
+                description,
+                "upstream_failed",
+            ),
+            ExchangeError::Unavailable {
+                description,
+                retry_after,
+            } => {
+                let mut error = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    description,
+                    "unavailable",
+                );
+                error.retry_after = Some(retry_after);
+                error
+            }
+        }
+    }
+}
+
+/// `Cache-Control: no-store`, `Pragma: no-cache` and `X-Request-Id`, on every `/token` answer.
+pub fn no_store_headers(request_id: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        headers.insert("x-request-id", value);
+    }
+    headers
+}

@@ -1,0 +1,64 @@
+//! The HTTP surface: `router(state)` for the public listener and `admin_router(state)`.
+
+mod dev;
+pub mod error;
+mod ops;
+pub mod token;
+mod wellknown;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+use crate::edges::dev::DevIssuer;
+use crate::edges::metrics::Metrics;
+use crate::trust::exchange::Exchanger;
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub exchanger: Arc<Exchanger>,
+    pub metrics: Arc<Metrics>,
+    /// Every policy file's policies are loaded (set by the policy reloader).
+    pub policies_healthy: Arc<AtomicBool>,
+    /// Set on SIGTERM: readiness fails while in-flight requests finish.
+    pub stopping: Arc<AtomicBool>,
+    /// Dev mode's CI issuer; `None` outside dev mode.
+    pub dev: Option<Arc<DevIssuer>>,
+}
+
+/// The public listener: the exchange, discovery, JWKS, health; in dev mode also the dev
+/// CI issuer and `/metrics`.
+pub fn router(state: AppState) -> Router {
+    let mut router = Router::new()
+        .route("/token", post(token::token))
+        .route(
+            "/.well-known/openid-configuration",
+            get(wellknown::openid_configuration),
+        )
+        .route("/.well-known/jwks.json", get(wellknown::jwks))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz));
+    if state.dev.is_some() {
+        router = router
+            .route("/dev/ci-token", post(dev::ci_token))
+            .route(
+                "/dev/.well-known/openid-configuration",
+                get(dev::openid_configuration),
+            )
+            .route("/dev/.well-known/jwks", get(dev::jwks))
+            .route("/metrics", get(ops::metrics));
+    }
+    router.with_state(state)
+}
+
+/// The admin listener: `/metrics` and readiness details.
+pub fn admin_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(ops::metrics))
+        .route("/readyz", get(ops::readyz_detail))
+        .route("/healthz", get(ops::healthz))
+        .with_state(state)
+}

@@ -1,0 +1,9 @@
+//! Edges: how people and programs reach tokenmint, and the assembly of a running service.
+
+pub mod cli;
+pub mod dev;
+pub mod doctor;
+pub mod http;
+pub mod metrics;
+pub mod service;
+pub mod telemetry;

@@ -1,0 +1,378 @@
+//! Assembling a running service from configuration: issuers, policies, keys, store, listeners.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+
+use crate::adapters::issuer_keys::{
+    FileKeySource, HttpKeySource, IssuerKeys, KeySource, KeystoreSettings, http_client,
+};
+use crate::adapters::mint::{LocalMinter, LocalSigner, Minter, RemoteMinter};
+use crate::adapters::signing::{KeyRing, SigningAlgorithm, SigningKey};
+use crate::adapters::store::{MemoryStore, Store};
+use crate::config::{Config, IssuerConfig, TargetConfig, TargetKindConfig};
+use crate::edges::dev::{self, DevIssuer};
+use crate::edges::http::{AppState, admin_router, router};
+use crate::edges::metrics::Metrics;
+use crate::trust::exchange::{Exchanger, Target};
+use crate::trust::policy::reload::PolicyReloader;
+use crate::trust::policy::{self, PolicyContext, PolicySet};
+use crate::trust::verify::{TrustedIssuer, Verifier};
+
+/// How often a running service looks for a key rotation done by `tokenmint keys rotate`.
+pub const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A service ready to serve: its state plus the background tasks it owns.
+pub struct Service {
+    pub state: AppState,
+    pub config: Config,
+    /// Policy hot reload (not in dev mode).
+    pub reloader: Option<Arc<PolicyReloader>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Loads the policy directory; every error is one line naming file, line and field.
+pub fn load_policies(config: &Config, dir: &Path) -> Result<PolicySet, Vec<String>> {
+    if !dir.is_dir() {
+        return Err(vec![format!(
+            "policies directory {} does not exist",
+            dir.display()
+        )]);
+    }
+    policy::load_dir(dir, &PolicyContext::from_config(config))
+        .map_err(|errors| errors.iter().map(ToString::to_string).collect())
+}
+
+impl Service {
+    /// Builds the service with the in-memory store.
+    pub async fn build(config: Config, metrics: Arc<Metrics>) -> anyhow::Result<Service> {
+        Self::build_with_store(config, metrics, Arc::new(MemoryStore::new())).await
+    }
+
+    /// Builds the service on `store`: loads policies and keys, starts JWKS refreshers,
+    /// the key-reload task and the policy reloader.
+    pub async fn build_with_store(
+        config: Config,
+        metrics: Arc<Metrics>,
+        store: Arc<dyn Store>,
+    ) -> anyhow::Result<Service> {
+        let mut tasks = Vec::new();
+        let dev = if config.dev {
+            Some(Arc::new(
+                DevIssuer::new(&config.server.public_url).context("creating the dev issuer key")?,
+            ))
+        } else {
+            None
+        };
+
+        let policies = Arc::new(ArcSwap::from_pointee(match &dev {
+            Some(_) => dev::dev_policies(&config)?,
+            // `serve` reports every policy error on its one line.
+            None => load_policies(&config, &config.policies.dir).map_err(|errors| {
+                anyhow::anyhow!("{} policy error(s): {}", errors.len(), errors.join("; "))
+            })?,
+        }));
+
+        let client = http_client().context("building the HTTP client for issuer keys")?;
+        let mut trusted = Vec::new();
+        let mut issuer_kinds = HashMap::new();
+        for issuer in config.issuers.values() {
+            let source: Arc<dyn KeySource> = match (&dev, &issuer.jwks_file) {
+                (Some(dev), _) => dev.key_source(),
+                (None, Some(path)) => Arc::new(FileKeySource::new(path.clone())),
+                (None, None) => Arc::new(HttpKeySource::new(
+                    client.clone(),
+                    issuer.issuer_url.clone(),
+                    issuer.jwks_uri.clone(),
+                    keystore_settings(issuer),
+                )),
+            };
+            let keys = IssuerKeys::new(
+                &issuer.name,
+                source,
+                keystore_settings(issuer),
+                metrics.clone(),
+            );
+            tasks.push(keys.spawn_refresher());
+            issuer_kinds.insert(
+                issuer.name.clone(),
+                (issuer.kind, issuer.replay, issuer.issuer.clone()),
+            );
+            trusted.push(Arc::new(TrustedIssuer {
+                config: issuer.clone(),
+                keys,
+            }));
+        }
+
+        let signer = Arc::new(build_signer(&config)?);
+        let mut targets = BTreeMap::new();
+        let mut audience_index = HashMap::new();
+        for target in config.targets.values() {
+            if target.match_audience_url {
+                audience_index.insert(target.audience.clone(), target.name.clone());
+            }
+            if let Some(remote) = target.remote()
+                && !remote.enforce_max_ttl
+            {
+                tracing::warn!(
+                    "targets.{}: enforce_max_ttl = false: tokens living longer than max_ttl ({}) are handed out",
+                    target.name,
+                    crate::config::format_duration(target.max_ttl)
+                );
+            }
+            let minter: Arc<dyn Minter> = match &target.kind {
+                TargetKindConfig::Local { algorithm, .. } => Arc::new(LocalMinter::new(
+                    signer.clone(),
+                    &config.server.public_url,
+                    &target.name,
+                    &target.audience,
+                    *algorithm,
+                    target.max_ttl,
+                )),
+                TargetKindConfig::Remote(remote) => {
+                    let minter = RemoteMinter::new(target, metrics.clone())
+                        .map_err(|err| anyhow::anyhow!("{err}"))?;
+                    tracing::info!(
+                        target_name = %target.name,
+                        kind = remote.provider.kind(),
+                        token_endpoint = %remote.token_endpoint,
+                        client_id = %remote.client_id,
+                        credential = %minter.client().credentials().describe(),
+                        "remote target ready"
+                    );
+                    Arc::new(minter)
+                }
+            };
+            targets.insert(
+                target.name.clone(),
+                Target {
+                    config: target.clone(),
+                    minter,
+                },
+            );
+        }
+        let exchanger = Arc::new(Exchanger {
+            public_url: config.server.public_url.clone(),
+            verifier: Verifier::new(trusted),
+            issuer_kinds,
+            policies: policies.clone(),
+            targets,
+            audience_index,
+            store,
+            signer,
+        });
+        if let (None, Some(dir)) = (&dev, key_dir(&config)) {
+            tasks.push(spawn_key_reloader(exchanger.clone(), dir));
+        }
+        let policies_healthy = Arc::new(AtomicBool::new(true));
+        let reloader = match dev {
+            Some(_) => None,
+            None => {
+                let reloader = Arc::new(PolicyReloader::new(
+                    config.policies.dir.clone(),
+                    PolicyContext::from_config(&config),
+                    config.policies.max_stale,
+                    policies,
+                    policies_healthy.clone(),
+                ));
+                tasks.push(reloader.clone().spawn());
+                Some(reloader)
+            }
+        };
+        let state = AppState {
+            exchanger,
+            metrics,
+            policies_healthy,
+            stopping: Arc::new(AtomicBool::new(false)),
+            dev,
+        };
+        Ok(Service {
+            state,
+            config,
+            reloader,
+            tasks,
+        })
+    }
+
+    /// Serves until `shutdown` resolves, then lets in-flight requests finish.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        admin: Option<TcpListener>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        if let Some(admin) = admin {
+            let app = admin_router(self.state.clone());
+            let mut rx = stop_rx.clone();
+            tokio::spawn(async move {
+                let result = axum::serve(admin, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = rx.wait_for(|stop| *stop).await;
+                    })
+                    .await;
+                if let Err(err) = result {
+                    tracing::error!(error = %err, "admin listener failed");
+                }
+            });
+        }
+        let stopping = self.state.stopping.clone();
+        let app = router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                stopping.store(true, Ordering::Release);
+                let _ = stop_tx.send(true);
+                tracing::info!("shutting down: no new connections, finishing in-flight requests");
+            })
+            .await
+            .context("serving HTTP")?;
+        drop(stop_rx);
+        Ok(())
+    }
+}
+
+pub(crate) fn keystore_settings(issuer: &IssuerConfig) -> KeystoreSettings {
+    KeystoreSettings {
+        fetch_timeout: issuer.jwks_fetch_timeout,
+        max_body_bytes: 256 * 1024,
+        refresh_interval: issuer.jwks_refresh,
+        max_stale: issuer.jwks_max_stale,
+        refetch_cooldown: issuer.jwks_refetch_cooldown,
+    }
+}
+
+/// Where local signing keys live: `{data_dir}/keys`; `None` in dev mode.
+pub fn key_dir(config: &Config) -> Option<PathBuf> {
+    config.storage.data_dir.as_ref().map(|d| d.join("keys"))
+}
+
+/// Algorithms that need rotated keys: those of local targets without a fixed key file.
+pub fn ring_algorithms(targets: &BTreeMap<String, TargetConfig>) -> Vec<SigningAlgorithm> {
+    let set: BTreeSet<SigningAlgorithm> = targets
+        .values()
+        .filter_map(|t| match &t.kind {
+            TargetKindConfig::Local {
+                algorithm,
+                signing_key_file: None,
+            } => Some(*algorithm),
+            TargetKindConfig::Local { .. } | TargetKindConfig::Remote(_) => None,
+        })
+        .collect();
+    set.into_iter().collect()
+}
+
+/// Added to a retired key's publication: running services notice a rotation only after
+/// up to [`KEY_RELOAD_INTERVAL`], and relying parties allow some clock skew.
+pub const ROTATION_MARGIN: Duration = Duration::from_secs(5 * 60);
+
+/// How long a key that stops signing must stay published: the longest lifetime of a
+/// token signed with `alg`, plus [`ROTATION_MARGIN`].
+pub fn max_token_ttl(targets: &BTreeMap<String, TargetConfig>, alg: SigningAlgorithm) -> Duration {
+    let longest = targets
+        .values()
+        .filter(|t| matches!(t.kind, TargetKindConfig::Local { algorithm, .. } if algorithm == alg))
+        .map(|t| t.max_ttl)
+        .max()
+        .unwrap_or(Duration::from_secs(3600));
+    longest + KEY_RELOAD_INTERVAL + ROTATION_MARGIN
+}
+
+fn build_signer(config: &Config) -> anyhow::Result<LocalSigner> {
+    let now = OffsetDateTime::now_utc();
+    let algorithms = ring_algorithms(&config.targets);
+    let ring = match key_dir(config) {
+        None => {
+            KeyRing::in_memory(&algorithms, now).context("generating in-memory signing keys")?
+        }
+        Some(dir) => {
+            let ring = KeyRing::load_or_create(&dir, &algorithms, now)
+                .with_context(|| format!("loading signing keys from {}", dir.display()))?;
+            for warning in ring.warnings() {
+                tracing::warn!("{warning}");
+            }
+            ring
+        }
+    };
+    let mut fixed = BTreeMap::new();
+    for target in config.targets.values() {
+        let TargetKindConfig::Local {
+            algorithm,
+            signing_key_file: Some(path),
+        } = &target.kind
+        else {
+            continue;
+        };
+        warn_if_readable_by_others(path);
+        let pem = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "targets.{}.signing_key_file: reading {}",
+                target.name,
+                path.display()
+            )
+        })?;
+        let key = SigningKey::from_pkcs8_pem(*algorithm, &pem).with_context(|| {
+            format!(
+                "targets.{}.signing_key_file: {}",
+                target.name,
+                path.display()
+            )
+        })?;
+        fixed.insert(target.name.clone(), Arc::new(key));
+    }
+    Ok(LocalSigner::new(ring, fixed))
+}
+
+/// Key and secret files readable by group or others draw a warning.
+pub fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            "{} is readable by group or others (mode {:o}); chmod 600 it",
+            path.display(),
+            meta.permissions().mode() & 0o777
+        );
+    }
+}
+
+fn spawn_key_reloader(exchanger: Arc<Exchanger>, dir: PathBuf) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(KEY_RELOAD_INTERVAL);
+        interval.tick().await;
+        loop {
+            interval.tick().await;
+            let dir = dir.clone();
+            let signer_exchanger = exchanger.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                signer_exchanger.signer.reload_if_changed(&dir)
+            })
+            .await;
+            match result {
+                Ok(Ok(true)) => tracing::info!("signing keys reloaded after a rotation"),
+                Ok(Ok(false)) => {}
+                Ok(Err(err)) => {
+                    tracing::error!(error = %err, "signing keys could not be reloaded; keeping the current ones")
+                }
+                Err(err) => tracing::error!(error = %err, "key reload task failed"),
+            }
+        }
+    })
+}

@@ -1,0 +1,9 @@
+//! The trust core: verification, policies, the audit record and the exchange. It knows
+//! nothing of HTTP, databases or sockets; adapters reach it through the traits it defines.
+
+pub mod audit;
+pub mod exchange;
+pub mod json;
+pub mod platform;
+pub mod policy;
+pub mod verify;
