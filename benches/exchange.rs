@@ -147,7 +147,7 @@ fn exchange(c: &mut Criterion) {
             |request| {
                 let exchanger = exchanger.clone();
                 async move {
-                    let (result, _) = exchanger
+                    let result = exchanger
                         .exchange(&request, time::OffsetDateTime::now_utc())
                         .await;
                     assert!(result.is_ok(), "the exchange succeeds");

@@ -16,16 +16,15 @@ use time::OffsetDateTime;
 
 use crate::adapters::issuer_keys::{FileKeySource, HttpKeySource, KeySource, http_client};
 use crate::adapters::mint::RemoteMinter;
+use crate::adapters::mint::remote::NoObserver;
 use crate::adapters::mint::remote::{ClientCredentials, EndpointError, EndpointToken};
-use crate::adapters::store::Store;
 use crate::config::{
     ClientAuthConfig, Config, IssuerConfig, RemoteProvider, TargetConfig, TargetKindConfig,
 };
-use crate::edges::metrics::NoObserver;
 use crate::edges::service::{self, keystore_settings};
-use crate::trust::audit::{AuditRecord, Outcome, log_decision};
+use crate::trust::audit::{AuditRecord, Reason, log_decision, token_sha256};
 use crate::trust::policy::PolicySet;
-use crate::trust::verify::token_sha256;
+use crate::trust::store::{Finish, Settle, Store};
 
 /// Scopes that let the holder take over tokenmint's own client or widen its access:
 /// it could grant itself more scopes, read or replace its credentials, or rewrite the client.
@@ -387,11 +386,15 @@ async fn request(
     requests.fetch_add(1, Ordering::Relaxed);
     let now = OffsetDateTime::now_utc();
     let request_id = format!("doctor-{}", uuid::Uuid::new_v4().simple());
-    let mut record = AuditRecord::new(&request_id, now, Outcome::Doctor, "doctor");
+    let result = minter.client().request(&request_id, scope).await;
+    let reason = match &result {
+        Ok(_) => Reason::Doctor,
+        Err(_) => Reason::DoctorFailed,
+    };
+    let mut record = AuditRecord::new(&request_id, now, reason);
     record.target = Some(target.name.clone());
     record.audience = Some(target.audience.clone());
     record.requested_scope = scope.map(|s| s.join(" "));
-    let result = minter.client().request(&request_id, scope).await;
     match &result {
         Ok(token) => {
             record.scope = token.scope.clone();
@@ -402,17 +405,26 @@ async fn request(
                 .and_then(|secs| now.checked_add(time::Duration::seconds(secs)));
             record.detail = Some("doctor check; the token was not handed out".to_owned());
         }
-        Err(err) => {
-            record.reason = "doctor_failed".to_owned();
-            record.detail = Some(match err {
-                EndpointError::Failed { detail, .. }
-                | EndpointError::RateLimited { detail, .. } => detail.clone(),
-            });
+        Err(EndpointError::Failed { detail, .. } | EndpointError::RateLimited { detail, .. }) => {
+            record.detail = Some(detail.clone());
         }
     }
-    log_decision(&record);
-    if let Err(err) = store.append_audit(&record).await {
-        tracing::error!(error = %err, "the doctor's audit record could not be written");
+    let record = std::sync::Arc::new(record);
+    let written = store
+        .finish(
+            Finish {
+                record: record.clone(),
+                settle: Settle::Nothing,
+            },
+            now,
+        )
+        .await;
+    match written {
+        Ok(finished) => log_decision(&record, finished.seq()),
+        Err(err) => {
+            log_decision(&record, None);
+            tracing::error!(error = %err, "the doctor's audit record could not be written");
+        }
     }
     result.map_err(|err| match err {
         EndpointError::Failed { public, detail, .. } => format!("{public} ({detail})"),

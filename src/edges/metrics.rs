@@ -1,7 +1,10 @@
 //! Prometheus metrics: exchanges by outcome and reason, exchange latency, JWKS fetches,
-//! and calls to remote targets' token endpoints.
+//! and calls to remote targets' token endpoints. Label values of closed lists are
+//! `&'static str`; names from the configuration are shared `Arc<str>`s, so counting
+//! allocates nothing on the request path once a series exists.
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
@@ -11,37 +14,26 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::adapters::issuer_keys::{FetchObserver, FetchOutcome};
+use crate::adapters::mint::remote::UpstreamObserver;
+use crate::trust::audit::{Outcome, Reason};
+use crate::trust::exchange::ExchangeObserver;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ExchangeLabels {
-    outcome: String,
-    reason: String,
+    outcome: &'static str,
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FetchLabels {
-    issuer: String,
-    outcome: String,
+    issuer: Arc<str>,
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamLabels {
-    target: String,
-    outcome: String,
-}
-
-/// Sees every HTTP attempt at a remote target's token endpoint.
-pub trait UpstreamObserver: Send + Sync + 'static {
-    /// `outcome`: `ok`, `rate_limited`, `server_error`, `refused`, `malformed`,
-    /// `network_error` or `timeout`.
-    fn attempt(&self, target: &str, outcome: &'static str, seconds: f64);
-}
-
-/// Observes nothing (for `doctor`).
-pub struct NoObserver;
-
-impl UpstreamObserver for NoObserver {
-    fn attempt(&self, _target: &str, _outcome: &'static str, _seconds: f64) {}
+    target: Arc<str>,
+    outcome: &'static str,
 }
 
 /// The service's metrics; one instance per running service (no global registry).
@@ -52,6 +44,8 @@ pub struct Metrics {
     jwks_fetches: Family<FetchLabels, Counter>,
     upstream: Family<UpstreamLabels, Counter>,
     upstream_latency: Family<UpstreamLabels, Histogram>,
+    /// Issuer and target names as shared label values, made once per name.
+    names: RwLock<HashMap<String, Arc<str>>>,
 }
 
 impl Default for Metrics {
@@ -104,18 +98,39 @@ impl Metrics {
             jwks_fetches,
             upstream,
             upstream_latency,
+            names: RwLock::new(HashMap::new()),
         }
     }
 
-    /// Counts one answered exchange.
-    pub fn exchange(&self, outcome: &str, reason: &str, seconds: f64) {
+    /// Counts one request refused before verification (rows 2–5): outcome `rejected`.
+    pub fn rejected(&self, reason: &'static str, seconds: f64) {
+        self.count_exchange("rejected", reason, seconds);
+    }
+
+    fn count_exchange(&self, outcome: &'static str, reason: &'static str, seconds: f64) {
         self.exchanges
-            .get_or_create(&ExchangeLabels {
-                outcome: outcome.to_owned(),
-                reason: reason.to_owned(),
-            })
+            .get_or_create(&ExchangeLabels { outcome, reason })
             .inc();
         self.latency.observe(seconds);
+    }
+
+    /// `name` as a shared label value.
+    fn name(&self, name: &str) -> Arc<str> {
+        if let Some(shared) = self
+            .names
+            .read()
+            .ok()
+            .and_then(|names| names.get(name).cloned())
+        {
+            return shared;
+        }
+        let shared: Arc<str> = Arc::from(name);
+        if let Ok(mut names) = self.names.write() {
+            names
+                .entry(name.to_owned())
+                .or_insert_with(|| shared.clone());
+        }
+        shared
     }
 
     /// The Prometheus text exposition.
@@ -129,6 +144,12 @@ impl Metrics {
     }
 }
 
+impl ExchangeObserver for Metrics {
+    fn concluded(&self, outcome: Outcome, reason: Reason, seconds: f64) {
+        self.count_exchange(outcome.as_str(), reason.as_str(), seconds);
+    }
+}
+
 impl FetchObserver for Metrics {
     fn fetched(&self, issuer_name: &str, outcome: FetchOutcome) {
         let outcome = match outcome {
@@ -137,8 +158,8 @@ impl FetchObserver for Metrics {
         };
         self.jwks_fetches
             .get_or_create(&FetchLabels {
-                issuer: issuer_name.to_owned(),
-                outcome: outcome.to_owned(),
+                issuer: self.name(issuer_name),
+                outcome,
             })
             .inc();
     }
@@ -147,8 +168,8 @@ impl FetchObserver for Metrics {
 impl UpstreamObserver for Metrics {
     fn attempt(&self, target: &str, outcome: &'static str, seconds: f64) {
         let labels = UpstreamLabels {
-            target: target.to_owned(),
-            outcome: outcome.to_owned(),
+            target: self.name(target),
+            outcome,
         };
         self.upstream.get_or_create(&labels).inc();
         self.upstream_latency

@@ -1,6 +1,6 @@
 //! Assembling a running service from configuration: issuers, policies, keys, store, listeners.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,16 +15,18 @@ use tokio::net::TcpListener;
 use crate::adapters::issuer_keys::{
     FileKeySource, HttpKeySource, IssuerKeys, KeySource, KeystoreSettings, http_client,
 };
-use crate::adapters::mint::{LocalMinter, LocalSigner, Minter, RemoteMinter};
+use crate::adapters::mint::{LocalMinter, LocalSigner, RemoteMinter};
 use crate::adapters::signing::{KeyRing, SigningAlgorithm, SigningKey};
-use crate::adapters::store::{MemoryStore, Store};
+use crate::adapters::store::MemoryStore;
 use crate::config::{Config, IssuerConfig, TargetConfig, TargetKindConfig};
 use crate::edges::dev::{self, DevIssuer};
-use crate::edges::http::{AppState, admin_router, router};
+use crate::edges::http::{AppState, Published, admin_router, router};
 use crate::edges::metrics::Metrics;
 use crate::trust::exchange::{Exchanger, Target};
+use crate::trust::mint::Minter;
 use crate::trust::policy::reload::PolicyReloader;
 use crate::trust::policy::{self, PolicyContext, PolicySet};
+use crate::trust::store::Store;
 use crate::trust::verify::{TrustedIssuer, Verifier};
 
 /// How often a running service looks for a key rotation done by `tokenmint keys rotate`.
@@ -91,7 +93,7 @@ impl Service {
 
         let client = http_client().context("building the HTTP client for issuer keys")?;
         let mut trusted = Vec::new();
-        let mut issuer_kinds = HashMap::new();
+        let mut issuer_keys = Vec::new();
         for issuer in config.issuers.values() {
             let source: Arc<dyn KeySource> = match (&dev, &issuer.jwks_file) {
                 (Some(dev), _) => dev.key_source(),
@@ -110,10 +112,7 @@ impl Service {
                 metrics.clone(),
             );
             tasks.push(keys.spawn_refresher());
-            issuer_kinds.insert(
-                issuer.name.clone(),
-                (issuer.kind, issuer.replay, issuer.issuer.clone()),
-            );
+            issuer_keys.push((issuer.issuer.clone(), keys.clone()));
             trusted.push(Arc::new(TrustedIssuer {
                 config: issuer.clone(),
                 keys,
@@ -122,11 +121,7 @@ impl Service {
 
         let signer = Arc::new(build_signer(&config)?);
         let mut targets = BTreeMap::new();
-        let mut audience_index = HashMap::new();
         for target in config.targets.values() {
-            if target.match_audience_url {
-                audience_index.insert(target.audience.clone(), target.name.clone());
-            }
             if let Some(remote) = target.remote()
                 && !remote.enforce_max_ttl
             {
@@ -167,18 +162,15 @@ impl Service {
                 },
             );
         }
-        let exchanger = Arc::new(Exchanger {
-            public_url: config.server.public_url.clone(),
-            verifier: Verifier::new(trusted),
-            issuer_kinds,
-            policies: policies.clone(),
+        let exchanger = Arc::new(Exchanger::new(
+            Verifier::new(trusted),
+            policies.clone(),
             targets,
-            audience_index,
             store,
-            signer,
-        });
+            metrics.clone(),
+        ));
         if let (None, Some(dir)) = (&dev, key_dir(&config)) {
-            tasks.push(spawn_key_reloader(exchanger.clone(), dir));
+            tasks.push(spawn_key_reloader(signer.clone(), dir));
         }
         let policies_healthy = Arc::new(AtomicBool::new(true));
         let reloader = match dev {
@@ -197,6 +189,8 @@ impl Service {
         };
         let state = AppState {
             exchanger,
+            published: Arc::new(Published::new(&config.server.public_url, signer)),
+            issuer_keys,
             metrics,
             policies_healthy,
             stopping: Arc::new(AtomicBool::new(false)),
@@ -353,18 +347,15 @@ pub fn warn_if_readable_by_others(path: &Path) {
     }
 }
 
-fn spawn_key_reloader(exchanger: Arc<Exchanger>, dir: PathBuf) -> tokio::task::JoinHandle<()> {
+fn spawn_key_reloader(signer: Arc<LocalSigner>, dir: PathBuf) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(KEY_RELOAD_INTERVAL);
         interval.tick().await;
         loop {
             interval.tick().await;
             let dir = dir.clone();
-            let signer_exchanger = exchanger.clone();
-            let result = tokio::task::spawn_blocking(move || {
-                signer_exchanger.signer.reload_if_changed(&dir)
-            })
-            .await;
+            let signer = signer.clone();
+            let result = tokio::task::spawn_blocking(move || signer.reload_if_changed(&dir)).await;
             match result {
                 Ok(Ok(true)) => tracing::info!("signing keys reloaded after a rotation"),
                 Ok(Ok(false)) => {}

@@ -4,6 +4,8 @@
 pub mod audit;
 pub mod exchange;
 pub mod json;
+pub mod mint;
 pub mod platform;
 pub mod policy;
+pub mod store;
 pub mod verify;

@@ -126,7 +126,7 @@ async fn github_push_on_main_gets_a_local_token() {
     assert_eq!(record.token_jti.as_deref(), Some(jti.as_str()));
     assert_eq!(
         record.token_sha256.as_deref(),
-        Some(tokenmint::trust::verify::token_sha256(access_token).as_str())
+        Some(tokenmint::trust::audit::token_sha256(access_token).as_str())
     );
     assert_eq!(
         record.expires_at.map(|t| t.unix_timestamp()),

@@ -17,11 +17,17 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value, json};
 use tower::ServiceExt as _;
 
+use time::OffsetDateTime;
 use tokenmint::adapters::signing::{SigningAlgorithm, SigningKey};
-use tokenmint::adapters::store::{MemoryStore, Store};
+use tokenmint::adapters::store::MemoryStore;
 use tokenmint::config::{Config, ConfigSource};
 use tokenmint::edges::metrics::Metrics;
 use tokenmint::edges::service::Service;
+use tokenmint::trust::audit::AuditRecord;
+use tokenmint::trust::store::{
+    Abandon, Begin, Begun, Finish, Finished, ReplayKey, ReplayRecord, Seq, Settle, Store,
+    StoreError,
+};
 
 /// The CI-token audience every test configuration uses (`server.public_url`).
 pub const PUBLIC_URL: &str = "https://sts.example.com";
@@ -394,7 +400,13 @@ impl TestApp {
         self.post_form(&fields).await
     }
 
-    pub async fn audit(&self) -> Vec<tokenmint::trust::audit::AuditRecord> {
+    /// Each request once, in its latest state, as `audit list` shows them.
+    pub async fn audit(&self) -> Vec<AuditRecord> {
+        tokenmint::trust::audit::latest_per_request(&self.records().await)
+    }
+
+    /// Every audit record, in append order (a remote exchange has two).
+    pub async fn records(&self) -> Vec<AuditRecord> {
         self.service
             .state
             .exchanger
@@ -404,7 +416,7 @@ impl TestApp {
             .expect("audit records")
     }
 
-    pub async fn last_audit(&self) -> tokenmint::trust::audit::AuditRecord {
+    pub async fn last_audit(&self) -> AuditRecord {
         self.audit().await.pop().expect("an audit record")
     }
 }
@@ -441,89 +453,108 @@ pub fn tokenmint() -> std::process::Command {
     command
 }
 
-/// A store whose `consume` can be slowed down (so that requests overlap) or made to fail;
-/// everything else is the in-memory store.
-pub struct HookedStore {
-    pub inner: MemoryStore,
-    pub consume_delay: std::time::Duration,
-    pub fail_consume: std::sync::atomic::AtomicBool,
+/// A step of the store, as [`FaultyStore`] counts and fails them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Step {
+    /// `begin`: reserve the CI token, append the pending record.
+    Begin,
+    /// `finish` that uses the CI token up (`Use`, `Consume`): a token is handed out.
+    FinishHandOut,
+    /// `finish` that releases a reservation (a remote exchange that failed).
+    FinishRelease,
+    /// `finish` of a refusal (`Unused`, `Nothing`).
+    FinishRecordOnly,
+    /// `abandon`: a cancelled remote request.
+    Abandon,
 }
 
-impl HookedStore {
-    /// Marking CI tokens used takes `delay`.
+/// The in-memory store with faults on demand: each step can be made to fail (nothing is
+/// written, as a real store's failed transaction), `finish` can be slowed down so that
+/// requests overlap, and every step is counted.
+pub struct FaultyStore {
+    pub inner: MemoryStore,
+    pub finish_delay: std::time::Duration,
+    failing: Mutex<std::collections::HashSet<Step>>,
+    calls: Mutex<Vec<Step>>,
+}
+
+impl FaultyStore {
+    pub fn new() -> Self {
+        Self::slow(std::time::Duration::ZERO)
+    }
+
+    /// Every `finish` takes `delay` before it happens.
     pub fn slow(delay: std::time::Duration) -> Self {
         Self {
             inner: MemoryStore::new(),
-            consume_delay: delay,
-            fail_consume: std::sync::atomic::AtomicBool::new(false),
+            finish_delay: delay,
+            failing: Mutex::new(std::collections::HashSet::new()),
+            calls: Mutex::new(Vec::new()),
         }
     }
 
-    /// Marking CI tokens used fails until `fail_consume` is cleared.
-    pub fn failing_consume() -> Self {
-        Self {
-            inner: MemoryStore::new(),
-            consume_delay: std::time::Duration::ZERO,
-            fail_consume: std::sync::atomic::AtomicBool::new(true),
+    /// `step` fails until [`FaultyStore::heal`].
+    pub fn fail(&self, step: Step) {
+        self.failing.lock().expect("lock").insert(step);
+    }
+
+    pub fn heal(&self) {
+        self.failing.lock().expect("lock").clear();
+    }
+
+    /// The steps made so far, failed ones included.
+    pub fn calls(&self) -> Vec<Step> {
+        self.calls.lock().expect("lock").clone()
+    }
+
+    fn enter(&self, step: Step) -> Result<(), StoreError> {
+        self.calls.lock().expect("lock").push(step);
+        if self.failing.lock().expect("lock").contains(&step) {
+            return Err(StoreError::Write("disk full".into()));
         }
+        Ok(())
     }
 }
 
 #[async_trait::async_trait]
-impl Store for HookedStore {
-    async fn reserve(
-        &self,
-        key: &tokenmint::adapters::store::ReplayKey,
-        keep_until: time::OffsetDateTime,
-    ) -> Result<tokenmint::adapters::store::Reservation, tokenmint::adapters::store::StoreError>
-    {
-        self.inner.reserve(key, keep_until).await
+impl Store for FaultyStore {
+    async fn begin(&self, step: Begin<'_>, now: OffsetDateTime) -> Result<Begun, StoreError> {
+        self.enter(Step::Begin)?;
+        self.inner.begin(step, now).await
     }
-    async fn consume(
-        &self,
-        key: &tokenmint::adapters::store::ReplayKey,
-        holder: &tokenmint::adapters::store::ReservationId,
-    ) -> Result<(), tokenmint::adapters::store::StoreError> {
-        tokio::time::sleep(self.consume_delay).await;
-        if self.fail_consume.load(Ordering::SeqCst) {
-            return Err(tokenmint::adapters::store::StoreError(
-                "disk full".to_owned(),
-            ));
-        }
-        self.inner.consume(key, holder).await
+
+    async fn finish(&self, step: Finish<'_>, now: OffsetDateTime) -> Result<Finished, StoreError> {
+        tokio::time::sleep(self.finish_delay).await;
+        let kind = match step.settle {
+            Settle::Use { .. } | Settle::Consume { .. } => Step::FinishHandOut,
+            Settle::Release { .. } => Step::FinishRelease,
+            Settle::Unused(_) | Settle::Nothing => Step::FinishRecordOnly,
+        };
+        self.enter(kind)?;
+        self.inner.finish(step, now).await
     }
-    async fn release(
+
+    async fn abandon(
         &self,
-        key: &tokenmint::adapters::store::ReplayKey,
-        holder: &tokenmint::adapters::store::ReservationId,
-    ) -> Result<(), tokenmint::adapters::store::StoreError> {
-        self.inner.release(key, holder).await
+        step: Abandon<'_>,
+        now: OffsetDateTime,
+    ) -> Result<Option<Seq>, StoreError> {
+        self.enter(Step::Abandon)?;
+        self.inner.abandon(step, now).await
     }
-    async fn replay_expiry(
+
+    async fn replay_record(
         &self,
-        key: &tokenmint::adapters::store::ReplayKey,
-    ) -> Result<Option<time::OffsetDateTime>, tokenmint::adapters::store::StoreError> {
-        self.inner.replay_expiry(key).await
+        key: &ReplayKey,
+        now: OffsetDateTime,
+    ) -> Result<Option<ReplayRecord>, StoreError> {
+        self.inner.replay_record(key, now).await
     }
-    async fn append_audit(
-        &self,
-        record: &tokenmint::trust::audit::AuditRecord,
-    ) -> Result<(), tokenmint::adapters::store::StoreError> {
-        self.inner.append_audit(record).await
-    }
-    async fn complete_audit(
-        &self,
-        record: &tokenmint::trust::audit::AuditRecord,
-        if_not_pending: tokenmint::adapters::store::IfNotPending,
-    ) -> Result<bool, tokenmint::adapters::store::StoreError> {
-        self.inner.complete_audit(record, if_not_pending).await
-    }
-    async fn audit_records(
-        &self,
-    ) -> Result<Vec<tokenmint::trust::audit::AuditRecord>, tokenmint::adapters::store::StoreError>
-    {
+
+    async fn audit_records(&self) -> Result<Vec<AuditRecord>, StoreError> {
         self.inner.audit_records().await
     }
+
     async fn healthy(&self) -> bool {
         true
     }

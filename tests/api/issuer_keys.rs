@@ -91,8 +91,8 @@ async fn a_running_service_picks_up_a_local_key_rotation() {
     let reloaded = app
         .service
         .state
-        .exchanger
-        .signer
+        .published
+        .signer()
         .reload_if_changed(&app.data_dir.join("keys"))
         .expect("reload");
     assert!(reloaded);

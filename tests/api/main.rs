@@ -15,4 +15,5 @@ mod reload;
 mod remote;
 mod remote_config;
 mod replay;
+mod store_faults;
 mod verification;

@@ -264,7 +264,7 @@ fn decisions_are_logged_as_json_lines_without_tokens() {
     assert_eq!(decisions[0]["policy"], "dev-any-repository");
     assert_eq!(
         decisions[0]["token_sha256"],
-        tokenmint::trust::verify::token_sha256(&access_token)
+        tokenmint::trust::audit::token_sha256(&access_token)
     );
     for line in &lines {
         assert!(

@@ -194,11 +194,17 @@ async fn an_unbound_caller_learns_nothing_about_policies() {
         "access_denied",
         "no trust policy for target \"internal-api\" matches this workload",
     );
+    // The operator is told everything the caller is not: the binding-claim values that
+    // were looked up, and the nearest policy with its failing conditions.
     let record = app.last_audit().await;
     assert_eq!(record.reason, "no_policy_matched");
     assert_eq!(
         record.detail.as_deref(),
-        Some("no policy for this issuer and target matches")
+        Some(
+            "no policy for this issuer and target matches; the token's binding claims: \
+             repository_id \"1\", repository_owner_id \"1234567\"; nearest policy \"deploy-api\" \
+             (not disclosed to the caller): claim \"repository_id\" is \"1\", expected \"89012345\""
+        )
     );
     assert!(
         record.decisions.is_empty(),

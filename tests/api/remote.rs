@@ -54,7 +54,7 @@ pub async fn tenant_app(setup: TenantSetup, extra: &str) -> (FakeIssuer, FakeTen
     (fake, tenant, app)
 }
 
-fn pkjwt() -> TenantSetup {
+pub fn pkjwt() -> TenantSetup {
     TenantSetup::private_key_jwt(CLIENT_ID, "auth0-client.pem", "RS256")
 }
 
@@ -71,7 +71,7 @@ fn assert_tenant_accepted_all(tenant: &FakeTenant) {
 
 /// The audit records of one request.
 async fn records_of(app: &TestApp, request_id: &str) -> Vec<tokenmint::trust::audit::AuditRecord> {
-    app.audit()
+    app.records()
         .await
         .into_iter()
         .filter(|r| r.request_id == request_id)
@@ -147,10 +147,11 @@ async fn private_key_jwt_exchange_returns_the_tenant_token_unchanged() {
     );
     assert!(sent.assertion_len.expect("length") <= 2048);
 
-    // One audit record: the pending one, completed.
+    // Two records, append-only: the pending one and its completion.
     let records = records_of(&app, &request_id).await;
-    assert_eq!(records.len(), 1, "{records:?}");
-    let record = &records[0];
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(records[0].outcome, Outcome::Pending);
+    let record = &records[1];
     assert_eq!(record.outcome, Outcome::Allow);
     assert_eq!(record.reason, "allowed");
     assert_eq!(record.target.as_deref(), Some("tenant-prod"));
@@ -651,10 +652,14 @@ async fn the_request_is_pending_on_record_while_the_tenant_is_called() {
     assert_eq!(during[0].reason, "pending");
     assert_eq!(during[0].policy.as_deref(), Some("deploy-tenant"));
     assert_eq!(during[0].token_sha256, None);
+    // The request's latest state is its completion; the pending record stays beside it.
     let after = app.audit().await;
     assert_eq!(after.len(), 1);
     assert_eq!(after[0].outcome, Outcome::Allow);
     assert_eq!(after[0].request_id, during[0].request_id);
+    let records = app.records().await;
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0], during[0], "a record is never rewritten");
 }
 
 #[tokio::test]
@@ -1030,7 +1035,8 @@ async fn requested_jwt_type_is_honoured_only_for_jwt_tokens() {
 /// offered for reuse: a later request gets a token of its own.
 #[tokio::test]
 async fn a_withheld_token_is_never_reused() {
-    let store = std::sync::Arc::new(HookedStore::failing_consume());
+    let store = std::sync::Arc::new(FaultyStore::new());
+    store.fail(Step::FinishHandOut);
     let fake = FakeIssuer::start(Shape::Github).await;
     let tenant = FakeTenant::start(pkjwt()).await;
     let app = AppBuilder::new()
@@ -1056,9 +1062,7 @@ async fn a_withheld_token_is_never_reused() {
         ))
     );
 
-    store
-        .fail_consume
-        .store(false, std::sync::atomic::Ordering::SeqCst);
+    store.heal();
     let answer = app
         .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
         .await;

@@ -7,11 +7,11 @@
 
 use figment::Jail;
 use tokenmint::adapters::mint::RemoteMinter;
+use tokenmint::adapters::mint::remote::NoObserver;
 use tokenmint::config::{
     AssertionAlgorithm, AudienceParam, ClientAuthConfig, Config, ConfigSource, RemoteProvider,
     SecretMethod, SecretSource, TargetConfig,
 };
-use tokenmint::edges::metrics::NoObserver;
 
 use crate::helpers::*;
 use crate::remote::{CLIENT_ID, key_path};

@@ -2,8 +2,8 @@
 
 use crate::exchange::github_app;
 use crate::helpers::*;
-use tokenmint::adapters::store::ReplayKey;
 use tokenmint::trust::exchange::{REPLAY_MARGIN, replay_keep_until};
+use tokenmint::trust::store::ReplayKey;
 
 #[tokio::test]
 async fn a_ci_token_buys_exactly_one_access_token() {
@@ -114,13 +114,18 @@ async fn replay_record_outlives_token_expiry_plus_leeway() {
         .state
         .exchanger
         .store
-        .replay_expiry(&ReplayKey {
-            issuer: "github".to_owned(),
-            id: format!("jti:{jti}"),
-        })
+        .replay_record(
+            &ReplayKey {
+                issuer: "github".to_owned(),
+                id: format!("jti:{jti}"),
+            },
+            time::OffsetDateTime::now_utc(),
+        )
         .await
         .expect("store")
         .expect("the key is remembered");
+    assert!(kept_until.used);
+    let kept_until = kept_until.keep_until;
     assert_eq!(kept_until.unix_timestamp(), exp + 60 + 60);
     assert_eq!(REPLAY_MARGIN.as_secs(), 60);
     assert_eq!(
@@ -132,7 +137,7 @@ async fn replay_record_outlives_token_expiry_plus_leeway() {
 async fn slow_app(delay_ms: u64) -> (FakeIssuer, TestApp) {
     let fake = FakeIssuer::start(Shape::Github).await;
     let app = crate::exchange::deploy_builder(&fake, "")
-        .store(std::sync::Arc::new(HookedStore::slow(
+        .store(std::sync::Arc::new(FaultyStore::slow(
             std::time::Duration::from_millis(delay_ms),
         )))
         .spawn()
@@ -180,4 +185,78 @@ async fn a_cancelled_request_does_not_use_the_token_up() {
     tokio::task::yield_now().await;
     let retried = app.exchange(&token, "internal-api", &[]).await;
     assert_eq!(retried.status, 200, "{}", retried.text);
+}
+
+/// Two replicas on one store: a CI token used on one is refused on the other, by the
+/// store's atomic step (the second replica has never seen the token).
+#[tokio::test]
+async fn a_token_used_on_one_replica_is_refused_on_another() {
+    let fake = FakeIssuer::start(Shape::Github).await;
+    let store: std::sync::Arc<dyn tokenmint::trust::store::Store> =
+        std::sync::Arc::new(tokenmint::adapters::store::MemoryStore::new());
+    let first = crate::exchange::deploy_builder(&fake, "")
+        .store(store.clone())
+        .spawn()
+        .await;
+    let second = crate::exchange::deploy_builder(&fake, "")
+        .store(store)
+        .spawn()
+        .await;
+    let token = fake.token("github-push-main");
+    assert_eq!(
+        first.exchange(&token, "internal-api", &[]).await.status,
+        200
+    );
+    let replayed = second.exchange(&token, "internal-api", &[]).await;
+    assert_error(
+        &replayed,
+        400,
+        "invalid_grant",
+        "the subject token was already used",
+    );
+    let record = second.last_audit().await;
+    assert_eq!(record.reason, "token_replayed");
+    assert_eq!(record.token_sha256, None);
+}
+
+/// Two replicas on one store, one CI token, a slow tenant: only one request reaches it.
+#[tokio::test]
+async fn concurrent_requests_on_two_replicas_reach_the_tenant_once() {
+    use crate::fake_auth0::{FakeTenant, Fault};
+    use crate::remote::{TENANT_POLICY, auth0_target, pkjwt};
+    let fake = FakeIssuer::start(Shape::Github).await;
+    let tenant = FakeTenant::start(pkjwt()).await;
+    tenant.push_fault(Fault::Hang(std::time::Duration::from_millis(300)));
+    let store: std::sync::Arc<dyn tokenmint::trust::store::Store> =
+        std::sync::Arc::new(tokenmint::adapters::store::MemoryStore::new());
+    let replica = || {
+        AppBuilder::new()
+            .github("github", &fake)
+            .config(&auth0_target(&tenant, ""))
+            .policy("deploy-tenant.yaml", TENANT_POLICY)
+            .store(store.clone())
+            .spawn()
+    };
+    let (first, second) = (replica().await, replica().await);
+    let token = fake.token("github-push-main");
+    let (a, b) = tokio::join!(first.exchange(&token, "tenant-prod", &[]), async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        second.exchange(&token, "tenant-prod", &[]).await
+    });
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_error(
+        &b,
+        400,
+        "invalid_grant",
+        "the subject token is being exchanged by another request; retry",
+    );
+    assert_eq!(tenant.requests().len(), 1);
+    let again = second.exchange(&token, "tenant-prod", &[]).await;
+    assert_error(
+        &again,
+        400,
+        "invalid_grant",
+        "the subject token was already used",
+    );
+    assert_eq!(tenant.requests().len(), 1);
 }

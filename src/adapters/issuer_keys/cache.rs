@@ -13,6 +13,7 @@ use super::KeystoreSettings;
 use super::error::{FetchError, KeyError, kid_for_messages};
 use super::keys::{VerificationKey, usable_keys};
 use super::source::KeySource;
+use crate::trust::verify::key::{KeyLookup, LookupError};
 
 /// Shortest pause between two periodic refreshes, whatever `refresh_interval` says.
 const MIN_REFRESH_INTERVAL: Duration = Duration::from_millis(10);
@@ -311,5 +312,15 @@ impl IssuerKeys {
             key_count = keys.len(),
             "signing keys changed"
         );
+    }
+}
+
+#[async_trait::async_trait]
+impl KeyLookup for IssuerKeys {
+    async fn key(&self, kid: &str) -> Result<Arc<VerificationKey>, LookupError> {
+        IssuerKeys::key(self, kid).await.map_err(|err| match err {
+            KeyError::UnknownKid { .. } => LookupError::UnknownKid,
+            other => LookupError::Unavailable(other.to_string()),
+        })
     }
 }

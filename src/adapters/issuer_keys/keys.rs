@@ -8,59 +8,9 @@ use jsonwebtoken::jwk::{
 };
 use jsonwebtoken::{Algorithm, DecodingKey};
 
+pub use crate::trust::verify::key::{KeyType, VerificationKey};
+
 use super::error::{FetchError, kid_for_messages};
-
-/// The family of a verification key; decides which `alg` values it can check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum KeyType {
-    /// `kty: RSA`: RS256/384/512, PS256/384/512.
-    Rsa,
-    /// `kty: EC`, `crv: P-256`: ES256.
-    EcP256,
-    /// `kty: EC`, `crv: P-384`: ES384.
-    EcP384,
-    /// `kty: OKP`, `crv: Ed25519`: EdDSA.
-    Ed25519,
-}
-
-impl KeyType {
-    /// Whether a signature made with `alg` can be checked with a key of this type.
-    pub fn supports(self, alg: Algorithm) -> bool {
-        use Algorithm as A;
-        match self {
-            Self::Rsa => matches!(
-                alg,
-                A::RS256 | A::RS384 | A::RS512 | A::PS256 | A::PS384 | A::PS512
-            ),
-            Self::EcP256 => alg == A::ES256,
-            Self::EcP384 => alg == A::ES384,
-            Self::Ed25519 => alg == A::EdDSA,
-        }
-    }
-}
-
-/// One issuer signing key, ready for `jsonwebtoken::decode`.
-#[derive(Debug, Clone)]
-pub struct VerificationKey {
-    /// The JWK's `kid`.
-    pub kid: String,
-    /// The public key.
-    pub decoding_key: DecodingKey,
-    /// The JWK's `alg`, when it names one. Always a signature algorithm that fits `key_type`.
-    pub algorithm: Option<Algorithm>,
-    /// The key's family.
-    pub key_type: KeyType,
-}
-
-impl VerificationKey {
-    /// Whether a token whose header says `alg` may be checked with this key: the key's
-    /// type must support `alg`, and a key that names its `alg` accepts only that one.
-    /// The caller still checks `alg` against the issuer's configured `algorithms`.
-    pub fn accepts(&self, alg: Algorithm) -> bool {
-        self.key_type.supports(alg) && self.algorithm.is_none_or(|own| own == alg)
-    }
-}
 
 /// The usable keys of `set`, by `kid`. JWKs that cannot verify signatures are skipped
 /// with a debug log; a set left with no key is an error, so it never replaces good keys.

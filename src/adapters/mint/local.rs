@@ -5,7 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
+use bytes::Bytes;
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 
@@ -13,8 +14,9 @@ use crate::trust::verify::claims::VerifiedClaims;
 use async_trait::async_trait;
 use secrecy::SecretString;
 
-use super::{Grant, MintError, MintedToken, Minter};
 use crate::adapters::signing::{KeyRing, SigningAlgorithm, SigningKey};
+use crate::trust::audit::token_sha256;
+use crate::trust::mint::{Grant, MintError, MintedToken, Minter};
 use crate::trust::platform::ClaimNames;
 
 /// One local token to sign.
@@ -36,6 +38,17 @@ pub struct LocalSigner {
     ring: ArcSwap<KeyRing>,
     /// Targets configured with `signing_key_file`: their key never rotates.
     fixed: BTreeMap<String, Arc<SigningKey>>,
+    /// The serialised JWKS, until the ring is replaced or a previous key retires.
+    published: ArcSwapOption<PublishedJwks>,
+}
+
+/// A serialised JWKS document and what it was made from.
+struct PublishedJwks {
+    ring: Arc<KeyRing>,
+    /// When a previous key retires and the document changes; `None`: not before the
+    /// ring is replaced.
+    valid_until: Option<OffsetDateTime>,
+    body: Bytes,
 }
 
 impl LocalSigner {
@@ -43,7 +56,27 @@ impl LocalSigner {
         Self {
             ring: ArcSwap::from_pointee(ring),
             fixed,
+            published: ArcSwapOption::empty(),
         }
+    }
+
+    /// [`LocalSigner::jwks`] as JSON bytes, serialised once per key-ring change rather
+    /// than per request.
+    pub fn jwks_json(&self, now: OffsetDateTime) -> Bytes {
+        let ring = self.ring.load_full();
+        if let Some(published) = self.published.load_full()
+            && Arc::ptr_eq(&published.ring, &ring)
+            && published.valid_until.is_none_or(|until| now < until)
+        {
+            return published.body.clone();
+        }
+        let body = Bytes::from(self.jwks(now).to_string());
+        self.published.store(Some(Arc::new(PublishedJwks {
+            valid_until: ring.next_jwks_change(now),
+            ring,
+            body: body.clone(),
+        })));
+        body
     }
 
     /// Swaps in a key ring reloaded after `keys rotate`.
@@ -76,7 +109,7 @@ impl LocalSigner {
             Some(key) => key,
             None => ring
                 .current(grant.algorithm)
-                .ok_or(MintError::NoKey(grant.algorithm))?,
+                .ok_or(MintError::NoKey(grant.algorithm.as_str()))?,
         };
         let jti = uuid::Uuid::new_v4().simple().to_string();
         let iat = now.unix_timestamp();
@@ -183,6 +216,7 @@ impl Minter for LocalMinter {
             now,
         )?;
         Ok(MintedToken {
+            sha256: token_sha256(&token),
             token: SecretString::from(token),
             jti: Some(jti),
             expires_at: OffsetDateTime::from_unix_timestamp(exp).unwrap_or(now),
@@ -190,7 +224,7 @@ impl Minter for LocalMinter {
             scope,
             is_jwt: true,
             reused: false,
-            reuse: None,
+            after_hand_out: None,
         })
     }
 }

@@ -201,6 +201,17 @@ impl KeyRing {
         json!({ "keys": keys })
     }
 
+    /// When [`KeyRing::jwks`] will next say something else without a rotation: when a
+    /// published previous key retires. `None` if never.
+    pub fn next_jwks_change(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
+        self.algorithms
+            .values()
+            .filter_map(|keys| keys.previous.as_ref())
+            .map(|previous| previous.retire_at)
+            .filter(|retire_at| *retire_at > now)
+            .min()
+    }
+
     pub(super) fn from_parts(
         generation: u64,
         algorithms: BTreeMap<SigningAlgorithm, AlgorithmKeys>,

@@ -1,31 +1,50 @@
 //! The in-memory store: dev mode, tests, and single-process use without persistence.
+//!
+//! One mutex guards replay records and the audit trail together, so every step of
+//! [`Store`] is atomic. Nothing here awaits while holding it.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use super::{IfNotPending, ReplayKey, Reservation, ReservationId, Store, StoreError};
 use crate::trust::audit::AuditRecord;
+use crate::trust::store::{
+    Abandon, Begin, Begun, Finish, Finished, ReplayKey, ReplayRecord, ReservationId, Seq, Settle,
+    Store, StoreError,
+};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum ReplayState {
-    Reserved,
+    Reserved {
+        holder: ReservationId,
+        lease_until: OffsetDateTime,
+    },
     Used,
 }
 
-struct ReplayRecord {
+#[derive(Debug)]
+struct ReplayEntry {
     state: ReplayState,
-    until: OffsetDateTime,
-    holder: ReservationId,
+    keep_until: OffsetDateTime,
+}
+
+/// What a CI token's replay entry says right now.
+enum Standing {
+    Free,
+    Used,
+    HeldBy(ReservationId),
 }
 
 #[derive(Default)]
 struct Inner {
-    replay: HashMap<ReplayKey, ReplayRecord>,
-    audit: VecDeque<AuditRecord>,
-    /// Reservations since the last sweep of expired replay records.
+    replay: HashMap<ReplayKey, ReplayEntry>,
+    audit: VecDeque<Arc<AuditRecord>>,
+    /// Requests whose pending record is written and whose final record is not.
+    pending: HashSet<String>,
+    last_seq: u64,
+    /// Writes since the last sweep of expired replay records.
     since_sweep: usize,
 }
 
@@ -40,8 +59,8 @@ pub struct MemoryStore {
 /// How many audit records the in-memory trail keeps.
 pub const MAX_AUDIT_RECORDS: usize = 100_000;
 
-/// Expired replay records are swept after this many reservations, so memory stays bounded
-/// by the number of live CI tokens rather than growing forever.
+/// Expired replay records are swept after this many writes, so memory stays bounded by
+/// the number of live CI tokens rather than growing forever.
 const SWEEP_EVERY: usize = 1024;
 
 impl MemoryStore {
@@ -49,112 +68,155 @@ impl MemoryStore {
         Self::default()
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>, StoreError> {
-        self.inner
-            .lock()
-            .map_err(|_| StoreError("in-memory store lock poisoned".to_owned()))
+    fn lock(&self) -> Result<MutexGuard<'_, Inner>, StoreError> {
+        self.inner.lock().map_err(|_| StoreError::Poisoned)
+    }
+}
+
+impl Inner {
+    fn standing(&self, key: &ReplayKey, now: OffsetDateTime) -> Standing {
+        match self.replay.get(key) {
+            Some(entry) if entry.keep_until > now => match &entry.state {
+                ReplayState::Used => Standing::Used,
+                ReplayState::Reserved {
+                    holder,
+                    lease_until,
+                } if *lease_until > now => Standing::HeldBy(holder.clone()),
+                ReplayState::Reserved { .. } => Standing::Free,
+            },
+            _ => Standing::Free,
+        }
+    }
+
+    fn append(&mut self, record: Arc<AuditRecord>) -> Seq {
+        if self.audit.len() >= MAX_AUDIT_RECORDS {
+            self.audit.pop_front();
+        }
+        self.audit.push_back(record);
+        self.last_seq += 1;
+        Seq(self.last_seq)
+    }
+
+    fn set(&mut self, key: &ReplayKey, state: ReplayState, keep_until: OffsetDateTime) {
+        self.replay
+            .insert(key.clone(), ReplayEntry { state, keep_until });
+    }
+
+    fn is_held_by(&self, key: &ReplayKey, holder: &ReservationId) -> bool {
+        matches!(
+            self.replay.get(key).map(|entry| &entry.state),
+            Some(ReplayState::Reserved { holder: held, .. }) if held == holder
+        )
+    }
+
+    fn sweep_now_and_then(&mut self, now: OffsetDateTime) {
+        self.since_sweep += 1;
+        if self.since_sweep >= SWEEP_EVERY {
+            self.since_sweep = 0;
+            self.replay.retain(|_, entry| entry.keep_until > now);
+        }
     }
 }
 
 #[async_trait]
 impl Store for MemoryStore {
-    async fn reserve(
+    async fn begin(&self, step: Begin<'_>, now: OffsetDateTime) -> Result<Begun, StoreError> {
+        let mut inner = self.lock()?;
+        inner.sweep_now_and_then(now);
+        if let Some(reserve) = &step.reserve {
+            match inner.standing(reserve.key, now) {
+                Standing::Used => return Ok(Begun::AlreadyUsed),
+                Standing::HeldBy(holder) if holder != *reserve.holder => {
+                    return Ok(Begun::InUse);
+                }
+                Standing::HeldBy(_) | Standing::Free => {}
+            }
+            inner.set(
+                reserve.key,
+                ReplayState::Reserved {
+                    holder: reserve.holder.clone(),
+                    lease_until: reserve.lease_until,
+                },
+                reserve.keep_until,
+            );
+        }
+        inner.pending.insert(step.record.request_id.clone());
+        Ok(Begun::Reserved(inner.append(step.record)))
+    }
+
+    async fn finish(&self, step: Finish<'_>, now: OffsetDateTime) -> Result<Finished, StoreError> {
+        let mut inner = self.lock()?;
+        inner.sweep_now_and_then(now);
+        match step.settle {
+            Settle::Nothing => {}
+            Settle::Unused(key) => match inner.standing(key, now) {
+                Standing::Used => return Ok(Finished::AlreadyUsed),
+                Standing::HeldBy(_) => return Ok(Finished::InUse),
+                Standing::Free => {}
+            },
+            Settle::Use { key, keep_until } => match inner.standing(key, now) {
+                Standing::Used => return Ok(Finished::AlreadyUsed),
+                Standing::HeldBy(_) => return Ok(Finished::InUse),
+                Standing::Free => inner.set(key, ReplayState::Used, keep_until),
+            },
+            Settle::Consume { key, holder } => {
+                if !inner.is_held_by(key, holder) {
+                    return Ok(Finished::ReservationLost);
+                }
+                if let Some(entry) = inner.replay.get_mut(key) {
+                    entry.state = ReplayState::Used;
+                }
+            }
+            Settle::Release { key, holder } => {
+                if inner.is_held_by(key, holder) {
+                    inner.replay.remove(key);
+                }
+            }
+        }
+        inner.pending.remove(&step.record.request_id);
+        Ok(Finished::Recorded(inner.append(step.record)))
+    }
+
+    async fn abandon(
         &self,
-        key: &ReplayKey,
-        keep_until: OffsetDateTime,
-    ) -> Result<Reservation, StoreError> {
-        let now = OffsetDateTime::now_utc();
+        step: Abandon<'_>,
+        _now: OffsetDateTime,
+    ) -> Result<Option<Seq>, StoreError> {
         let mut inner = self.lock()?;
-        inner.since_sweep += 1;
-        if inner.since_sweep >= SWEEP_EVERY {
-            inner.since_sweep = 0;
-            inner.replay.retain(|_, record| record.until > now);
+        if !inner.pending.remove(step.request_id) {
+            return Ok(None);
         }
-        match inner.replay.get(key) {
-            Some(record) if record.until > now => Ok(match record.state {
-                ReplayState::Used => Reservation::AlreadyUsed,
-                ReplayState::Reserved => Reservation::InUse,
-            }),
-            _ => {
-                let holder = ReservationId::new();
-                inner.replay.insert(
-                    key.clone(),
-                    ReplayRecord {
-                        state: ReplayState::Reserved,
-                        until: keep_until,
-                        holder: holder.clone(),
-                    },
-                );
-                Ok(Reservation::Reserved(holder))
-            }
-        }
-    }
-
-    async fn consume(&self, key: &ReplayKey, holder: &ReservationId) -> Result<(), StoreError> {
-        let mut inner = self.lock()?;
-        match inner.replay.get_mut(key) {
-            Some(record) if record.holder == *holder => {
-                record.state = ReplayState::Used;
-                Ok(())
-            }
-            _ => Err(StoreError(format!(
-                "replay key {key:?} is not reserved by this request"
-            ))),
-        }
-    }
-
-    async fn release(&self, key: &ReplayKey, holder: &ReservationId) -> Result<(), StoreError> {
-        let mut inner = self.lock()?;
-        if inner
-            .replay
-            .get(key)
-            .is_some_and(|record| record.holder == *holder)
+        if let Some((key, holder)) = step.reservation
+            && inner.is_held_by(key, holder)
         {
             inner.replay.remove(key);
         }
-        Ok(())
+        Ok(Some(inner.append(step.record)))
     }
 
-    async fn replay_expiry(&self, key: &ReplayKey) -> Result<Option<OffsetDateTime>, StoreError> {
-        Ok(self.lock()?.replay.get(key).map(|record| record.until))
-    }
-
-    async fn append_audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
-        let mut inner = self.lock()?;
-        if inner.audit.len() >= MAX_AUDIT_RECORDS {
-            inner.audit.pop_front();
-        }
-        inner.audit.push_back(record.clone());
-        Ok(())
-    }
-
-    async fn complete_audit(
+    async fn replay_record(
         &self,
-        record: &AuditRecord,
-        if_not_pending: IfNotPending,
-    ) -> Result<bool, StoreError> {
-        let mut inner = self.lock()?;
-        let pending = inner.audit.iter_mut().rev().find(|r| {
-            r.request_id == record.request_id && r.outcome == crate::trust::audit::Outcome::Pending
-        });
-        match (pending, if_not_pending) {
-            (Some(slot), _) => {
-                *slot = record.clone();
-                return Ok(true);
-            }
-            (None, IfNotPending::Append) => {
-                if inner.audit.len() >= MAX_AUDIT_RECORDS {
-                    inner.audit.pop_front();
-                }
-                inner.audit.push_back(record.clone());
-            }
-            (None, IfNotPending::Skip) => {}
-        }
-        Ok(false)
+        key: &ReplayKey,
+        now: OffsetDateTime,
+    ) -> Result<Option<ReplayRecord>, StoreError> {
+        let inner = self.lock()?;
+        Ok(inner
+            .replay
+            .get(key)
+            .filter(|entry| entry.keep_until > now)
+            .map(|entry| ReplayRecord {
+                used: entry.state == ReplayState::Used,
+                keep_until: entry.keep_until,
+            }))
     }
 
     async fn audit_records(&self) -> Result<Vec<AuditRecord>, StoreError> {
-        Ok(self.lock()?.audit.iter().cloned().collect())
+        Ok(self
+            .lock()?
+            .audit
+            .iter()
+            .map(|record| AuditRecord::clone(record))
+            .collect())
     }
 
     async fn healthy(&self) -> bool {
@@ -165,6 +227,8 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::trust::audit::AuditRecord;
+    use crate::trust::audit::Reason;
     use time::Duration;
 
     fn key(id: &str) -> ReplayKey {
@@ -174,69 +238,300 @@ mod tests {
         }
     }
 
-    async fn reserved(
-        store: &MemoryStore,
-        key: &ReplayKey,
-        until: OffsetDateTime,
-    ) -> ReservationId {
-        match store.reserve(key, until).await.expect("reserve") {
-            Reservation::Reserved(holder) => holder,
-            other => panic!("expected a reservation, got {other:?}"),
-        }
+    fn record(request_id: &str, reason: Reason) -> Arc<AuditRecord> {
+        Arc::new(AuditRecord::new(
+            request_id,
+            OffsetDateTime::now_utc(),
+            reason,
+        ))
+    }
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+
+    async fn begin(store: &MemoryStore, key: &ReplayKey, holder: &ReservationId) -> Begun {
+        let at = now();
+        store
+            .begin(
+                Begin {
+                    record: record("r", Reason::Pending),
+                    reserve: Some(crate::trust::store::Reserve {
+                        key,
+                        holder,
+                        lease_until: at + Duration::seconds(30),
+                        keep_until: at + Duration::minutes(5),
+                    }),
+                },
+                at,
+            )
+            .await
+            .expect("begin")
+    }
+
+    async fn finish(store: &MemoryStore, request_id: &str, settle: Settle<'_>) -> Finished {
+        store
+            .finish(
+                Finish {
+                    record: record(request_id, Reason::Allowed),
+                    settle,
+                },
+                now(),
+            )
+            .await
+            .expect("finish")
     }
 
     #[tokio::test]
     async fn a_reservation_is_exclusive_until_released_or_consumed() {
         let store = MemoryStore::new();
-        let until = OffsetDateTime::now_utc() + Duration::minutes(5);
-        let first = reserved(&store, &key("a"), until).await;
-        assert_eq!(
-            store.reserve(&key("a"), until).await.expect("reserve"),
-            Reservation::InUse
-        );
-        store.release(&key("a"), &first).await.expect("release");
-        let second = reserved(&store, &key("a"), until).await;
-        store.consume(&key("a"), &second).await.expect("consume");
-        assert_eq!(
-            store.reserve(&key("a"), until).await.expect("reserve"),
-            Reservation::AlreadyUsed
-        );
-        store
-            .release(&key("a"), &second)
-            .await
-            .expect("release undoes a consumption whose token was withheld");
-        reserved(&store, &key("a"), until).await;
+        let (first, second) = (ReservationId::new(), ReservationId::new());
+        assert!(matches!(
+            begin(&store, &key("a"), &first).await,
+            Begun::Reserved(_)
+        ));
+        assert_eq!(begin(&store, &key("a"), &second).await, Begun::InUse);
+        let k = key("a");
+        finish(
+            &store,
+            "r",
+            Settle::Release {
+                key: &k,
+                holder: &first,
+            },
+        )
+        .await;
+        assert!(matches!(
+            begin(&store, &key("a"), &second).await,
+            Begun::Reserved(_)
+        ));
+        finish(
+            &store,
+            "r",
+            Settle::Consume {
+                key: &k,
+                holder: &second,
+            },
+        )
+        .await;
+        assert_eq!(begin(&store, &key("a"), &first).await, Begun::AlreadyUsed);
+        // A late release by a holder changes nothing once the token is used.
+        finish(
+            &store,
+            "r",
+            Settle::Release {
+                key: &k,
+                holder: &second,
+            },
+        )
+        .await;
+        assert_eq!(begin(&store, &key("a"), &first).await, Begun::AlreadyUsed);
     }
 
     #[tokio::test]
     async fn only_the_holder_can_consume_or_release() {
         let store = MemoryStore::new();
-        let until = OffsetDateTime::now_utc() + Duration::minutes(5);
-        let stale = reserved(&store, &key("c"), until).await;
-        store.release(&key("c"), &stale).await.expect("release");
-        let holder = reserved(&store, &key("c"), until).await;
-        // A late release or consume by the earlier holder changes nothing.
-        store.release(&key("c"), &stale).await.expect("no-op");
-        assert!(store.consume(&key("c"), &stale).await.is_err());
+        let (stale, holder) = (ReservationId::new(), ReservationId::new());
+        let k = key("c");
+        begin(&store, &k, &stale).await;
+        finish(
+            &store,
+            "r",
+            Settle::Release {
+                key: &k,
+                holder: &stale,
+            },
+        )
+        .await;
+        begin(&store, &k, &holder).await;
+        finish(
+            &store,
+            "late",
+            Settle::Release {
+                key: &k,
+                holder: &stale,
+            },
+        )
+        .await;
         assert_eq!(
-            store.reserve(&key("c"), until).await.expect("reserve"),
-            Reservation::InUse
+            finish(
+                &store,
+                "late",
+                Settle::Consume {
+                    key: &k,
+                    holder: &stale
+                }
+            )
+            .await,
+            Finished::ReservationLost
         );
-        store.consume(&key("c"), &holder).await.expect("consume");
-        store.release(&key("c"), &stale).await.expect("no-op");
+        assert_eq!(begin(&store, &k, &stale).await, Begun::InUse);
+        assert!(matches!(
+            finish(
+                &store,
+                "r",
+                Settle::Consume {
+                    key: &k,
+                    holder: &holder
+                }
+            )
+            .await,
+            Finished::Recorded(_)
+        ));
+        assert_eq!(begin(&store, &k, &stale).await, Begun::AlreadyUsed);
+    }
+
+    #[tokio::test]
+    async fn use_marks_a_free_token_used_once() {
+        let store = MemoryStore::new();
+        let k = key("u");
+        let keep_until = now() + Duration::minutes(5);
+        assert!(matches!(
+            finish(
+                &store,
+                "a",
+                Settle::Use {
+                    key: &k,
+                    keep_until
+                }
+            )
+            .await,
+            Finished::Recorded(Seq(1))
+        ));
         assert_eq!(
-            store.reserve(&key("c"), until).await.expect("reserve"),
-            Reservation::AlreadyUsed
+            finish(
+                &store,
+                "b",
+                Settle::Use {
+                    key: &k,
+                    keep_until
+                }
+            )
+            .await,
+            Finished::AlreadyUsed
+        );
+        assert_eq!(
+            finish(&store, "c", Settle::Unused(&k)).await,
+            Finished::AlreadyUsed,
+            "a refusal of a used token is not recorded as a refusal"
+        );
+        let records = store.audit_records().await.expect("records");
+        assert_eq!(
+            records.len(),
+            1,
+            "nothing is written when a step is refused"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lapsed_lease_frees_the_token_and_loses_the_reservation() {
+        let store = MemoryStore::new();
+        let (crashed, next) = (ReservationId::new(), ReservationId::new());
+        let k = key("l");
+        let at = now() - Duration::minutes(1);
+        store
+            .begin(
+                Begin {
+                    record: record("crashed", Reason::Pending),
+                    reserve: Some(crate::trust::store::Reserve {
+                        key: &k,
+                        holder: &crashed,
+                        lease_until: at + Duration::seconds(10),
+                        keep_until: at + Duration::minutes(5),
+                    }),
+                },
+                at,
+            )
+            .await
+            .expect("begin");
+        assert!(matches!(begin(&store, &k, &next).await, Begun::Reserved(_)));
+        assert_eq!(
+            finish(
+                &store,
+                "crashed",
+                Settle::Consume {
+                    key: &k,
+                    holder: &crashed
+                }
+            )
+            .await,
+            Finished::ReservationLost
         );
     }
 
     #[tokio::test]
     async fn an_expired_record_no_longer_blocks() {
         let store = MemoryStore::new();
-        let past = OffsetDateTime::now_utc() - Duration::seconds(1);
-        let holder = reserved(&store, &key("b"), past).await;
-        store.consume(&key("b"), &holder).await.expect("consume");
-        let until = OffsetDateTime::now_utc() + Duration::minutes(5);
-        reserved(&store, &key("b"), until).await;
+        let k = key("b");
+        let past = now() - Duration::seconds(1);
+        finish(
+            &store,
+            "a",
+            Settle::Use {
+                key: &k,
+                keep_until: past,
+            },
+        )
+        .await;
+        assert!(matches!(
+            finish(
+                &store,
+                "b",
+                Settle::Use {
+                    key: &k,
+                    keep_until: now() + Duration::minutes(5)
+                }
+            )
+            .await,
+            Finished::Recorded(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn abandon_acts_only_while_the_request_is_pending() {
+        let store = MemoryStore::new();
+        let holder = ReservationId::new();
+        let k = key("x");
+        begin(&store, &k, &holder).await;
+        let abandoned = store
+            .abandon(
+                Abandon {
+                    request_id: "r",
+                    record: record("r", Reason::Cancelled),
+                    reservation: Some((&k, &holder)),
+                },
+                now(),
+            )
+            .await
+            .expect("abandon");
+        assert_eq!(abandoned, Some(Seq(2)));
+        assert!(
+            store
+                .replay_record(&k, now())
+                .await
+                .expect("read")
+                .is_none(),
+            "the reservation is released"
+        );
+        let again = store
+            .abandon(
+                Abandon {
+                    request_id: "r",
+                    record: record("r", Reason::Cancelled),
+                    reservation: Some((&k, &holder)),
+                },
+                now(),
+            )
+            .await
+            .expect("abandon");
+        assert_eq!(again, None, "once finished or abandoned, nothing more");
+        let reasons: Vec<Reason> = store
+            .audit_records()
+            .await
+            .expect("records")
+            .iter()
+            .map(|r| r.reason)
+            .collect();
+        assert_eq!(reasons, [Reason::Pending, Reason::Cancelled]);
     }
 }

@@ -6,12 +6,15 @@ mod ops;
 pub mod token;
 mod wellknown;
 
+pub use wellknown::Published;
+
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use axum::Router;
 use axum::routing::{get, post};
 
+use crate::adapters::issuer_keys::IssuerKeys;
 use crate::edges::dev::DevIssuer;
 use crate::edges::metrics::Metrics;
 use crate::trust::exchange::Exchanger;
@@ -20,6 +23,10 @@ use crate::trust::exchange::Exchanger;
 #[derive(Clone)]
 pub struct AppState {
     pub exchanger: Arc<Exchanger>,
+    /// Discovery and JWKS of tokenmint as an issuer.
+    pub published: Arc<Published>,
+    /// Every issuer's URL and key cache, in configuration order, for readiness details.
+    pub issuer_keys: Vec<(String, Arc<IssuerKeys>)>,
     pub metrics: Arc<Metrics>,
     /// Every policy file's policies are loaded (set by the policy reloader).
     pub policies_healthy: Arc<AtomicBool>,

@@ -33,14 +33,13 @@ pub async fn readyz_detail(State(app): State<AppState>) -> Response {
     let ready = is_ready(&app).await;
     let policies = app.exchanger.policies.load();
     let issuers: Vec<_> = app
-        .exchanger
-        .verifier
-        .issuers()
-        .map(|issuer| {
-            let status = issuer.keys.status();
+        .issuer_keys
+        .iter()
+        .map(|(issuer, keys)| {
+            let status = keys.status();
             json!({
-                "name": issuer.config.name,
-                "issuer": issuer.config.issuer,
+                "name": status.issuer_name,
+                "issuer": issuer,
                 "keys": status.key_count,
                 "last_good_fetch_age_seconds": status.last_good_fetch_age.map(|d| d.as_secs()),
                 "last_error": status.last_error,

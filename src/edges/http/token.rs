@@ -57,23 +57,18 @@ pub async fn token(State(app): State<AppState>, request: Request) -> Response {
                 "request refused before verification"
             );
             app.metrics
-                .exchange("rejected", err.reason, started.elapsed().as_secs_f64());
+                .rejected(err.reason, started.elapsed().as_secs_f64());
             return err.into_response_with_id(&request_id);
         }
     };
-    let (result, record) = app
+    // The exchange records, logs and counts its own outcome.
+    match app
         .exchanger
         .exchange(&exchange_request, OffsetDateTime::now_utc())
-        .await;
-    crate::trust::audit::log_decision(&record);
-    app.metrics.exchange(
-        record.outcome.as_str(),
-        &record.reason,
-        started.elapsed().as_secs_f64(),
-    );
-    match result {
+        .await
+    {
         Ok(issued) => success(issued, &request_id),
-        Err(err) => TokenError::from(err).into_response_with_id(&request_id),
+        Err(refusal) => TokenError::from(refusal.answer).into_response_with_id(&request_id),
     }
 }
 

@@ -32,7 +32,7 @@ pub use compile::{CompiledPolicy, Condition, Mode};
 pub use decision::{ConditionOutcome, Decision};
 pub use index::PolicySet;
 pub use matcher::{Matcher, Pattern};
-pub use select::Selection;
+pub use select::{NearestForOperator, OPERATOR_NEAREST_LIMIT, Selection};
 
 pub use crate::trust::platform::IssuerKind;
 

@@ -75,6 +75,19 @@ impl Selection {
     }
 }
 
+/// How many policies [`PolicySet::nearest_for_operator`] evaluates at most.
+pub const OPERATOR_NEAREST_LIMIT: usize = 32;
+
+/// See [`PolicySet::nearest_for_operator`].
+#[derive(Debug)]
+pub struct NearestForOperator {
+    pub decision: Option<Decision>,
+    /// How many policies were evaluated.
+    pub looked_at: usize,
+    /// How many enabled enforce policies the issuer and target have.
+    pub of: usize,
+}
+
 fn dedup_in_order(scopes: &[String]) -> Vec<String> {
     let mut unique: Vec<String> = Vec::with_capacity(scopes.len());
     for scope in scopes {
@@ -234,6 +247,38 @@ impl PolicySet {
                     .then_with(|| a.policy.cmp(&b.policy))
             })
             .cloned()
+    }
+
+    /// For the operator's log of a denial that disclosed nothing to the caller: the
+    /// nearest of the enabled enforce policies for the token's issuer and `target` (fewest
+    /// failing conditions, then byte order of name), among at most
+    /// [`OPERATOR_NEAREST_LIMIT`] of them, so that a stranger's request costs a bounded
+    /// amount of work however many policies there are.
+    pub fn nearest_for_operator(
+        &self,
+        claims: &VerifiedClaims,
+        target: &str,
+    ) -> NearestForOperator {
+        let candidates: Vec<&Arc<CompiledPolicy>> = self
+            .all_for(claims.issuer_name(), target)
+            .into_iter()
+            .filter(|policy| policy.enabled() && policy.mode() == Mode::Enforce)
+            .collect();
+        let decision = candidates
+            .iter()
+            .take(OPERATOR_NEAREST_LIMIT)
+            .map(|policy| policy.evaluate(claims))
+            .min_by(|a, b| {
+                a.failures()
+                    .count()
+                    .cmp(&b.failures().count())
+                    .then_with(|| a.policy.cmp(&b.policy))
+            });
+        NearestForOperator {
+            decision,
+            looked_at: candidates.len().min(OPERATOR_NEAREST_LIMIT),
+            of: candidates.len(),
+        }
     }
 
     /// Whether the token satisfies every binding condition of at least one policy (with

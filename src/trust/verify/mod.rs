@@ -6,6 +6,7 @@
 //! Headers that carry or point at keys (`jwk`, `jku`, `x5u`, `x5c`) are never used.
 
 pub mod claims;
+pub mod key;
 pub mod unverified;
 
 use std::collections::HashMap;
@@ -13,12 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
-use crate::adapters::issuer_keys::{IssuerKeys, KeyError};
-use crate::adapters::store::ReplayKey;
 use crate::config::{IssuerConfig, format_duration};
+use crate::trust::audit::Reason;
+use crate::trust::store::ReplayKey;
 use crate::trust::verify::claims::VerifiedClaims;
+use key::{KeyLookup, LookupError};
 use unverified::UnverifiedToken;
 
 /// Why a subject token was refused. Every message is safe to show the caller: it
@@ -78,28 +79,29 @@ pub enum VerifyError {
 
 impl VerifyError {
     /// The closed reason code used in metrics and audit records.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
+        use Reason as R;
         match self {
-            VerifyError::Malformed(_) | VerifyError::DuplicateHeader(_) => "malformed_token",
-            VerifyError::DuplicateClaim(_) => "duplicate_claim",
-            VerifyError::NoKid => "no_kid",
+            VerifyError::Malformed(_) | VerifyError::DuplicateHeader(_) => R::MalformedToken,
+            VerifyError::DuplicateClaim(_) => R::DuplicateClaim,
+            VerifyError::NoKid => R::NoKid,
             VerifyError::ForbiddenAlgorithm(_) | VerifyError::AlgorithmNotAllowed { .. } => {
-                "algorithm_not_allowed"
+                R::AlgorithmNotAllowed
             }
-            VerifyError::NoIssuer | VerifyError::UnknownIssuer(_) => "unknown_issuer",
-            VerifyError::UnknownKey { .. } => "unknown_key",
-            VerifyError::KeyAlgorithmMismatch { .. } | VerifyError::BadSignature => "bad_signature",
+            VerifyError::NoIssuer | VerifyError::UnknownIssuer(_) => R::UnknownIssuer,
+            VerifyError::UnknownKey { .. } => R::UnknownKey,
+            VerifyError::KeyAlgorithmMismatch { .. } | VerifyError::BadSignature => R::BadSignature,
             VerifyError::WrongAudience { .. } | VerifyError::ExtraAudience { .. } => {
-                "wrong_audience"
+                R::WrongAudience
             }
-            VerifyError::MissingTime(_) => "missing_claim",
-            VerifyError::Expired { .. } => "expired",
-            VerifyError::NotYetValid { .. } => "not_yet_valid",
-            VerifyError::IssuedInFuture { .. } => "issued_in_future",
-            VerifyError::LifetimeTooLong { .. } => "lifetime_too_long",
-            VerifyError::AlreadyUsed => "token_replayed",
-            VerifyError::InUse => "token_in_use",
-            VerifyError::KeysUnavailable { .. } => "issuer_keys_unavailable",
+            VerifyError::MissingTime(_) => R::MissingClaim,
+            VerifyError::Expired { .. } => R::Expired,
+            VerifyError::NotYetValid { .. } => R::NotYetValid,
+            VerifyError::IssuedInFuture { .. } => R::IssuedInFuture,
+            VerifyError::LifetimeTooLong { .. } => R::LifetimeTooLong,
+            VerifyError::AlreadyUsed => R::TokenReplayed,
+            VerifyError::InUse => R::TokenInUse,
+            VerifyError::KeysUnavailable { .. } => R::IssuerKeysUnavailable,
         }
     }
 }
@@ -107,15 +109,15 @@ impl VerifyError {
 /// A configured issuer with its key cache.
 pub struct TrustedIssuer {
     pub config: IssuerConfig,
-    pub keys: Arc<IssuerKeys>,
+    pub keys: Arc<dyn KeyLookup>,
 }
 
 /// A token whose signature and registered claims checked out.
 #[derive(Debug)]
-pub struct VerifiedToken {
+pub struct VerifiedToken<'v> {
     pub claims: VerifiedClaims,
-    /// The configured issuer's name.
-    pub issuer: String,
+    /// The configured issuer that signed it.
+    pub issuer: &'v IssuerConfig,
     /// What this token is remembered by, for replay protection.
     pub replay_key: ReplayKey,
     /// `exp`, seconds since the epoch.
@@ -143,7 +145,7 @@ impl Verifier {
     }
 
     /// Checks `raw` completely; `now` is seconds since the epoch.
-    pub async fn verify(&self, raw: &str, now: i64) -> Result<VerifiedToken, VerifyError> {
+    pub async fn verify(&self, raw: &str, now: i64) -> Result<VerifiedToken<'_>, VerifyError> {
         let unverified_token = UnverifiedToken::parse(raw)?;
         let kid = unverified_token.kid().ok_or(VerifyError::NoKid)?.to_owned();
         let alg = parse_algorithm(unverified_token.alg())?;
@@ -161,13 +163,13 @@ impl Verifier {
             });
         }
         let key = issuer.keys.key(&kid).await.map_err(|err| match err {
-            KeyError::UnknownKid { .. } => VerifyError::UnknownKey {
+            LookupError::UnknownKid => VerifyError::UnknownKey {
                 kid: kid.clone(),
                 issuer: config.name.clone(),
             },
-            other => VerifyError::KeysUnavailable {
+            LookupError::Unavailable(detail) => VerifyError::KeysUnavailable {
                 issuer: config.name.clone(),
-                detail: other.to_string(),
+                detail,
             },
         })?;
         if !key.accepts(alg) {
@@ -196,7 +198,7 @@ impl Verifier {
         };
         Ok(VerifiedToken {
             claims: VerifiedClaims::from_verified(&config.name, signed_claims),
-            issuer: config.name.clone(),
+            issuer: config,
             replay_key: ReplayKey {
                 issuer: config.name.clone(),
                 id: replay_id,
@@ -205,11 +207,6 @@ impl Verifier {
             leeway: config.leeway,
         })
     }
-}
-
-/// Hashes an access token for audit records: hex SHA-256.
-pub fn token_sha256(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 fn parse_algorithm(name: &str) -> Result<jsonwebtoken::Algorithm, VerifyError> {

@@ -17,9 +17,10 @@ use time::OffsetDateTime;
 
 use std::sync::Arc;
 
+use super::UpstreamObserver;
 use super::credentials::{ClientCredentials, JWT_BEARER_ASSERTION};
 use crate::config::{AudienceParam, RemoteTargetConfig, SecretMethod};
-use crate::edges::metrics::UpstreamObserver;
+use crate::trust::audit::Reason;
 use crate::trust::verify::unverified::upstream_token_claims;
 
 /// At most this many HTTP attempts per exchange (the first and two retries).
@@ -77,7 +78,7 @@ const MAX_STATED_LIFETIME: u64 = 10 * 365 * 24 * 3600;
 pub enum EndpointError {
     /// 502: the endpoint failed, refused, or answered wrongly.
     Failed {
-        reason: &'static str,
+        reason: Reason,
         public: String,
         detail: String,
     },
@@ -113,10 +114,10 @@ impl Attempt {
             | Attempt::Fatal(EndpointError::Failed { reason, .. }) => *reason,
         };
         match reason {
-            "upstream_error" => "server_error",
-            "upstream_unreachable" => "network_error",
-            "upstream_timeout" => "timeout",
-            "upstream_malformed" => "malformed",
+            Reason::UpstreamError => "server_error",
+            Reason::UpstreamUnreachable => "network_error",
+            Reason::UpstreamTimeout => "timeout",
+            Reason::UpstreamMalformed => "malformed",
             _ => "refused",
         }
     }
@@ -273,7 +274,7 @@ impl TokenEndpointClient {
             Ok(form) => form,
             Err(detail) => {
                 return Attempt::Fatal(EndpointError::Failed {
-                    reason: "upstream_client_error",
+                    reason: Reason::UpstreamClientError,
                     public: format!(
                         "tokenmint could not authenticate to target {:?}",
                         self.target
@@ -335,7 +336,7 @@ impl TokenEndpointClient {
 
     fn timed_out(&self) -> EndpointError {
         EndpointError::Failed {
-            reason: "upstream_timeout",
+            reason: Reason::UpstreamTimeout,
             public: format!(
                 "target {:?} did not answer within {}; retry later",
                 self.target,
@@ -358,7 +359,7 @@ impl TokenEndpointClient {
         Attempt::Retry {
             wait: None,
             error: EndpointError::Failed {
-                reason: "upstream_unreachable",
+                reason: Reason::UpstreamUnreachable,
                 public: format!("target {:?} could not be reached; retry later", self.target),
                 detail: format!("{}: {}", self.config.token_endpoint, error_chain(err)),
             },
@@ -367,7 +368,7 @@ impl TokenEndpointClient {
 
     fn malformed(&self, detail: String) -> EndpointError {
         EndpointError::Failed {
-            reason: "upstream_malformed",
+            reason: Reason::UpstreamMalformed,
             public: format!(
                 "target {:?} answered the token request in a form tokenmint cannot use; an operator must check the target's token endpoint",
                 self.target
@@ -416,7 +417,7 @@ impl TokenEndpointClient {
             return Attempt::Retry {
                 wait: None,
                 error: EndpointError::Failed {
-                    reason: "upstream_error",
+                    reason: Reason::UpstreamError,
                     public: format!(
                         "target {target:?} failed to issue a token (HTTP {status_code}); retry later"
                     ),
@@ -426,32 +427,32 @@ impl TokenEndpointClient {
         }
         let (reason, public) = match (status_code, code.as_deref()) {
             (300..=399, _) => (
-                "upstream_redirect",
+                Reason::UpstreamRedirect,
                 format!(
                     "target {target:?} answered the token request with a redirect (HTTP {status_code}); an operator must configure its exact token endpoint"
                 ),
             ),
             (401, _) | (_, Some("invalid_client")) => (
-                "upstream_unauthorized",
+                Reason::UpstreamUnauthorized,
                 format!(
                     "target {target:?} refused tokenmint's client authentication (HTTP {status_code}{code_text}); an operator must check the target's client_id and credentials"
                 ),
             ),
             (403, Some("unauthorized_client")) => (
-                "upstream_forbidden",
+                Reason::UpstreamForbidden,
                 format!(
                     "target {target:?} does not allow the client-credentials grant for tokenmint's client (HTTP 403, unauthorized_client); an operator must enable it"
                 ),
             ),
             (403, _) => (
-                "upstream_forbidden",
+                Reason::UpstreamForbidden,
                 format!(
                     "target {target:?} refused the token request (HTTP 403{code_text}); an operator must check that tokenmint's client has a grant for audience {:?}",
                     self.audience
                 ),
             ),
             _ => (
-                "upstream_rejected",
+                Reason::UpstreamRejected,
                 format!(
                     "target {target:?} rejected the token request (HTTP {status_code}{code_text}); an operator must check the target's configuration"
                 ),

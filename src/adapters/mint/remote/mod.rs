@@ -26,14 +26,28 @@ pub use credentials::{
     MAX_ASSERTION_BYTES,
 };
 
-use super::{Grant, MintError, MintedToken, Minter};
 use crate::config::{RemoteProvider, TargetConfig};
-use crate::edges::metrics::UpstreamObserver;
-use crate::trust::verify::token_sha256;
+use crate::trust::audit::{Reason, token_sha256};
+use crate::trust::mint::{AfterHandOut, Grant, MintError, MintedToken, Minter};
+
+/// Sees every HTTP attempt at a remote target's token endpoint (metrics implement it).
+pub trait UpstreamObserver: Send + Sync + 'static {
+    /// `outcome`: `ok`, `rate_limited`, `server_error`, `refused`, `malformed`,
+    /// `network_error` or `timeout`.
+    fn attempt(&self, target: &str, outcome: &'static str, seconds: f64);
+}
+
+/// Observes nothing (for `doctor`).
+pub struct NoObserver;
+
+impl UpstreamObserver for NoObserver {
+    fn attempt(&self, _target: &str, _outcome: &'static str, _seconds: f64) {}
+}
 
 /// A token kept for `reuse_tokens`.
 struct CachedToken {
     token: SecretString,
+    sha256: String,
     scope: String,
     jti: Option<String>,
     is_jwt: bool,
@@ -91,18 +105,20 @@ impl RemoteMinter {
 
     /// Checks a token the endpoint issued against the grant and the target's `max_ttl`;
     /// returns the scope to hand on (as the answer stated it).
-    pub fn check(&self, token: &EndpointToken, granted: &[String]) -> Result<String, MintError> {
+    /// `sha256` is the token's hash, which a refusal's detail leads with.
+    pub fn check(
+        &self,
+        token: &EndpointToken,
+        sha256: &str,
+        granted: &[String],
+    ) -> Result<String, MintError> {
         let target = &self.target;
         // A withheld token cannot be revoked at Auth0; its hash lets the tenant's logs be
-        // matched to this record.
-        // First in the detail, so that cutting a long detail never loses it.
-        let withheld = format!(
-            "withheld token sha256 {}",
-            token_sha256(token.access_token.expose_secret())
-        );
+        // matched to this record. First in the detail, so cutting it never loses it.
+        let withheld = format!("withheld token sha256 {sha256}");
         let Some(scope) = token.scope.clone() else {
             return Err(MintError::Upstream {
-                reason: "upstream_scope_unknown",
+                reason: Reason::UpstreamScopeUnknown,
                 public: format!(
                     "target {target:?} did not say which scopes the token carries, so tokenmint cannot \
                      check it against the policy; the token was not handed out"
@@ -136,7 +152,7 @@ impl RemoteMinter {
                 _ => String::new(),
             };
             return Err(MintError::Upstream {
-                reason: "upstream_scope_wider",
+                reason: Reason::UpstreamScopeWider,
                 public: format!(
                     "target {target:?} issued a token with more scopes than the policy grants (it did not \
                      narrow to the requested scope); the token was not handed out; an operator must {hint}"
@@ -151,7 +167,7 @@ impl RemoteMinter {
         }
         if scope.split_ascii_whitespace().next().is_none() {
             return Err(MintError::Upstream {
-                reason: "upstream_scope_empty",
+                reason: Reason::UpstreamScopeEmpty,
                 public: format!(
                     "target {target:?} issued a token with none of the granted scopes; the token was not \
                      handed out; an operator must add the policy's scopes to tokenmint's client grant"
@@ -172,7 +188,7 @@ impl RemoteMinter {
                 RemoteProvider::OAuth2 => "shorten the token lifetime at the authorization server",
             };
             return Err(MintError::Upstream {
-                reason: "upstream_ttl_exceeded",
+                reason: Reason::UpstreamTtlExceeded,
                 public: format!(
                     "target {target:?} issued a token living {life}s, longer than its max_ttl of {max}s; \
                      the token was not handed out; an operator must {setting} or raise max_ttl"
@@ -189,7 +205,7 @@ impl RemoteMinter {
         Ok(scope)
     }
 
-    fn reusable(&self, key: &(String, String), now: OffsetDateTime) -> Option<MintedToken> {
+    fn cached(&self, key: &(String, String), now: OffsetDateTime) -> Option<MintedToken> {
         let cache = self.reuse.as_ref()?;
         let cached = cache.get(key)?;
         let half_life = (cached.expires_at - cached.issued_at) / 2;
@@ -200,82 +216,68 @@ impl RemoteMinter {
         let expires_in = u64::try_from((cached.expires_at - now).whole_seconds()).unwrap_or(0);
         Some(MintedToken {
             token: cached.token.clone(),
+            sha256: cached.sha256.clone(),
             jti: cached.jti.clone(),
             expires_at: cached.expires_at,
             expires_in,
             scope: cached.scope.clone(),
             is_jwt: cached.is_jwt,
             reused: true,
-            reuse: None,
+            after_hand_out: None,
         })
-    }
-}
-
-/// A freshly minted token that may be reused once it has been handed out: the exchange
-/// calls [`ReuseOffer::commit`] only after the token's audit record is written and the
-/// CI token used, so a withheld or cancelled token is never served to a later request.
-pub struct ReuseOffer {
-    cache: moka::sync::Cache<(String, String), Arc<CachedToken>>,
-    key: (String, String),
-    token: Arc<CachedToken>,
-}
-
-impl ReuseOffer {
-    pub fn commit(self) {
-        self.cache.insert(self.key, self.token);
-    }
-}
-
-impl std::fmt::Debug for ReuseOffer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReuseOffer")
-            .field("policy", &self.key.0)
-            .field("scope", &self.key.1)
-            .finish_non_exhaustive()
     }
 }
 
 #[async_trait]
 impl Minter for RemoteMinter {
-    fn is_remote(&self) -> bool {
-        true
+    fn calls_out(&self) -> Option<Duration> {
+        Some(self.client.config().timeout)
     }
 
-    async fn mint(&self, grant: &Grant<'_>, now: OffsetDateTime) -> Result<MintedToken, MintError> {
-        let key = (grant.policy.to_owned(), grant.scopes.join(" "));
-        if let Some(reused) = self.reusable(&key, now) {
-            return Ok(reused);
-        }
+    fn reusable(&self, grant: &Grant<'_>, now: OffsetDateTime) -> Option<MintedToken> {
+        self.cached(&(grant.policy.to_owned(), grant.scopes.join(" ")), now)
+    }
+
+    async fn mint(
+        &self,
+        grant: &Grant<'_>,
+        _now: OffsetDateTime,
+    ) -> Result<MintedToken, MintError> {
         let token = self
             .client
             .request(grant.request_id, Some(grant.scopes))
             .await
             .map_err(MintError::from)?;
-        let scope = self.check(&token, grant.scopes)?;
+        let sha256 = token_sha256(token.access_token.expose_secret());
+        let scope = self.check(&token, &sha256, grant.scopes)?;
         let issued_at = OffsetDateTime::now_utc();
         // `check` bounds the lifetime to ten years, so this cannot overflow.
         let expires_at = issued_at + Duration::from_secs(token.expires_in);
-        let reuse = self.reuse.as_ref().map(|cache| ReuseOffer {
-            cache: cache.clone(),
-            key,
-            token: Arc::new(CachedToken {
+        // Offered for reuse only once it has been handed out.
+        let after_hand_out = self.reuse.as_ref().map(|cache| {
+            let cache = cache.clone();
+            let key = (grant.policy.to_owned(), grant.scopes.join(" "));
+            let cached = Arc::new(CachedToken {
                 token: token.access_token.clone(),
+                sha256: sha256.clone(),
                 scope: scope.clone(),
                 jti: token.jti.clone(),
                 is_jwt: token.is_jwt,
                 issued_at,
                 expires_at,
-            }),
+            });
+            AfterHandOut::new(move || cache.insert(key, cached))
         });
         Ok(MintedToken {
             token: token.access_token,
+            sha256,
             jti: token.jti,
             expires_at,
             expires_in: token.expires_in,
             scope,
             is_jwt: token.is_jwt,
             reused: false,
-            reuse,
+            after_hand_out,
         })
     }
 }

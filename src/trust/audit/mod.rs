@@ -1,4 +1,11 @@
-//! The audit record: one per request that reaches token verification, written before the response.
+//! The audit record: every request that reaches token verification has one, written
+//! before the response (a remote target's request has two: `pending`, then its
+//! completion). Records are append-only; [`latest_per_request`] gives each request once,
+//! in its latest state.
+
+mod reason;
+
+use std::collections::HashMap;
 
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -6,6 +13,7 @@ use time::OffsetDateTime;
 use crate::trust::platform::{ClaimNames, IssuerKind};
 use crate::trust::policy::Decision;
 use crate::trust::verify::claims::VerifiedClaims;
+pub use reason::Reason;
 
 /// How a decision ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -44,7 +52,7 @@ pub struct AuditRecord {
     pub time: OffsetDateTime,
     pub outcome: Outcome,
     /// A closed list shared with metrics (`allowed`, `no_policy_matched`, `expired`, ...).
-    pub reason: String,
+    pub reason: Reason,
     pub policy: Option<String>,
     pub policy_sha256: Option<String>,
     pub policy_set_version: Option<String>,
@@ -89,13 +97,14 @@ pub struct AuditRecord {
 }
 
 impl AuditRecord {
-    /// A record with the request's identity filled in and everything else empty.
-    pub fn new(request_id: &str, time: OffsetDateTime, outcome: Outcome, reason: &str) -> Self {
+    /// A record of `request_id` ending with `reason` (which decides the outcome), with
+    /// everything else empty.
+    pub fn new(request_id: &str, time: OffsetDateTime, reason: Reason) -> Self {
         Self {
             request_id: request_id.to_owned(),
             time,
-            outcome,
-            reason: reason.to_owned(),
+            outcome: reason.outcome(),
+            reason,
             policy: None,
             policy_sha256: None,
             policy_set_version: None,
@@ -129,22 +138,6 @@ impl AuditRecord {
             decisions: Vec::new(),
             detail: None,
         }
-    }
-
-    /// Turns an allow record into the error record of a token that was minted but withheld.
-    /// The token's SHA-256 moves into `detail` (first, so cutting never loses it): a
-    /// remote target's token exists even when withheld, and Auth0 cannot revoke it.
-    pub fn withhold(&mut self, reason: &str, detail: &str) {
-        self.outcome = Outcome::Error;
-        self.reason = reason.to_owned();
-        self.detail = Some(match &self.token_sha256 {
-            Some(hash) => format!("withheld token sha256 {hash}; {detail}"),
-            None => format!("token withheld: {detail}"),
-        });
-        self.token_sha256 = None;
-        self.token_jti = None;
-        self.expires_at = None;
-        self.reused = false;
     }
 
     /// Copies the job's identifying claims, as the issuer's platform names them (GitLab's
@@ -183,24 +176,46 @@ pub fn prefix_at_most(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
-/// The decision log: one line per audit record, never a token (only its SHA-256).
-pub fn log_decision(record: &AuditRecord) {
+/// The decision log: one line per audit record (`seq` is its place in the trail, when it
+/// was written), never a token (only its SHA-256). The exchange's target is logged as
+/// `target_name`: in JSON lines, `target` is the log line's own origin.
+pub fn log_decision(record: &AuditRecord, seq: Option<crate::trust::store::Seq>) {
+    let message = match record.outcome {
+        Outcome::Pending => "exchange pending: calling the target",
+        _ => "exchange decided",
+    };
     tracing::info!(
         request_id = %record.request_id,
         outcome = record.outcome.as_str(),
-        reason = %record.reason,
+        reason = record.reason.as_str(),
         issuer = record.issuer.as_deref().unwrap_or(""),
         subject = record.subject.as_deref().unwrap_or(""),
         repository = record.repository.as_deref().unwrap_or(""),
-        target = record.target.as_deref().unwrap_or(""),
+        target_name = record.target.as_deref().unwrap_or(""),
         policy = record.policy.as_deref().unwrap_or(""),
         scope = record.scope.as_deref().unwrap_or(""),
         token_sha256 = record.token_sha256.as_deref().unwrap_or(""),
         token_jti = record.token_jti.as_deref().unwrap_or(""),
         reused = record.reused,
+        audit_seq = seq.map(|seq| seq.0),
         detail = record.detail.as_deref().unwrap_or(""),
-        "exchange decided"
+        "{message}"
     );
+}
+
+/// Each request once, in its latest state (its last record), ordered by that record's
+/// place in `records`: what `audit list` shows.
+pub fn latest_per_request(records: &[AuditRecord]) -> Vec<AuditRecord> {
+    let mut last: HashMap<&str, usize> = HashMap::with_capacity(records.len());
+    for (index, record) in records.iter().enumerate() {
+        last.insert(record.request_id.as_str(), index);
+    }
+    records
+        .iter()
+        .enumerate()
+        .filter(|(index, record)| last.get(record.request_id.as_str()) == Some(index))
+        .map(|(_, record)| record.clone())
+        .collect()
 }
 
 /// A claim as text: strings as they are, integers and booleans as their JSON text.
@@ -211,4 +226,11 @@ pub fn claim_text(claims: &VerifiedClaims, name: &str) -> Option<String> {
         serde_json::Value::Bool(b) => Some(b.to_string()),
         _ => None,
     }
+}
+
+/// Hashes an access token for audit records: hex SHA-256. Records and logs carry this,
+/// never the token.
+pub fn token_sha256(token: &str) -> String {
+    use sha2::{Digest as _, Sha256};
+    hex::encode(Sha256::digest(token.as_bytes()))
 }
