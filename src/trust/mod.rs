@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod exchange;
+pub mod hash;
 pub mod json;
 pub mod mint;
 pub mod platform;

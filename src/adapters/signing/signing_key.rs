@@ -14,7 +14,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use secrecy::zeroize::{Zeroize as _, Zeroizing};
 use secrecy::{ExposeSecret as _, SecretSlice, SecretString};
 use serde_json::{Map, Value};
-use sha2::{Digest as _, Sha256};
 
 use super::{KeyError, SigningAlgorithm};
 
@@ -292,7 +291,7 @@ pub fn jwk_thumbprint(required_members: &[(&str, &str)]) -> String {
         })
         .collect::<Vec<_>>()
         .join(",");
-    URL_SAFE_NO_PAD.encode(Sha256::digest(format!("{{{body}}}")))
+    URL_SAFE_NO_PAD.encode(crate::trust::hash::sha256(format!("{{{body}}}").as_bytes()))
 }
 
 /// Describes a PEM parse failure without echoing any of the input (the `pem` crate's

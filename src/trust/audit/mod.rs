@@ -231,6 +231,5 @@ pub fn claim_text(claims: &VerifiedClaims, name: &str) -> Option<String> {
 /// Hashes an access token for audit records: hex SHA-256. Records and logs carry this,
 /// never the token.
 pub fn token_sha256(token: &str) -> String {
-    use sha2::{Digest as _, Sha256};
-    hex::encode(Sha256::digest(token.as_bytes()))
+    crate::trust::hash::sha256_hex(token.as_bytes())
 }

@@ -5,6 +5,7 @@
 //! dangerous-trigger rule for GitHub.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use marked_yaml::Node;
@@ -43,8 +44,10 @@ pub enum Mode {
 /// One `claims:` entry of a compiled policy.
 #[derive(Debug, Clone)]
 pub struct Condition {
-    claim: String,
+    claim: Arc<str>,
     matcher: Matcher,
+    /// `matcher` as people read it, rendered once.
+    expected: Arc<str>,
     binding: bool,
     line: usize,
 }
@@ -195,8 +198,8 @@ impl CompiledPolicy {
         for condition in &self.conditions {
             let actual = claims.get(&condition.claim);
             let mut passed = condition.matcher.matches(actual);
-            let mut expected = condition.matcher.expected();
-            if condition.claim == "event_name" && !dangerous.is_empty() {
+            let mut expected = Arc::clone(&condition.expected);
+            if &*condition.claim == "event_name" && !dangerous.is_empty() {
                 saw_event_name = true;
                 let unlisted: Vec<&str> = dangerous
                     .iter()
@@ -205,11 +208,11 @@ impl CompiledPolicy {
                     .collect();
                 if !unlisted.is_empty() {
                     passed = false;
-                    expected = listed_explicitly(&unlisted);
+                    expected = listed_explicitly(&unlisted).into();
                 }
             }
             outcomes.push(ConditionOutcome {
-                claim: condition.claim.clone(),
+                claim: Arc::clone(&condition.claim),
                 expected,
                 actual: actual.map(ToString::to_string),
                 passed,
@@ -218,8 +221,8 @@ impl CompiledPolicy {
         }
         if !dangerous.is_empty() && !saw_event_name {
             outcomes.push(ConditionOutcome {
-                claim: "event_name".to_owned(),
-                expected: listed_explicitly(&dangerous),
+                claim: "event_name".into(),
+                expected: listed_explicitly(&dangerous).into(),
                 actual: claims.get("event_name").map(ToString::to_string),
                 passed: false,
                 binding: false,
@@ -690,7 +693,8 @@ fn compile_conditions(
         if let Some(matcher) = matcher::compile(value, &field, diag) {
             let binding = binding_claims.contains(&claim) && matcher.exact_values().is_some();
             conditions.push(Condition {
-                claim: claim.to_owned(),
+                claim: claim.into(),
+                expected: matcher.expected().into(),
                 matcher,
                 binding,
                 line: source::key_line(key),
@@ -1165,9 +1169,9 @@ claims:
             let decision = policy.evaluate(&pull_request_target);
             assert!(!decision.allowed, "{matcher} admitted pull_request_target");
             let failure = decision.failures().next().expect("one failure");
-            assert_eq!(failure.claim, "event_name");
+            assert_eq!(&*failure.claim, "event_name");
             assert_eq!(
-                failure.expected,
+                &*failure.expected,
                 "\"pull_request_target\" listed explicitly"
             );
         }

@@ -2,6 +2,8 @@
 //! actual value, whether it passed, and whether it binds the caller. The same value
 //! feeds the HTTP error, `policy explain`, the audit record and the tests.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use super::matcher::quote;
@@ -22,10 +24,11 @@ pub struct Decision {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ConditionOutcome {
     /// The claim's name.
-    pub claim: String,
+    pub claim: Arc<str>,
     /// The matcher as people read it: `"refs/heads/main"`, `one of ["push", "workflow_dispatch"]`,
-    /// `glob "acme/*"`, `regex "v[0-9]+"`, `not "x"`.
-    pub expected: String,
+    /// `glob "acme/*"`, `regex "v[0-9]+"`, `not "x"`. Rendered once, when the policy is
+    /// compiled.
+    pub expected: Arc<str>,
     /// The claim as compact JSON (`"refs/heads/x"`, `["a","b"]`, `12`, `true`); `None` when absent.
     pub actual: Option<String>,
     /// Whether the condition holds.
@@ -84,8 +87,8 @@ mod tests {
         passed: bool,
     ) -> ConditionOutcome {
         ConditionOutcome {
-            claim: claim.to_owned(),
-            expected: expected.to_owned(),
+            claim: claim.into(),
+            expected: expected.into(),
             actual: actual.map(str::to_owned),
             passed,
             binding: false,

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
+use crate::trust::hash::sha256_of_parts;
 
 use super::PolicyError;
 use super::compile::CompiledPolicy;
@@ -162,23 +162,38 @@ impl PolicySet {
         let Some(group) = self.group(claims.issuer_name(), target) else {
             return Vec::new();
         };
-        let mut indices = group.unindexed.clone();
+        // The policies indexed under a value the token carries: usually a handful.
+        let mut hits: Vec<usize> = Vec::new();
         for (claim, by_value) in &group.by_binding {
             let Some(value) = claims.get(claim) else {
                 continue;
             };
             for text in claim_texts(value) {
                 if let Some(found) = by_value.get(text.as_ref()) {
-                    indices.extend_from_slice(found);
+                    hits.extend_from_slice(found);
                 }
             }
         }
-        indices.sort_unstable();
-        indices.dedup();
-        indices
-            .into_iter()
-            .map(|index| &self.policies[index])
-            .collect()
+        hits.sort_unstable();
+        hits.dedup();
+        // Merge with the unindexed ones (already in policy order), without copying them.
+        let mut relevant = Vec::with_capacity(hits.len() + group.unindexed.len());
+        let (mut hits, mut unindexed) = (
+            hits.into_iter().peekable(),
+            group.unindexed.iter().peekable(),
+        );
+        loop {
+            let next = match (hits.peek(), unindexed.peek()) {
+                (Some(&hit), Some(&&other)) if hit < other => hits.next(),
+                (_, Some(_)) => unindexed.next().copied(),
+                (Some(_), None) => hits.next(),
+                (None, None) => break,
+            };
+            if let Some(index) = next {
+                relevant.push(&self.policies[index]);
+            }
+        }
+        relevant
     }
 
     /// Policies for (issuer, target) that could make this token bound: the enabled,
@@ -227,15 +242,10 @@ fn version_of(policies: &[Arc<CompiledPolicy>]) -> String {
         .map(|policy| (policy.name(), policy.source_sha256()))
         .collect();
     entries.sort_unstable();
-    let mut hasher = Sha256::new();
-    for (name, sha256) in entries {
-        // Names cannot contain NUL or newline, so this encoding is unambiguous.
-        hasher.update(name.as_bytes());
-        hasher.update(b"\0");
-        hasher.update(sha256.as_bytes());
-        hasher.update(b"\n");
-    }
-    hex::encode(hasher.finalize())
+    // Names cannot contain NUL or newline, so this encoding is unambiguous.
+    hex::encode(sha256_of_parts(entries.into_iter().flat_map(
+        |(name, sha256)| [name.as_bytes(), b"\0", sha256.as_bytes(), b"\n"],
+    )))
 }
 
 #[cfg(test)]

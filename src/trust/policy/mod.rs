@@ -26,8 +26,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-
 pub use compile::{CompiledPolicy, Condition, Mode};
 pub use decision::{ConditionOutcome, Decision};
 pub use index::PolicySet;
@@ -212,7 +210,7 @@ pub fn load_source(
     text: &str,
     ctx: &PolicyContext,
 ) -> Result<Vec<CompiledPolicy>, Vec<PolicyError>> {
-    let source_sha256 = hex::encode(Sha256::digest(text.as_bytes()));
+    let source_sha256 = crate::trust::hash::sha256_hex(text.as_bytes());
     let mut diag = source::Diagnostics::new(file_label);
     let Some(shape) = source::parse(text, &mut diag) else {
         return Err(diag.into_errors());

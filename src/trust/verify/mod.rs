@@ -189,12 +189,16 @@ impl Verifier {
         if !signature_ok {
             return Err(VerifyError::BadSignature);
         }
-        let replay_fallback = unverified_token.signing_input_sha256();
+        let signing_input = unverified_token.signing_input();
         let signed_claims = unverified_token.into_claims();
         let times = check_registered_claims(config, &signed_claims, now)?;
         let replay_id = match signed_claims.get("jti").and_then(Value::as_str) {
             Some(jti) if !jti.is_empty() => format!("jti:{jti}"),
-            _ => format!("sha256:{}", hex::encode(replay_fallback)),
+            // Without a `jti`, the token is remembered by the hash of what its signature covers.
+            _ => format!(
+                "sha256:{}",
+                crate::trust::hash::sha256_hex(signing_input.as_bytes())
+            ),
         };
         Ok(VerifiedToken {
             claims: VerifiedClaims::from_verified(&config.name, signed_claims),
@@ -225,15 +229,15 @@ fn check_registered_claims(
 ) -> Result<Times, VerifyError> {
     // iss was used to choose the issuer; it equals config.issuer exactly by construction.
     check_audience(config, claims.get("aud"))?;
+    // The leeway is formatted for an error only when a check fails.
     let leeway = i64::try_from(config.leeway.as_secs()).unwrap_or(i64::MAX);
-    let leeway_text = format_duration(config.leeway);
     let exp = numeric_date(claims, "exp")?.ok_or(VerifyError::MissingTime("exp"))?;
     let iat = numeric_date(claims, "iat")?.ok_or(VerifyError::MissingTime("iat"))?;
     if now > exp.saturating_add(leeway) {
         return Err(VerifyError::Expired {
             exp,
             now,
-            leeway: leeway_text,
+            leeway: format_duration(config.leeway),
         });
     }
     if let Some(nbf) = numeric_date(claims, "nbf")?
@@ -242,14 +246,14 @@ fn check_registered_claims(
         return Err(VerifyError::NotYetValid {
             nbf,
             now,
-            leeway: leeway_text,
+            leeway: format_duration(config.leeway),
         });
     }
     if iat > now.saturating_add(leeway) {
         return Err(VerifyError::IssuedInFuture {
             iat,
             now,
-            leeway: leeway_text,
+            leeway: format_duration(config.leeway),
         });
     }
     let lifetime = exp.saturating_sub(iat);

@@ -7,7 +7,6 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 
 use super::VerifyError;
 use crate::trust::json::{ObjectDefect, parse_unique_object};
@@ -98,18 +97,13 @@ impl<'a> UnverifiedToken<'a> {
     }
 
     /// `header.payload`, the bytes the signature covers.
-    pub fn signing_input(&self) -> &str {
+    pub fn signing_input(&self) -> &'a str {
         self.signing_input
     }
 
     /// The base64url signature.
     pub fn signature(&self) -> &str {
         self.signature
-    }
-
-    /// SHA-256 of the signing input: the replay key of a token without `jti`.
-    pub fn signing_input_sha256(&self) -> [u8; 32] {
-        Sha256::digest(self.signing_input.as_bytes()).into()
     }
 
     /// Gives up the parsed claims; `verify` calls this only after the signature checked out.
