@@ -18,7 +18,7 @@ use serde_json::{Map, Value, json};
 use tower::ServiceExt as _;
 
 use time::OffsetDateTime;
-use tokenmint::adapters::signing::{SigningAlgorithm, SigningKey};
+use tokenmint::adapters::signing::{SigningAlgorithm, SigningKey, jws};
 use tokenmint::adapters::store::MemoryStore;
 use tokenmint::config::{Config, ConfigSource};
 use tokenmint::edges::metrics::Metrics;
@@ -65,13 +65,10 @@ pub fn now() -> i64 {
 
 /// Encodes a JWS with any header and payload, signed by `key` (RS256 signature bytes).
 pub fn sign_with_header(key: &SigningKey, header: &Value, claims: &Value) -> String {
-    let signing_input = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(header.to_string()),
-        URL_SAFE_NO_PAD.encode(claims.to_string())
-    );
-    let signature = key.sign_raw(signing_input.as_bytes()).expect("signing");
-    format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature))
+    jws::compact(&jws::encode_header(header), claims, |input| {
+        key.sign_raw(input)
+    })
+    .expect("signing")
 }
 
 /// A compact JWS with an arbitrary (e.g. forged) signature.

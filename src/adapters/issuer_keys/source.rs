@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use url::{Host, Url};
 
 use super::error::FetchError;
 use super::{DEFAULT_MAX_BODY_BYTES, KeystoreSettings};
+use crate::adapters::bounded_body::{BodyError, read_limited};
 
 /// `User-Agent` of every outbound request.
 pub const USER_AGENT: &str = concat!("tokenmint/", env!("CARGO_PKG_VERSION"));
@@ -112,7 +113,7 @@ async fn get_bounded(
 ) -> Result<Bytes, FetchError> {
     check_fetchable(url)?;
     let exchange = async {
-        let mut response = client
+        let response = client
             .get(url.clone())
             .header(reqwest::header::ACCEPT, "application/json")
             .timeout(timeout)
@@ -126,27 +127,19 @@ async fn get_bounded(
                 status: status.as_u16(),
             });
         }
-        let too_large = || FetchError::BodyTooLarge {
-            from: url.to_string(),
-            limit: max_body_bytes,
-        };
-        let declared = response.content_length();
-        if declared.is_some_and(|len| len > max_body_bytes as u64) {
-            return Err(too_large());
-        }
-        let capacity = declared.map_or(0, |len| len as usize);
-        let mut body = BytesMut::with_capacity(capacity);
-        while let Some(chunk) = response
-            .chunk()
+        read_limited(response, max_body_bytes)
             .await
-            .map_err(|err| request_error(url, timeout, &err))?
-        {
-            if body.len() + chunk.len() > max_body_bytes {
-                return Err(too_large());
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body.freeze())
+            .map_err(|err| match err {
+                BodyError::TooLarge => FetchError::BodyTooLarge {
+                    from: url.to_string(),
+                    limit: max_body_bytes,
+                },
+                BodyError::Network(err) => request_error(url, timeout, &err),
+                BodyError::Other(message) => FetchError::Request {
+                    url: url.to_string(),
+                    message,
+                },
+            })
     };
     match tokio::time::timeout(timeout, exchange).await {
         Ok(result) => result,

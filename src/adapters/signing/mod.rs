@@ -3,6 +3,7 @@
 //!
 //! Layout:
 //! - `signing_key`: one parsed key pair, its RFC 7638 `kid`, public JWK and JWT signing.
+//! - `jws`: the compact JWS builder every signed token goes through.
 //! - `ring`: the immutable [`KeyRing`] snapshot, its JWKS and [`rotate`].
 //! - `ring_files`: the on-disk format (`keys.json` + one `{kid}.pem` per key), atomic saves
 //!   and permission checks.
@@ -13,6 +14,7 @@
 //!   (`retire_at`), and a new key is in the JWKS for `keys.min_publish` before it signs.
 
 mod error;
+pub mod jws;
 mod ring;
 mod ring_files;
 mod signing_key;

@@ -15,7 +15,7 @@ use secrecy::zeroize::{Zeroize as _, Zeroizing};
 use secrecy::{ExposeSecret as _, SecretSlice, SecretString};
 use serde_json::{Map, Value};
 
-use super::{KeyError, SigningAlgorithm};
+use super::{KeyError, SigningAlgorithm, jws};
 
 /// The PEM label of an unencrypted PKCS#8 private key.
 const PKCS8_LABEL: &str = "PRIVATE KEY";
@@ -172,16 +172,12 @@ impl SigningKey {
         jwk.insert("alg".to_owned(), Value::String(alg.to_string()));
         jwk.insert("use".to_owned(), Value::String("sig".to_owned()));
 
-        let header = format!(
-            r#"{{"alg":{},"typ":"at+jwt","kid":{}}}"#,
-            Value::String(alg.to_string()),
-            Value::String(kid.clone())
-        );
+        let header = serde_json::json!({"alg": alg.as_str(), "typ": "at+jwt", "kid": kid});
         Ok(Self {
             alg,
-            kid,
             public_jwk: Value::Object(jwk),
-            encoded_header: b64(header.as_bytes()),
+            encoded_header: jws::encode_header(&header),
+            kid,
             key_pair,
             pkcs8_der: SecretSlice::from(pkcs8_der.to_vec()),
         })
@@ -223,7 +219,7 @@ impl SigningKey {
     /// Signs `claims` with the header `{"alg":…,"typ":typ,"kid":…}` (dev mode's CI tokens use `JWT`).
     pub fn sign_jwt_typed(&self, claims: &Value, typ: &str) -> Result<String, KeyError> {
         let header = serde_json::json!({"alg": self.alg.as_str(), "typ": typ, "kid": self.kid});
-        self.sign_with_encoded_header(&URL_SAFE_NO_PAD.encode(header.to_string()), claims)
+        self.sign_with_encoded_header(&jws::encode_header(&header), claims)
     }
 
     fn sign_with_encoded_header(
@@ -234,15 +230,7 @@ impl SigningKey {
         if !claims.is_object() {
             return Err(KeyError::ClaimsNotObject);
         }
-        let mut token = format!(
-            "{}.{}",
-            encoded_header,
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
-        let signature = self.sign_raw(token.as_bytes())?;
-        token.push('.');
-        token.push_str(&URL_SAFE_NO_PAD.encode(signature));
-        Ok(token)
+        jws::compact(encoded_header, claims, |input| self.sign_raw(input))
     }
 
     /// The JWS signature of `message` with this key's algorithm (fixed-size r||s for ES256).

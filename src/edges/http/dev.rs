@@ -2,8 +2,7 @@
 //! Mounted only in `serve --dev`.
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -21,13 +20,21 @@ fn dev_error(status: StatusCode, description: &str) -> Response {
 }
 
 /// `POST /dev/ci-token`: JSON claims in, `{"token": "..."}` out.
-pub async fn ci_token(State(app): State<AppState>, body: Bytes) -> Response {
+pub async fn ci_token(State(app): State<AppState>, request: Request) -> Response {
     let Some(dev) = &app.dev else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    if body.len() > super::token::MAX_BODY_BYTES {
-        return dev_error(StatusCode::PAYLOAD_TOO_LARGE, "the claims exceed 64 KiB");
-    }
+    // Reading stops as soon as the body passes the cap.
+    let body = match axum::body::to_bytes(request.into_body(), super::token::MAX_BODY_BYTES).await {
+        Ok(body) => body,
+        Err(err) => {
+            return if err.into_inner().is::<http_body_util::LengthLimitError>() {
+                dev_error(StatusCode::PAYLOAD_TOO_LARGE, "the claims exceed 64 KiB")
+            } else {
+                dev_error(StatusCode::BAD_REQUEST, "the body could not be read")
+            };
+        }
+    };
     let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {

@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use super::UpstreamObserver;
 use super::credentials::{ClientCredentials, JWT_BEARER_ASSERTION};
+use crate::adapters::bounded_body::{BodyError, read_limited};
 use crate::config::{AudienceParam, RemoteTargetConfig, SecretMethod};
 use crate::trust::audit::Reason;
 use crate::trust::verify::unverified::upstream_token_claims;
@@ -316,7 +317,7 @@ impl TokenEndpointClient {
         };
         let status = response.status();
         let headers = response.headers().clone();
-        let body = match read_capped(response).await {
+        let body = match read_limited(response, MAX_ANSWER_BYTES).await {
             Ok(body) => body,
             Err(BodyError::TooLarge) => {
                 return Attempt::Fatal(self.malformed(format!(
@@ -324,6 +325,9 @@ impl TokenEndpointClient {
                 )));
             }
             Err(BodyError::Network(err)) => return self.network_error(&err, deadline),
+            Err(BodyError::Other(detail)) => {
+                return Attempt::Fatal(self.malformed(format!("HTTP {status}: {detail}")));
+            }
         };
         if status.is_success() {
             return match parse_token_answer(&body, OffsetDateTime::now_utc()) {
@@ -489,29 +493,14 @@ pub fn rate_limit_wait(
         if let Ok(seconds) = text.parse::<u64>() {
             return Some(Duration::from_secs(seconds));
         }
-        if let Ok(at) = OffsetDateTime::parse(text, &time::format_description::well_known::Rfc2822)
-        {
-            return Some(until(at));
+        // RFC 9110 §10.2.3: an HTTP date (IMF-fixdate, or the obsolete RFC 850 and
+        // asctime forms).
+        if let Ok(at) = httpdate::parse_http_date(text) {
+            return Some(until(OffsetDateTime::from(at)));
         }
     }
     let reset = header("x-ratelimit-reset")?.parse::<i64>().ok()?;
     Some(until(OffsetDateTime::from_unix_timestamp(reset).ok()?))
-}
-
-enum BodyError {
-    TooLarge,
-    Network(reqwest::Error),
-}
-
-async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, BodyError> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(BodyError::Network)? {
-        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
-            return Err(BodyError::TooLarge);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 /// `{"error","error_description"}`, or Auth0's `{"code","description"}` shape; codes
@@ -709,6 +698,18 @@ mod tests {
             rate_limit_wait(&headers, now),
             Some(Duration::from_secs(20))
         );
+        // The obsolete forms RFC 9110 still requires recipients to read.
+        for obsolete in [
+            "Tuesday, 15-Sep-26 09:37:00 GMT",
+            "Tue Sep 15 09:37:00 2026",
+        ] {
+            headers.insert("retry-after", obsolete.parse().expect("value"));
+            assert_eq!(
+                rate_limit_wait(&headers, now),
+                Some(Duration::from_secs(20)),
+                "{obsolete}"
+            );
+        }
     }
 
     #[test]

@@ -21,7 +21,7 @@ use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use crate::adapters::signing::jwk_thumbprint;
+use crate::adapters::signing::{jwk_thumbprint, jws};
 use crate::config::{AssertionAlgorithm, ClientAuthConfig, SecretMethod, SecretSource};
 
 /// How long a client assertion is valid (Auth0 allows at most 5 minutes, recommends 1).
@@ -243,7 +243,7 @@ impl AssertionSigner {
             algorithm,
             kid,
             bits,
-            encoded_header: URL_SAFE_NO_PAD.encode(header.to_string()),
+            encoded_header: jws::encode_header(&header),
             client_id: client_id.to_owned(),
             audience: audience.to_owned(),
         };
@@ -286,32 +286,23 @@ impl AssertionSigner {
             "iat": iat,
             "exp": iat + ASSERTION_LIFETIME_SECS,
         });
-        let mut token = format!(
-            "{}.{}",
-            self.encoded_header,
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
         let encoding: &'static dyn RsaEncoding = match self.algorithm {
             AssertionAlgorithm::RS256 => &RSA_PKCS1_SHA256,
             AssertionAlgorithm::RS384 => &RSA_PKCS1_SHA384,
             AssertionAlgorithm::PS256 => &RSA_PSS_SHA256,
         };
-        let mut signature = vec![0; self.key_pair.public_modulus_len()];
-        self.key_pair
-            .sign(
-                encoding,
-                &SystemRandom::new(),
-                token.as_bytes(),
-                &mut signature,
-            )
-            .map_err(|_| {
-                format!(
-                    "signing the client assertion with {} failed",
-                    self.algorithm.as_str()
-                )
-            })?;
-        token.push('.');
-        token.push_str(&URL_SAFE_NO_PAD.encode(signature));
+        let token = jws::compact(&self.encoded_header, &claims, |input| {
+            let mut signature = vec![0; self.key_pair.public_modulus_len()];
+            self.key_pair
+                .sign(encoding, &SystemRandom::new(), input, &mut signature)
+                .map(|()| signature)
+                .map_err(|_| {
+                    format!(
+                        "signing the client assertion with {} failed",
+                        self.algorithm.as_str()
+                    )
+                })
+        })?;
         if token.len() > MAX_ASSERTION_BYTES {
             return Err(format!(
                 "the client assertion would be {} bytes, over the {MAX_ASSERTION_BYTES}-byte limit \
