@@ -1,5 +1,6 @@
 //! `POST /token`: request parsing in the contract's order (rows 2–5), then the exchange.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -322,7 +323,11 @@ fn parse_json(bytes: &[u8]) -> ParsedBody {
 }
 
 /// RFC 6749 3.3: scope-tokens separated by single spaces; duplicates dropped, order kept.
-fn parse_scope(text: &str) -> Result<Vec<String>, TokenError> {
+///
+/// Runs before the subject token is verified, so anyone can send it 64 KiB of scopes:
+/// it must stay linear in their number (a set, not a scan of the scopes kept so far).
+pub fn parse_scope(text: &str) -> Result<Vec<String>, TokenError> {
+    let mut seen: HashSet<&str> = HashSet::new();
     let mut scopes: Vec<String> = Vec::new();
     for token in text.split(' ') {
         let valid = !token.is_empty()
@@ -334,9 +339,26 @@ fn parse_scope(text: &str) -> Result<Vec<String>, TokenError> {
                 "scope must be scope tokens separated by single spaces",
             ));
         }
-        if !scopes.iter().any(|s| s == token) {
+        if seen.insert(token) {
             scopes.push(token.to_owned());
         }
     }
     Ok(scopes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_scope_keeps_the_first_of_each_scope_in_order() {
+        let scopes = parse_scope("b a b c a").expect("valid");
+        assert_eq!(scopes, ["b", "a", "c"]);
+        let many: Vec<String> = (0..15_000).map(|n| format!("s{n}")).collect();
+        let text = format!("{} {}", many.join(" "), many.join(" "));
+        assert_eq!(parse_scope(&text).expect("valid"), many);
+        for bad in ["", "a  b", " a", "a\"b", "a\\b"] {
+            assert!(parse_scope(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -2,6 +2,7 @@
 //! disclosure questions: is a caller *bound* for a target (a policy names it), is it
 //! *known* (bound for some target of its issuer).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::compile::{CompiledPolicy, Mode};
@@ -88,14 +89,14 @@ pub struct NearestForOperator {
     pub of: usize,
 }
 
+/// Linear in the number of scopes: a request may carry thousands.
 fn dedup_in_order(scopes: &[String]) -> Vec<String> {
-    let mut unique: Vec<String> = Vec::with_capacity(scopes.len());
-    for scope in scopes {
-        if !unique.contains(scope) {
-            unique.push(scope.clone());
-        }
-    }
-    unique
+    let mut seen: HashSet<&str> = HashSet::with_capacity(scopes.len());
+    scopes
+        .iter()
+        .filter(|scope| seen.insert(scope.as_str()))
+        .cloned()
+        .collect()
 }
 
 /// Orders by fewest scopes, then byte order of name.
