@@ -317,6 +317,23 @@ impl RawConfig {
                 ));
             }
             let kind = match (raw.kind, infer_issuer_kind(&issuer_url)) {
+                // A public platform's issuer is shared by all of the platform's customers:
+                // its rules (binding claims, dangerous triggers) cannot be switched off.
+                (Some(kind), Some(inferred)) if kind != inferred => {
+                    return Err(fail(
+                        &key("kind"),
+                        format!(
+                            "{:?} contradicts the issuer: {:?} is the public {} issuer, shared by \
+                             every {} customer, whose rules (binding claims, dangerous triggers) \
+                             must apply; remove issuers.{name}.kind or set it to {:?}",
+                            kind.as_str(),
+                            raw.issuer,
+                            inferred.as_str(),
+                            inferred.as_str(),
+                            inferred.as_str()
+                        ),
+                    ));
+                }
                 (Some(kind), _) => kind,
                 (None, Some(kind)) => kind,
                 (None, None) => {
@@ -405,6 +422,24 @@ impl RawConfig {
                 .or_default()
                 .push((name.clone(), target.match_audience_url));
             targets.insert(name, target);
+        }
+        // A request's audience names a target, or is a target's audience URL; it must
+        // never be able to mean two targets.
+        for target in targets.values() {
+            if let Some(other) = targets.get(&target.audience)
+                && other.name != target.name
+                && target.match_audience_url
+            {
+                return Err(fail(
+                    &format!("targets.{}.audience", target.name),
+                    format!(
+                        "{:?} is also the name of targets.{}, so a request for audience {:?} could \
+                         mean either; give targets.{} its API's URL as audience, or set \
+                         match_audience_url = false on it",
+                        target.audience, other.name, target.audience, target.name
+                    ),
+                ));
+            }
         }
         for (audience, users) in &audiences {
             let matching: Vec<&str> = users

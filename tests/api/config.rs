@@ -94,6 +94,20 @@ fn configuration_errors_name_the_key_and_the_file() {
                 "[server]\npublic_url = \"https://a.example\"\n[targets.a]\nkind = \"local\"\naudience = \"https://api\"\n[targets.b]\nkind = \"local\"\naudience = \"https://api\"\n",
                 "a.toml: targets a, b share the audience \"https://api\"; set match_audience_url = false on all but one",
             ),
+            // Security: a public platform's issuer keeps its platform's rules.
+            (
+                "[server]\npublic_url = \"https://a.example\"\n[issuers.gh]\nissuer = \"https://token.actions.githubusercontent.com\"\nkind = \"generic\"\n",
+                "a.toml: `issuers.gh.kind`: \"generic\" contradicts the issuer: \"https://token.actions.githubusercontent.com\" is the public github issuer, shared by every github customer, whose rules (binding claims, dangerous triggers) must apply; remove issuers.gh.kind or set it to \"github\"",
+            ),
+            (
+                "[server]\npublic_url = \"https://a.example\"\n[issuers.tfc]\nissuer = \"https://app.terraform.io\"\nkind = \"gitlab\"\n",
+                "a.toml: `issuers.tfc.kind`: \"gitlab\" contradicts the issuer: \"https://app.terraform.io\" is the public terraform issuer, shared by every terraform customer, whose rules (binding claims, dangerous triggers) must apply; remove issuers.tfc.kind or set it to \"terraform\"",
+            ),
+            // Security: an audience identifies exactly one target.
+            (
+                "[server]\npublic_url = \"https://a.example\"\n[targets.a2]\nkind = \"local\"\naudience = \"b\"\n[targets.b]\nkind = \"local\"\naudience = \"https://b.example\"\n",
+                "a.toml: `targets.a2.audience`: \"b\" is also the name of targets.b, so a request for audience \"b\" could mean either; give targets.a2 its API's URL as audience, or set match_audience_url = false on it",
+            ),
             (
                 "[server]\npublic_url = \"https://a.example\"\n[targets.Bad]\nkind = \"local\"\naudience = \"https://api\"\n",
                 "a.toml: `targets.Bad`: target names must match [a-z0-9][a-z0-9_-]{0,62}",
@@ -107,6 +121,21 @@ fn configuration_errors_name_the_key_and_the_file() {
                 "got {err:?}\nwant {expected:?}"
             );
         }
+        Ok(())
+    });
+}
+
+#[test]
+fn a_kind_that_agrees_with_the_public_issuer_and_an_audience_equal_to_its_own_name_load() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "a.toml",
+            "[server]\npublic_url = \"https://a.example\"\n[issuers.gh]\nissuer = \"https://token.actions.githubusercontent.com\"\nkind = \"github\"\n[issuers.selfhosted]\nissuer = \"https://gitlab.acme.example\"\nkind = \"gitlab\"\n[targets.api]\nkind = \"local\"\naudience = \"api\"\n[targets.b]\nkind = \"local\"\naudience = \"api-b\"\nmatch_audience_url = false\n[targets.api-b]\nkind = \"local\"\naudience = \"https://b.example\"\n",
+        )?;
+        let config = load("a.toml")?;
+        assert_eq!(config.issuers["gh"].kind, IssuerKind::Github);
+        assert_eq!(config.issuers["selfhosted"].kind, IssuerKind::Gitlab);
+        assert_eq!(config.targets["api"].audience, "api");
         Ok(())
     });
 }
