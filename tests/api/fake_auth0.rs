@@ -207,6 +207,9 @@ pub enum Fault {
     NonJson,
     /// 200 with this JSON body.
     Json(Value),
+    /// 401 `invalid_client` whose `error_description` echoes the request: the raw form
+    /// body, then the `Authorization` header (as a misbehaving proxy might).
+    Echo,
 }
 
 /// One `POST /oauth/token` as the fake received it.
@@ -378,6 +381,18 @@ async fn token_endpoint(
         Some(Fault::Drop) => {
             connection.cut.store(true, Ordering::SeqCst);
             return respond(500, [("Content-Type", "text/plain")], "never written");
+        }
+        Some(Fault::Echo) => {
+            let description = format!(
+                "rejected: {}; authorization: {}",
+                String::from_utf8_lossy(&body),
+                request.authorization.as_deref().unwrap_or("none")
+            );
+            return json_answer(
+                401,
+                &json!({"error": "invalid_client", "error_description": description}),
+                NO_HEADERS,
+            );
         }
         Some(fault) => return fault_answer(fault),
     }
@@ -761,7 +776,7 @@ fn fault_answer(fault: Fault) -> Response {
         }
         Fault::NonJson => respond(200, [("Content-Type", "text/html")], "<html>oops</html>"),
         Fault::Json(body) => json_answer(200, &body, NO_HEADERS),
-        Fault::Hang(_) | Fault::Drop => unreachable!("handled before answering"),
+        Fault::Hang(_) | Fault::Drop | Fault::Echo => unreachable!("handled before answering"),
     }
 }
 

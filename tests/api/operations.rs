@@ -132,29 +132,39 @@ async fn a_target_with_a_fixed_signing_key_signs_with_it() {
     );
 }
 
-/// `tokenmint serve --dev` on a free loopback port with JSON logs, its stderr lines
-/// collected by a thread, running until [`DevProcess::terminate`].
-struct DevProcess {
+/// `tokenmint serve` on a free loopback port with JSON logs, its stderr lines collected
+/// by a thread, running until [`ServiceProcess::terminate`].
+pub struct ServiceProcess {
     child: std::process::Child,
     lines: std::sync::mpsc::Receiver<String>,
     /// Lines read so far.
     seen: Vec<String>,
     /// The bound address, from the "serving" log line.
-    listen: String,
+    pub listen: String,
 }
 
-impl DevProcess {
-    fn start() -> DevProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tokenmint"))
-            .args([
-                "serve",
-                "--dev",
-                "--listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-            ])
-            .env_remove("RUST_LOG")
+impl ServiceProcess {
+    /// `serve --dev`.
+    pub fn dev() -> ServiceProcess {
+        Self::start(&["--dev"], None)
+    }
+
+    /// `serve --config FILE`, with `RUST_LOG` set to `log_filter` when given.
+    pub fn with_config(file: &std::path::Path, log_filter: Option<&str>) -> ServiceProcess {
+        let file = file.to_str().expect("UTF-8 path");
+        Self::start(&["--config", file], log_filter)
+    }
+
+    fn start(args: &[&str], log_filter: Option<&str>) -> ServiceProcess {
+        let mut command = tokenmint();
+        command
+            .arg("serve")
+            .args(args)
+            .args(["--listen", "127.0.0.1:0", "--log-format", "json"]);
+        if let Some(filter) = log_filter {
+            command.env("RUST_LOG", filter);
+        }
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -174,13 +184,13 @@ impl DevProcess {
                 .recv_timeout(std::time::Duration::from_secs(30))
                 .expect("a serving log line");
             seen.push(line.clone());
-            if line.contains("tokenmint is serving") {
+            if line.contains("tokenmint is serving") && line.starts_with('{') {
                 let log: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
                 assert_eq!(log["level"], "INFO");
                 break log["listen"].as_str().expect("listen").to_owned();
             }
         };
-        DevProcess {
+        ServiceProcess {
             child,
             lines,
             seen,
@@ -189,7 +199,7 @@ impl DevProcess {
     }
 
     /// Sends SIGTERM, waits for the exit code, and returns every log line.
-    fn terminate(mut self) -> (Option<i32>, Vec<String>) {
+    pub fn terminate(mut self) -> (Option<i32>, Vec<String>) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -203,7 +213,7 @@ impl DevProcess {
 
 #[test]
 fn sigterm_stops_the_service_and_exits_0() {
-    let process = DevProcess::start();
+    let process = ServiceProcess::dev();
     assert!(
         process.listen.starts_with("127.0.0.1:"),
         "{}",
@@ -216,7 +226,7 @@ fn sigterm_stops_the_service_and_exits_0() {
 /// Security invariant: neither the CI token nor the minted token ever reaches the log.
 #[test]
 fn decisions_are_logged_as_json_lines_without_tokens() {
-    let process = DevProcess::start();
+    let process = ServiceProcess::dev();
     let listen = process.listen.clone();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let (ci_token, access_token) = runtime.block_on(async {
@@ -261,6 +271,17 @@ fn decisions_are_logged_as_json_lines_without_tokens() {
         .collect();
     assert_eq!(decisions.len(), 1, "one line per decision: {lines:?}");
     assert_eq!(decisions[0]["outcome"], "allow");
+    // `target` is the log line's origin; the exchange's target has its own key, so a JSON
+    // reader that keeps the last of two equal keys cannot pick the wrong one.
+    assert_eq!(decisions[0]["target_name"], "dev-api");
+    assert_eq!(decisions[0]["target"], "tokenmint::trust::audit");
+    assert_eq!(decisions[0]["audit_seq"], 1);
+    for line in lines.iter().filter(|line| line.starts_with('{')) {
+        assert!(
+            tokenmint::trust::json::parse_unique_object(line.as_bytes()).is_ok(),
+            "a JSON log line with a repeated key: {line}"
+        );
+    }
     assert_eq!(decisions[0]["policy"], "dev-any-repository");
     assert_eq!(
         decisions[0]["token_sha256"],
@@ -280,5 +301,94 @@ fn decisions_are_logged_as_json_lines_without_tokens() {
             !line.contains("eyJ"),
             "something token-like leaked into the log: {line}"
         );
+    }
+}
+
+/// Security invariant: at `RUST_LOG=trace`, against a token endpoint that echoes the
+/// request in its error, no credential reaches the log in any form: not the client
+/// secret (as is or form-encoded), not the `Authorization` header, not an assertion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_trace_level_no_credential_reaches_the_log() {
+    use crate::fake_auth0::{FakeTenant, Fault, TenantSetup};
+    use crate::remote::{CLIENT_ID, TENANT_POLICY, key_path};
+    let fake = FakeIssuer::start(Shape::Github).await;
+    let secret = "s3cr3t+value/with:odd%chars~&more=";
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("policies")).expect("policies dir");
+    std::fs::write(
+        dir.path().join("policies/deploy-tenant.yaml"),
+        TENANT_POLICY,
+    )
+    .expect("policy");
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, secret).expect("secret");
+    let mut sent = Vec::new();
+    for (setup, credential) in [
+        (
+            TenantSetup::secret_post(CLIENT_ID, secret),
+            format!("client_secret_file = \"{}\"\n", secret_file.display()),
+        ),
+        (
+            TenantSetup::secret_basic(CLIENT_ID, secret),
+            format!(
+                "client_secret_file = \"{}\"\nauth_method = \"client_secret_basic\"\n",
+                secret_file.display()
+            ),
+        ),
+        (
+            TenantSetup::private_key_jwt(CLIENT_ID, "auth0-client.pem", "RS256"),
+            format!("private_key_file = \"{}\"\n", key_path("auth0-client.pem")),
+        ),
+    ] {
+        let tenant = FakeTenant::start(setup).await;
+        tenant.push_fault(Fault::Echo);
+        let config = dir.path().join("tokenmint.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\npublic_url = \"{PUBLIC_URL}\"\nadmin_listen = \"\"\n[storage]\ndata_dir = \"{data}\"\n[policies]\ndir = \"{policies}\"\n\
+                 [issuers.github]\nissuer = \"{issuer}\"\nkind = \"github\"\n\
+                 [targets.tenant-prod]\nkind = \"auth0\"\ndomain = \"acme.eu.auth0.com\"\nbase_url = \"{base}\"\nclient_id = \"{CLIENT_ID}\"\n{credential}",
+                data = dir.path().join("data").display(),
+                policies = dir.path().join("policies").display(),
+                issuer = fake.issuer,
+                base = tenant.base_url,
+            ),
+        )
+        .expect("config");
+        let process = tokio::task::spawn_blocking(move || {
+            ServiceProcess::with_config(&config, Some("trace"))
+        })
+        .await
+        .expect("start");
+        let answer = reqwest::Client::new()
+            .post(format!("http://{}/token", process.listen))
+            .json(&serde_json::json!({
+                "grant_type": TOKEN_EXCHANGE,
+                "subject_token": fake.token("github-push-main"),
+                "subject_token_type": ID_TOKEN,
+                "audience": "tenant-prod",
+            }))
+            .send()
+            .await
+            .expect("exchange");
+        assert_eq!(answer.status(), 502);
+        let (code, lines) = tokio::task::spawn_blocking(move || process.terminate())
+            .await
+            .expect("stop");
+        assert_eq!(code, Some(0));
+        let log = lines.join("\n");
+        assert!(log.contains("[REDACTED]"), "the echo was logged, scrubbed");
+        let request = &tenant.requests()[0];
+        sent.extend(request.field("client_assertion").map(str::to_owned));
+        sent.extend(request.authorization.clone());
+        sent.push(secret.to_owned());
+        sent.push(url::form_urlencoded::byte_serialize(secret.as_bytes()).collect());
+        for credential in &sent {
+            assert!(
+                !log.contains(credential.as_str()),
+                "a credential reached the log: {credential}"
+            );
+        }
     }
 }

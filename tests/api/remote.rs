@@ -1169,3 +1169,76 @@ async fn a_tenant_clock_ahead_does_not_stretch_the_lifetime() {
     assert_eq!(answer.status, 200, "{}", answer.text);
     assert_eq!(answer.body["expires_in"], 600);
 }
+
+/// Security: whatever a token endpoint (or anything in front of it) says goes to the
+/// log and the audit record, so our credentials are scrubbed from it: an endpoint that
+/// echoes the request cannot put the client secret or the assertion there, in any form.
+#[tokio::test]
+async fn upstream_text_never_carries_our_credentials() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret_file = dir.path().join("secret");
+    let secret = "s3cr3t+value/with:odd%chars~&more=";
+    std::fs::write(&secret_file, secret).expect("write secret");
+    let secret_config = |method: &str| {
+        format!(
+            "client_secret_file = \"{}\"\nauth_method = \"{method}\"\n",
+            secret_file.display()
+        )
+    };
+    let form_prefix = format!("grant_type=client_credentials&client_id={CLIENT_ID}");
+    let form_suffix = "audience=https%3A%2F%2Facme.eu.auth0.com%2Fapi%2Fv2%2F&scope=read%3Aclients+update%3Aclients";
+    for (setup, extra, expected) in [
+        (
+            TenantSetup::secret_post(CLIENT_ID, secret),
+            secret_config("client_secret_post"),
+            format!(
+                "HTTP 401, invalid_client: rejected: {form_prefix}&client_secret=[REDACTED]&{form_suffix}; authorization: none"
+            ),
+        ),
+        (
+            TenantSetup::secret_basic(CLIENT_ID, secret),
+            secret_config("client_secret_basic"),
+            format!(
+                "HTTP 401, invalid_client: rejected: grant_type=client_credentials&{form_suffix}; authorization: [REDACTED]"
+            ),
+        ),
+        (
+            pkjwt(),
+            String::new(),
+            format!(
+                "HTTP 401, invalid_client: rejected: {form_prefix}&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion=[REDACTED]&{form_suffix}; authorization: none"
+            ),
+        ),
+    ] {
+        let (fake, tenant, app) = tenant_app(setup, &extra).await;
+        tenant.push_fault(Fault::Echo);
+        let answer = app
+            .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
+            .await;
+        assert_eq!(answer.status, 502, "{}", answer.text);
+        let record = app.last_audit().await;
+        assert_eq!(record.reason, "upstream_unauthorized");
+        let detail = record.detail.expect("detail");
+        // The endpoint's text is cut at 300 bytes (after scrubbing): what survives is
+        // exactly the start of what is expected.
+        let cut = detail
+            .strip_suffix('…')
+            .filter(|kept| expected.starts_with(kept));
+        assert!(
+            detail == expected || cut.is_some(),
+            "\n got {detail}\nwant {expected}"
+        );
+        let sent = &tenant.requests()[0];
+        for credential in [
+            Some(secret.to_owned()),
+            sent.field("client_assertion").map(str::to_owned),
+            sent.authorization.clone(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            assert!(!detail.contains(&credential), "{detail}");
+            assert!(!answer.text.contains(&credential), "{}", answer.text);
+        }
+    }
+}

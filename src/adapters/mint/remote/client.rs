@@ -291,6 +291,24 @@ impl TokenEndpointClient {
             }
             SecretString::from(serializer.finish())
         };
+        // Whatever the endpoint (or anything in front of it) says goes to the log and the
+        // audit record: it must not be able to put our credentials there by echoing them.
+        let sent = SentSecrets::of(&form, &self.credentials, self.basic_authorization.as_ref());
+        let outcome = self
+            .send(request_id, body, remaining, deadline, &sent)
+            .await;
+        sent.scrub(outcome)
+    }
+
+    /// One HTTP attempt with `body`; upstream text in errors is already scrubbed of `sent`.
+    async fn send(
+        &self,
+        request_id: &str,
+        body: SecretString,
+        remaining: Duration,
+        deadline: Instant,
+        sent: &SentSecrets,
+    ) -> Attempt {
         let mut request = self
             .http
             .post(self.config.token_endpoint.clone())
@@ -330,12 +348,12 @@ impl TokenEndpointClient {
             }
         };
         if status.is_success() {
-            return match parse_token_answer(&body, OffsetDateTime::now_utc()) {
+            return match parse_token_answer(&body, OffsetDateTime::now_utc(), sent) {
                 Ok(token) => Attempt::Token(token),
                 Err(detail) => Attempt::Fatal(self.malformed(format!("HTTP {status}: {detail}"))),
             };
         }
-        self.refusal(status, &headers, &body)
+        self.refusal(status, &headers, &body, sent)
     }
 
     fn timed_out(&self) -> EndpointError {
@@ -387,8 +405,11 @@ impl TokenEndpointClient {
         status: reqwest::StatusCode,
         headers: &reqwest::header::HeaderMap,
         body: &[u8],
+        sent: &SentSecrets,
     ) -> Attempt {
         let (code, description) = error_fields(body);
+        // Scrubbed before it is cut, so that no part of a secret survives the cut.
+        let description = description.map(|text| sent.redact(&text));
         let code_text = code
             .as_deref()
             .map(|c| format!(", {c}"))
@@ -526,7 +547,13 @@ fn error_fields(body: &[u8]) -> (Option<String>, Option<String>) {
 
 /// Parses a 200 answer: `access_token`, `token_type` Bearer, a positive lifetime, and
 /// the scope as stated.
-fn parse_token_answer(body: &[u8], now: OffsetDateTime) -> Result<EndpointToken, String> {
+fn parse_token_answer(
+    body: &[u8],
+    now: OffsetDateTime,
+    sent: &SentSecrets,
+) -> Result<EndpointToken, String> {
+    // Values of the answer quoted in an error are scrubbed, then cut.
+    let quoted = |text: &str| bounded(&sent.redact(text));
     let map: Map<String, Value> = match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => map,
         Ok(_) => return Err("the answer is JSON but not an object".to_owned()),
@@ -547,7 +574,7 @@ fn parse_token_answer(body: &[u8], now: OffsetDateTime) -> Result<EndpointToken,
     match map.get("token_type") {
         Some(Value::String(kind)) if kind.eq_ignore_ascii_case("bearer") => {}
         Some(Value::String(kind)) => {
-            return Err(format!("token_type is {:?}, not Bearer", bounded(kind)));
+            return Err(format!("token_type is {:?}, not Bearer", quoted(kind)));
         }
         Some(_) => return Err("token_type is not a string".to_owned()),
         None => return Err("the answer has no token_type".to_owned()),
@@ -587,7 +614,7 @@ fn parse_token_answer(body: &[u8], now: OffsetDateTime) -> Result<EndpointToken,
         Some(Value::String(s)) => s.parse::<u64>().map_err(|_| {
             format!(
                 "expires_in {:?} is not a whole number of seconds",
-                bounded(s)
+                quoted(s)
             )
         })?,
         Some(_) => return Err("expires_in is not a number".to_owned()),
@@ -635,6 +662,88 @@ fn parse_token_answer(body: &[u8], now: OffsetDateTime) -> Result<EndpointToken,
         is_jwt: claims.is_some(),
         attempts: 1,
     })
+}
+
+/// The credentials one attempt sent, in every form an endpoint could echo them: the
+/// client secret and the assertion as they are and form-urlencoded, and the
+/// `Authorization` header and its base64. [`SentSecrets::redact`] replaces each with `[REDACTED]`.
+pub(super) struct SentSecrets(Vec<String>);
+
+/// Form fields whose values are credentials.
+const SECRET_FIELDS: &[&str] = &["client_secret", "client_assertion"];
+
+impl SentSecrets {
+    fn of(
+        form: &[(&'static str, SecretString)],
+        credentials: &ClientCredentials,
+        authorization: Option<&reqwest::header::HeaderValue>,
+    ) -> Self {
+        let mut secrets = Vec::new();
+        for (name, value) in form {
+            if SECRET_FIELDS.contains(name) {
+                let value = value.expose_secret();
+                secrets.push(value.to_owned());
+                secrets.push(form_encode(value));
+            }
+        }
+        if let ClientCredentials::Secret { secret, .. } = credentials {
+            let secret = secret.expose_secret();
+            secrets.push(secret.to_owned());
+            secrets.push(form_encode(secret));
+        }
+        if let Some(header) = authorization.and_then(|h| h.to_str().ok()) {
+            secrets.push(header.to_owned());
+            if let Some(encoded) = header.strip_prefix("Basic ") {
+                secrets.push(encoded.to_owned());
+            }
+        }
+        secrets.retain(|secret| !secret.is_empty());
+        // Longest first, so a secret is replaced whole before any of its substrings.
+        secrets.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
+        secrets.dedup();
+        Self(secrets)
+    }
+
+    pub(super) fn redact(&self, text: &str) -> String {
+        let mut text = text.to_owned();
+        for secret in &self.0 {
+            if text.contains(secret.as_str()) {
+                text = text.replace(secret.as_str(), "[REDACTED]");
+            }
+        }
+        text
+    }
+
+    /// The attempt with every detail text scrubbed (a last pass over what the
+    /// individual paths already scrubbed).
+    fn scrub(&self, attempt: Attempt) -> Attempt {
+        let scrub_error = |error: EndpointError| match error {
+            EndpointError::Failed {
+                reason,
+                public,
+                detail,
+            } => EndpointError::Failed {
+                reason,
+                public,
+                detail: self.redact(&detail),
+            },
+            EndpointError::RateLimited {
+                retry_after,
+                detail,
+            } => EndpointError::RateLimited {
+                retry_after,
+                detail: self.redact(&detail),
+            },
+        };
+        match attempt {
+            Attempt::Token(token) => Attempt::Token(token),
+            Attempt::Retry { wait, error } => Attempt::Retry {
+                wait,
+                error: scrub_error(error),
+            },
+            Attempt::Fatal(error) => Attempt::Fatal(scrub_error(error)),
+        }
+    }
 }
 
 /// `Basic base64(client_id:secret)`, both parts form-urlencoded first (RFC 6749 §2.3.1).
@@ -733,9 +842,11 @@ mod tests {
     #[test]
     fn answers_are_parsed_strictly() {
         let now = OffsetDateTime::now_utc();
+        let nothing = SentSecrets(Vec::new());
         let ok = parse_token_answer(
             br#"{"access_token":"abc.def.ghi","token_type":"bearer","expires_in":"600","scope":"a b"}"#,
             now,
+            &nothing,
         )
         .expect("valid");
         assert_eq!(ok.expires_in, 600);
@@ -782,7 +893,7 @@ mod tests {
                 "expires_in 1000000000000 is beyond any sane lifetime",
             ),
         ] {
-            match parse_token_answer(body, now) {
+            match parse_token_answer(body, now, &nothing) {
                 Ok(_) => panic!("{} parsed", String::from_utf8_lossy(body)),
                 Err(err) => assert_eq!(err, expected),
             }
