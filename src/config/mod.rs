@@ -90,6 +90,9 @@ pub struct IssuerConfig {
     pub jwks_max_stale: Duration,
     pub jwks_refetch_cooldown: Duration,
     pub jwks_fetch_timeout: Duration,
+    /// Key fetches may reach private networks (a self-hosted issuer inside one); never
+    /// loopback or link-local.
+    pub allow_private_network: bool,
 }
 
 #[derive(Debug, Clone)]

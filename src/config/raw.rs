@@ -151,6 +151,8 @@ struct RawIssuer {
     jwks_refetch_cooldown: HumanDuration,
     #[serde(default = "default_jwks_fetch_timeout")]
     jwks_fetch_timeout: HumanDuration,
+    #[serde(default)]
+    allow_private_network: bool,
 }
 
 fn default_algorithms() -> Vec<String> {
@@ -403,6 +405,7 @@ impl RawConfig {
                         &key("jwks_fetch_timeout"),
                         &fail,
                     )?,
+                    allow_private_network: raw.allow_private_network,
                 },
             );
         }

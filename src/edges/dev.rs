@@ -143,6 +143,7 @@ pub fn dev_config(listen: SocketAddr) -> anyhow::Result<Config> {
             jwks_max_stale: Duration::from_secs(24 * 3600),
             jwks_refetch_cooldown: Duration::from_secs(60),
             jwks_fetch_timeout: Duration::from_secs(5),
+            allow_private_network: false,
         },
     );
     let mut targets = BTreeMap::new();

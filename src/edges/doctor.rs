@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use secrecy::ExposeSecret as _;
 use time::OffsetDateTime;
 
-use crate::adapters::issuer_keys::{FileKeySource, HttpKeySource, KeySource, http_client};
+use crate::adapters::issuer_keys::{
+    FileKeySource, HttpKeySource, KeyFetchClient, KeySource, Reach,
+};
 use crate::adapters::mint::RemoteMinter;
 use crate::adapters::mint::remote::NoObserver;
 use crate::adapters::mint::remote::{ClientCredentials, EndpointError, EndpointToken};
@@ -133,15 +135,17 @@ async fn check_issuer(issuer: &IssuerConfig) -> (String, Vec<(Level, String)>) {
     let heading = format!("issuer {} ({})", issuer.name, issuer.issuer);
     let source: Arc<dyn KeySource> = match &issuer.jwks_file {
         Some(path) => Arc::new(FileKeySource::new(path.clone())),
-        None => match http_client() {
-            Ok(client) => Arc::new(HttpKeySource::new(
-                client,
-                issuer.issuer_url.clone(),
-                issuer.jwks_uri.clone(),
-                keystore_settings(issuer),
-            )),
-            Err(err) => return (heading, vec![(Level::Fail, format!("HTTP client: {err}"))]),
-        },
+        None => {
+            match KeyFetchClient::new(Reach::of(&issuer.issuer_url, issuer.allow_private_network)) {
+                Ok(client) => Arc::new(HttpKeySource::new(
+                    client,
+                    issuer.issuer_url.clone(),
+                    issuer.jwks_uri.clone(),
+                    keystore_settings(issuer),
+                )),
+                Err(err) => return (heading, vec![(Level::Fail, format!("HTTP client: {err}"))]),
+            }
+        }
     };
     let line = match source.fetch().await {
         Ok(set) if set.keys.is_empty() => (

@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use tokio::net::TcpListener;
 
 use crate::adapters::issuer_keys::{
-    FileKeySource, HttpKeySource, IssuerKeys, KeySource, KeystoreSettings, http_client,
+    FileKeySource, HttpKeySource, IssuerKeys, KeyFetchClient, KeySource, KeystoreSettings, Reach,
 };
 use crate::adapters::mint::{LocalMinter, LocalSigner, RemoteMinter};
 use crate::adapters::signing::{KeyRing, SigningAlgorithm, SigningKey};
@@ -91,7 +91,9 @@ impl Service {
             })?,
         }));
 
-        let client = http_client().context("building the HTTP client for issuer keys")?;
+        // One client (and connection pool) per reach; each enforces its reach.
+        let mut clients: std::collections::HashMap<Reach, KeyFetchClient> =
+            std::collections::HashMap::new();
         let mut trusted = Vec::new();
         let mut issuer_keys = Vec::new();
         for issuer in config.issuers.values() {
@@ -99,7 +101,19 @@ impl Service {
                 (Some(dev), _) => dev.key_source(),
                 (None, Some(path)) => Arc::new(FileKeySource::new(path.clone())),
                 (None, None) => Arc::new(HttpKeySource::new(
-                    client.clone(),
+                    match clients.entry(Reach::of(&issuer.issuer_url, issuer.allow_private_network))
+                    {
+                        std::collections::hash_map::Entry::Occupied(entry) => entry.get().clone(),
+                        std::collections::hash_map::Entry::Vacant(entry) => entry
+                            .insert(
+                                KeyFetchClient::new(Reach::of(
+                                    &issuer.issuer_url,
+                                    issuer.allow_private_network,
+                                ))
+                                .context("building the HTTP client for issuer keys")?,
+                            )
+                            .clone(),
+                    },
                     issuer.issuer_url.clone(),
                     issuer.jwks_uri.clone(),
                     keystore_settings(issuer),

@@ -40,6 +40,7 @@ leeway = "30s"
         assert_eq!(config.issuers["github"].kind, IssuerKind::Github);
         assert_eq!(config.issuers["github"].audience, "https://sts.example.com");
         assert_eq!(config.issuers["github"].leeway.as_secs(), 60);
+        assert!(!config.issuers["github"].allow_private_network);
         assert_eq!(config.issuers["gitlab"].kind, IssuerKind::Gitlab);
         assert_eq!(config.issuers["gitlab"].leeway.as_secs(), 45);
         Ok(())

@@ -41,6 +41,7 @@
 mod cache;
 mod error;
 mod keys;
+mod reach;
 mod source;
 
 #[cfg(test)]
@@ -51,7 +52,8 @@ use std::time::Duration;
 pub use cache::{FetchObserver, FetchOutcome, IssuerKeys, KeysStatus, NoopObserver};
 pub use error::{FetchError, KeyError};
 pub use keys::{KeyType, VerificationKey};
-pub use source::{FileKeySource, HttpKeySource, KeySource, USER_AGENT, http_client};
+pub use reach::{GuardedResolver, Reach};
+pub use source::{FileKeySource, HttpKeySource, KeyFetchClient, KeySource, USER_AGENT};
 
 /// Default for [`KeystoreSettings::fetch_timeout`].
 pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(5);

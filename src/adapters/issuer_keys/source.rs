@@ -13,6 +13,7 @@ use jsonwebtoken::jwk::{Jwk, JwkSet};
 use url::{Host, Url};
 
 use super::error::FetchError;
+use super::reach::{GuardedResolver, Reach};
 use super::{DEFAULT_MAX_BODY_BYTES, KeystoreSettings};
 use crate::adapters::bounded_body::{BodyError, read_limited};
 
@@ -32,17 +33,38 @@ pub trait KeySource: Send + Sync + 'static {
     fn describe(&self) -> String;
 }
 
-/// The shared outbound client: rustls, no cookie store, no `Referer`, `User-Agent`
-/// [`USER_AGENT`], and at most 3 redirects, each to the same scheme, host and port as
-/// the original request. Timeouts are set per request from [`KeystoreSettings`].
-///
-/// Fails only when the TLS backend cannot be initialised.
-pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .user_agent(USER_AGENT)
-        .redirect(reqwest::redirect::Policy::custom(same_origin_redirects))
-        .referer(false)
-        .build()
+/// The outbound client of key fetches for issuers of one [`Reach`], which it enforces
+/// on the addresses it connects to. Cheap to clone: clones share a connection pool.
+#[derive(Clone, Debug)]
+pub struct KeyFetchClient {
+    http: reqwest::Client,
+    reach: Reach,
+}
+
+impl KeyFetchClient {
+    /// rustls, no cookie store, no `Referer`, `User-Agent` [`USER_AGENT`], at most 3
+    /// redirects, each to the same scheme, host and port as the original request; for a
+    /// remote reach, a resolver that refuses the addresses it forbids. Timeouts are set
+    /// per request from [`KeystoreSettings`].
+    ///
+    /// Fails only when the TLS backend cannot be initialised.
+    pub fn new(reach: Reach) -> Result<Self, reqwest::Error> {
+        let mut builder = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .redirect(reqwest::redirect::Policy::custom(same_origin_redirects))
+            .referer(false);
+        if reach != Reach::Local {
+            builder = builder.dns_resolver(GuardedResolver::new(reach));
+        }
+        Ok(Self {
+            http: builder.build()?,
+            reach,
+        })
+    }
+
+    pub fn reach(&self) -> Reach {
+        self.reach
+    }
 }
 
 /// Why the redirect policy stopped a request; recovered from the `reqwest::Error` chain.
@@ -90,30 +112,49 @@ fn check_fetchable(url: &Url) -> Result<(), FetchError> {
     }
 }
 
-/// A `jwks_uri` read from `issuer`'s discovery document must be fetchable, and a remote
+/// A `jwks_uri` read from an issuer's discovery document must be fetchable, and a remote
 /// issuer must not send us into this host's own services (the admin listener, anything
-/// else on loopback).
-fn check_discovered_jwks_uri(issuer: &Url, jwks_uri: &Url) -> Result<(), FetchError> {
+/// else on loopback) or, without `allow_private_network`, into private networks. Names
+/// are checked again on the address connected to ([`GuardedResolver`]).
+fn check_discovered_jwks_uri(reach: Reach, jwks_uri: &Url) -> Result<(), FetchError> {
     check_fetchable(jwks_uri)?;
-    if is_loopback(jwks_uri) && !is_loopback(issuer) {
+    let names_loopback =
+        matches!(jwks_uri.host(), Some(Host::Domain(name)) if is_localhost_name(name));
+    if reach != Reach::Local && (is_loopback(jwks_uri) || names_loopback) {
         return Err(FetchError::InsecureUrl {
             url: jwks_uri.to_string(),
         });
     }
-    Ok(())
+    check_reach(reach, jwks_uri)
+}
+
+/// `localhost`, `localhost.` and every `*.localhost` name (RFC 6761).
+fn is_localhost_name(name: &str) -> bool {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost")
+}
+
+/// IP literals in a URL never reach the resolver: check them here.
+fn check_reach(reach: Reach, url: &Url) -> Result<(), FetchError> {
+    reach.check_url(url).map_err(|message| FetchError::Request {
+        url: url.to_string(),
+        message,
+    })
 }
 
 /// GETs `url` with the bounds of `limits`: the whole exchange within `timeout`, the body
 /// read chunk by chunk and abandoned as soon as it passes `max_body_bytes`.
 async fn get_bounded(
-    client: &reqwest::Client,
+    client: &KeyFetchClient,
     url: &Url,
     timeout: Duration,
     max_body_bytes: usize,
 ) -> Result<Bytes, FetchError> {
     check_fetchable(url)?;
+    check_reach(client.reach, url)?;
     let exchange = async {
         let response = client
+            .http
             .get(url.clone())
             .header(reqwest::header::ACCEPT, "application/json")
             .timeout(timeout)
@@ -236,7 +277,7 @@ fn issuer_text(issuer: &Url) -> &str {
 /// GET to it answers 404. Never build the JWKS URL from the issuer: GitHub's
 /// enterprise-slug issuer serves its keys at the root `jwks_uri` on another path.
 pub struct HttpKeySource {
-    client: reqwest::Client,
+    client: KeyFetchClient,
     issuer: Url,
     configured_jwks_uri: Option<Url>,
     discovered_jwks_uri: ArcSwapOption<Url>,
@@ -253,7 +294,7 @@ struct DiscoveryDocument {
 impl HttpKeySource {
     /// A source for `issuer`; with `jwks_uri` set, discovery is skipped.
     pub fn new(
-        client: reqwest::Client,
+        client: KeyFetchClient,
         issuer: Url,
         jwks_uri: Option<Url>,
         settings: KeystoreSettings,
@@ -315,7 +356,7 @@ impl HttpKeySource {
                 format!("\"jwks_uri\" {jwks_text:?} is not an absolute URL: {err}"),
             )
         })?;
-        check_discovered_jwks_uri(&self.issuer, &jwks_uri)?;
+        check_discovered_jwks_uri(self.client.reach, &jwks_uri)?;
         let jwks_uri = Arc::new(jwks_uri);
         tracing::debug!(issuer = expected, jwks_uri = %jwks_uri, "discovered jwks_uri");
         self.discovered_jwks_uri.store(Some(Arc::clone(&jwks_uri)));
@@ -425,32 +466,55 @@ mod unit {
     use super::*;
 
     /// Security invariant: a remote issuer's discovery document cannot aim our key
-    /// fetches at loopback (SSRF into the admin listener or other local services).
+    /// fetches at this host (SSRF into the admin listener or other local services), its
+    /// link (cloud metadata) or private networks, however the address is written; names
+    /// are checked again on the address they resolve to (`reach::GuardedResolver`).
     #[test]
     fn a_remote_issuer_cannot_point_key_fetches_at_loopback() {
         let parse = |text: &str| Url::parse(text).expect("test URL");
-        let remote = parse("https://token.actions.githubusercontent.com");
         for inside in [
             "http://127.0.0.1:9090/metrics",
             "http://localhost/jwks",
             "https://127.0.0.1/jwks",
             "https://[::1]/jwks",
+            "https://0.0.0.0:9090/metrics",
+            "https://[::ffff:127.0.0.1]:9090/metrics",
+            "https://localhost.:9090/metrics",
+            "https://keys.localhost/jwks",
+            "https://169.254.169.254/latest/meta-data",
+            "https://10.0.0.5/jwks",
+            "https://[fd00::5]/jwks",
         ] {
             assert!(
-                check_discovered_jwks_uri(&remote, &parse(inside)).is_err(),
+                check_discovered_jwks_uri(Reach::Public, &parse(inside)).is_err(),
                 "{inside}"
             );
         }
-        assert!(check_discovered_jwks_uri(&remote, &parse("http://keys.example/jwks")).is_err());
+        assert!(
+            check_discovered_jwks_uri(Reach::Public, &parse("http://keys.example/jwks")).is_err()
+        );
         assert!(
             check_discovered_jwks_uri(
-                &remote,
+                Reach::Public,
                 &parse("https://token.actions.githubusercontent.com/.well-known/jwks")
             )
             .is_ok()
         );
-        let local = parse("http://127.0.0.1:8080");
-        assert!(check_discovered_jwks_uri(&local, &parse("http://127.0.0.1:8080/jwks")).is_ok());
+        // With allow_private_network, private ranges are reachable; this host never is.
+        assert!(
+            check_discovered_jwks_uri(Reach::PrivateNetwork, &parse("https://10.0.0.5/jwks"))
+                .is_ok()
+        );
+        assert!(
+            check_discovered_jwks_uri(
+                Reach::PrivateNetwork,
+                &parse("https://[::ffff:127.0.0.1]/jwks")
+            )
+            .is_err()
+        );
+        assert!(
+            check_discovered_jwks_uri(Reach::Local, &parse("http://127.0.0.1:8080/jwks")).is_ok()
+        );
     }
 
     #[test]

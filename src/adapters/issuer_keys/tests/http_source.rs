@@ -9,12 +9,12 @@ use url::Url;
 
 use super::*;
 use crate::adapters::issuer_keys::{
-    FetchError, HttpKeySource, IssuerKeys, KeySource, KeyType, KeystoreSettings, NoopObserver,
-    USER_AGENT, http_client,
+    FetchError, HttpKeySource, IssuerKeys, KeyFetchClient, KeySource, KeyType, KeystoreSettings,
+    NoopObserver, Reach, USER_AGENT,
 };
 
 fn source(issuer: Url, jwks_uri: Option<Url>, settings: KeystoreSettings) -> Arc<HttpKeySource> {
-    let client = http_client().expect("build the HTTP client");
+    let client = KeyFetchClient::new(Reach::Local).expect("build the HTTP client");
     Arc::new(HttpKeySource::new(client, issuer, jwks_uri, settings))
 }
 
@@ -431,4 +431,46 @@ async fn unreachable_issuer_is_a_request_error() {
         err.to_string().starts_with(&format!("GET {url} failed: ")),
         "{err}"
     );
+}
+
+/// Security invariant: a remote issuer's key fetches are checked on the address they
+/// would connect to, not on the URL's text: a name that resolves to loopback, and IP
+/// literals that are loopback in disguise, never open a connection.
+#[tokio::test]
+async fn a_remote_issuer_never_connects_to_this_host() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("addr").port();
+    let client = KeyFetchClient::new(Reach::Public).expect("build the HTTP client");
+    for (jwks_uri, expected) in [
+        (
+            format!("https://localhost:{port}/jwks"),
+            "refusing to connect to localhost: it resolves to ",
+        ),
+        (
+            format!("https://127.0.0.1:{port}/jwks"),
+            "refusing to connect to 127.0.0.1 (loopback address)",
+        ),
+        (
+            format!("https://[::ffff:127.0.0.1]:{port}/jwks"),
+            "refusing to connect to ::ffff:127.0.0.1 (loopback address)",
+        ),
+        (
+            format!("https://0.0.0.0:{port}/jwks"),
+            "refusing to connect to 0.0.0.0 (unspecified address)",
+        ),
+    ] {
+        let source = HttpKeySource::new(
+            client.clone(),
+            issuer_url("https://issuer.example"),
+            Some(Url::parse(&jwks_uri).expect("URL")),
+            settings(),
+        );
+        let err = source.fetch().await.expect_err(&jwks_uri).to_string();
+        assert!(err.contains(expected), "{jwks_uri}: {err}");
+        assert!(
+            listener.accept().is_err(),
+            "{jwks_uri}: a connection reached this host"
+        );
+    }
 }

@@ -10,14 +10,14 @@ use url::Url;
 
 use super::*;
 use crate::adapters::issuer_keys::{
-    FetchError, FileKeySource, HttpKeySource, IssuerKeys, KeyError, KeySource, KeyType,
-    KeystoreSettings, NoopObserver, http_client,
+    FetchError, FileKeySource, HttpKeySource, IssuerKeys, KeyError, KeyFetchClient, KeySource,
+    KeyType, KeystoreSettings, NoopObserver, Reach,
 };
 
 const JWKS_PATH: &str = "/.well-known/jwks";
 
 fn github_keys(fake: &FakeIssuer, settings: KeystoreSettings) -> Arc<IssuerKeys> {
-    let client = http_client().expect("build the HTTP client");
+    let client = KeyFetchClient::new(Reach::Local).expect("build the HTTP client");
     let issuer = Url::parse(&fake.base).expect("issuer URL");
     let source = Arc::new(HttpKeySource::new(client, issuer, None, settings));
     IssuerKeys::new("github", source, settings, Arc::new(NoopObserver))
@@ -156,7 +156,7 @@ async fn unknown_kid_refetches_again_once_the_cooldown_is_over() {
 async fn failed_fetch_keeps_the_last_good_keys() {
     let fake = FakeIssuer::github(GITHUB_JWKS).await;
     let observer = Arc::new(CountingObserver::default());
-    let client = http_client().expect("build the HTTP client");
+    let client = KeyFetchClient::new(Reach::Local).expect("build the HTTP client");
     let issuer = Url::parse(&fake.base).expect("issuer URL");
     let source = Arc::new(HttpKeySource::new(client, issuer, None, settings()));
     let keys = IssuerKeys::new(

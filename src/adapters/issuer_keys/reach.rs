@@ -1,0 +1,289 @@
+//! Which addresses key fetches for an issuer may connect to, checked on the address
+//! actually connected to: a DNS resolver that refuses forbidden addresses (so a name
+//! that resolves, or re-resolves, to this host's own services is refused too), and a
+//! check of IP literals in URLs, which never reach a resolver.
+//!
+//! A remote issuer's discovery document and JWKS URLs come from the network; without
+//! this, `https://0.0.0.0:9090/`, `https://[::ffff:127.0.0.1]:9090/`, `localhost.` or a
+//! name resolving to 169.254.169.254 would aim our fetches at the admin listener or a
+//! cloud metadata service.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use url::{Host, Url};
+
+/// Where an issuer's key fetches may connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reach {
+    /// The issuer is on loopback (tests, dev mode, a local mirror): no restriction.
+    Local,
+    /// A remote issuer: public unicast addresses only.
+    Public,
+    /// A remote issuer the operator allowed onto private networks
+    /// (`allow_private_network`, for a self-hosted GitLab or GHES inside them): also
+    /// private and shared ranges, never loopback, link-local or unspecified.
+    PrivateNetwork,
+}
+
+impl Reach {
+    /// The reach of an issuer at `issuer` (its configured URL).
+    pub fn of(issuer: &Url, allow_private_network: bool) -> Reach {
+        let loopback = match issuer.host() {
+            Some(Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+            None => false,
+        };
+        match (loopback, allow_private_network) {
+            (true, _) => Reach::Local,
+            (false, true) => Reach::PrivateNetwork,
+            (false, false) => Reach::Public,
+        }
+    }
+
+    /// Why `ip` may not be connected to, as a range name; `None` when it may.
+    pub fn refuses(self, ip: IpAddr) -> Option<&'static str> {
+        if self == Reach::Local {
+            return None;
+        }
+        let class = classify(ip)?;
+        match (self, class) {
+            (Reach::PrivateNetwork, Class::Private(_)) => None,
+            (_, Class::Private(name) | Class::Internal(name)) => Some(name),
+        }
+    }
+
+    /// Refuses a URL whose host is a forbidden IP literal (a resolver never sees those).
+    pub fn check_url(self, url: &Url) -> Result<(), String> {
+        let ip = match url.host() {
+            Some(Host::Ipv4(ip)) => IpAddr::V4(ip),
+            Some(Host::Ipv6(ip)) => IpAddr::V6(ip),
+            Some(Host::Domain(_)) | None => return Ok(()),
+        };
+        match self.refuses(ip) {
+            Some(range) => Err(refusal(&ip.to_string(), ip, range)),
+            None => Ok(()),
+        }
+    }
+}
+
+fn refusal(host: &str, ip: IpAddr, range: &str) -> String {
+    if host == ip.to_string() {
+        format!("refusing to connect to {ip} ({range} address) for a remote issuer's keys")
+    } else {
+        format!(
+            "refusing to connect to {host}: it resolves to {ip} ({range} address), which a \
+             remote issuer's key fetches may not reach"
+        )
+    }
+}
+
+enum Class {
+    /// This host, its link, or nothing: never for a remote issuer.
+    Internal(&'static str),
+    /// Private networks: only with `allow_private_network`.
+    Private(&'static str),
+}
+
+/// The range `ip` falls in, when it is not public unicast. IPv4 addresses embedded in
+/// IPv6 (mapped `::ffff:a.b.c.d`, NAT64 `64:ff9b::a.b.c.d`) are judged as IPv4.
+fn classify(ip: IpAddr) -> Option<Class> {
+    match ip {
+        IpAddr::V4(v4) => classify_v4(v4),
+        IpAddr::V6(v6) => match embedded_v4(v6) {
+            Some(v4) => classify_v4(v4),
+            None => classify_v6(v6),
+        },
+    }
+}
+
+fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    let s = v6.segments();
+    (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0])
+        .then(|| Ipv4Addr::from((u32::from(s[6]) << 16) | u32::from(s[7])))
+}
+
+fn classify_v4(ip: Ipv4Addr) -> Option<Class> {
+    let [a, b, ..] = ip.octets();
+    Some(match (a, b) {
+        _ if ip.is_loopback() => Class::Internal("loopback"),
+        (0, _) => Class::Internal("unspecified"),
+        _ if ip.is_link_local() => Class::Internal("link-local"),
+        _ if ip.is_broadcast() || ip.is_multicast() => Class::Internal("multicast"),
+        (240..=255, _) => Class::Internal("reserved"),
+        _ if ip.is_private() => Class::Private("private"),
+        (100, 64..=127) => Class::Private("shared (carrier-grade NAT)"),
+        _ => return None,
+    })
+}
+
+fn classify_v6(ip: Ipv6Addr) -> Option<Class> {
+    let first = ip.segments()[0];
+    Some(match first {
+        _ if ip.is_loopback() => Class::Internal("loopback"),
+        _ if ip.is_unspecified() => Class::Internal("unspecified"),
+        _ if first & 0xffc0 == 0xfe80 => Class::Internal("link-local"),
+        _ if first & 0xff00 == 0xff00 => Class::Internal("multicast"),
+        _ if first & 0xfe00 == 0xfc00 => Class::Private("unique local"),
+        _ if first & 0xffc0 == 0xfec0 => Class::Private("site-local"),
+        _ => return None,
+    })
+}
+
+/// The system resolver, refusing names that resolve to an address `reach` forbids.
+/// When any of a name's addresses is forbidden, all are refused: a name that mixes them
+/// is not trusted to pick.
+#[derive(Debug)]
+pub struct GuardedResolver {
+    reach: Reach,
+}
+
+impl GuardedResolver {
+    pub fn new(reach: Reach) -> Arc<Self> {
+        Arc::new(Self { reach })
+    }
+}
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let reach = self.reach;
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if let Some((ip, range)) = addrs
+                .iter()
+                .find_map(|addr| reach.refuses(addr.ip()).map(|range| (addr.ip(), range)))
+            {
+                return Err(refusal(&host, ip, range).into());
+            }
+            Ok(Box::new(addrs.into_iter()) as Addrs)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(reach: Reach, ip: &str) -> Option<&'static str> {
+        reach.refuses(ip.parse().expect("test address"))
+    }
+
+    /// Security invariant: a remote issuer's key fetches never reach this host, its link,
+    /// or (unless allowed) private networks, however the address is written.
+    #[test]
+    fn remote_issuers_reach_public_addresses_only() {
+        for (ip, range) in [
+            ("127.0.0.1", "loopback"),
+            ("127.8.0.1", "loopback"),
+            ("0.0.0.0", "unspecified"),
+            ("169.254.169.254", "link-local"),
+            ("224.0.0.1", "multicast"),
+            ("255.255.255.255", "multicast"),
+            ("10.1.2.3", "private"),
+            ("172.16.0.1", "private"),
+            ("172.31.255.255", "private"),
+            ("192.168.1.1", "private"),
+            ("100.64.0.1", "shared (carrier-grade NAT)"),
+            ("::1", "loopback"),
+            ("::", "unspecified"),
+            ("::ffff:127.0.0.1", "loopback"),
+            ("::ffff:10.0.0.1", "private"),
+            ("64:ff9b::7f00:1", "loopback"),
+            ("fe80::1", "link-local"),
+            ("fc00::1", "unique local"),
+            ("fd12:3456::1", "unique local"),
+            ("ff02::1", "multicast"),
+        ] {
+            assert_eq!(refused(Reach::Public, ip), Some(range), "{ip}");
+        }
+        for ip in [
+            "140.82.112.21",
+            "172.32.0.1",
+            "100.128.0.1",
+            "2606:50c0:8000::154",
+        ] {
+            assert_eq!(refused(Reach::Public, ip), None, "{ip}");
+        }
+    }
+
+    #[test]
+    fn allow_private_network_opens_private_ranges_only() {
+        for ip in ["10.1.2.3", "192.168.1.1", "100.64.0.1", "fd12::1"] {
+            assert_eq!(refused(Reach::PrivateNetwork, ip), None, "{ip}");
+        }
+        for ip in [
+            "127.0.0.1",
+            "169.254.169.254",
+            "::ffff:127.0.0.1",
+            "fe80::1",
+            "0.0.0.0",
+        ] {
+            assert!(refused(Reach::PrivateNetwork, ip).is_some(), "{ip}");
+        }
+        assert_eq!(refused(Reach::Local, "127.0.0.1"), None);
+    }
+
+    #[test]
+    fn the_reach_follows_the_issuer_url() {
+        let url = |text: &str| Url::parse(text).expect("test URL");
+        assert_eq!(
+            Reach::of(&url("http://127.0.0.1:8080/dev"), false),
+            Reach::Local
+        );
+        assert_eq!(Reach::of(&url("http://localhost:8080"), true), Reach::Local);
+        assert_eq!(Reach::of(&url("https://gitlab.com"), false), Reach::Public);
+        assert_eq!(
+            Reach::of(&url("https://gitlab.acme.internal"), true),
+            Reach::PrivateNetwork
+        );
+    }
+
+    #[test]
+    fn ip_literals_in_urls_are_checked_without_a_resolver() {
+        let url = |text: &str| Url::parse(text).expect("test URL");
+        assert_eq!(
+            Reach::Public.check_url(&url("https://0.0.0.0:9090/metrics")),
+            Err(
+                "refusing to connect to 0.0.0.0 (unspecified address) for a remote issuer's keys"
+                    .to_owned()
+            )
+        );
+        assert_eq!(
+            Reach::Public.check_url(&url("https://[::ffff:127.0.0.1]:9090/")),
+            Err("refusing to connect to ::ffff:127.0.0.1 (loopback address) for a remote issuer's keys".to_owned())
+        );
+        assert!(
+            Reach::Public
+                .check_url(&url("https://token.actions.githubusercontent.com/"))
+                .is_ok()
+        );
+    }
+
+    /// Names are judged by what they resolve to, at connection time (DNS rebinding).
+    #[tokio::test]
+    async fn a_name_that_resolves_to_loopback_is_refused() {
+        let resolver = GuardedResolver::new(Reach::Public);
+        let name: Name = "localhost".parse().expect("name");
+        let err = resolver
+            .resolve(name)
+            .await
+            .err()
+            .expect("localhost is refused");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("refusing to connect to localhost: it resolves to ")
+                && text.contains("(loopback address)"),
+            "{text}"
+        );
+        let local = GuardedResolver::new(Reach::Local);
+        let name: Name = "localhost".parse().expect("name");
+        assert!(local.resolve(name).await.is_ok());
+    }
+}
