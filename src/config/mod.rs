@@ -272,3 +272,17 @@ pub fn check_https_url(what: &str, text: &str) -> Result<Url, String> {
     }
     Ok(url)
 }
+
+/// Key and secret files readable by group or others draw a warning.
+pub fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            "{} is readable by group or others (mode {:o}); chmod 600 it",
+            path.display(),
+            meta.permissions().mode() & 0o777
+        );
+    }
+}

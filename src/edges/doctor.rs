@@ -424,7 +424,7 @@ async fn request(
         )
         .await;
     match written {
-        Ok(finished) => log_decision(&record, finished.seq()),
+        Ok(finished) => log_decision(&record, finished.seq().map(|seq| seq.0)),
         Err(err) => {
             log_decision(&record, None);
             tracing::error!(error = %err, "the doctor's audit record could not be written");

@@ -327,7 +327,7 @@ fn build_signer(config: &Config) -> anyhow::Result<LocalSigner> {
         else {
             continue;
         };
-        warn_if_readable_by_others(path);
+        crate::config::warn_if_readable_by_others(path);
         let pem = std::fs::read_to_string(path).with_context(|| {
             format!(
                 "targets.{}.signing_key_file: reading {}",
@@ -345,20 +345,6 @@ fn build_signer(config: &Config) -> anyhow::Result<LocalSigner> {
         fixed.insert(target.name.clone(), Arc::new(key));
     }
     Ok(LocalSigner::new(ring, fixed))
-}
-
-/// Key and secret files readable by group or others draw a warning.
-pub fn warn_if_readable_by_others(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::metadata(path)
-        && meta.permissions().mode() & 0o077 != 0
-    {
-        tracing::warn!(
-            "{} is readable by group or others (mode {:o}); chmod 600 it",
-            path.display(),
-            meta.permissions().mode() & 0o777
-        );
-    }
 }
 
 fn spawn_key_reloader(signer: Arc<LocalSigner>, dir: PathBuf) -> tokio::task::JoinHandle<()> {

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use secrecy::SecretString;
 use time::OffsetDateTime;
 
-use crate::trust::audit::Reason;
+use crate::trust::outcome::Reason;
 use crate::trust::platform::IssuerKind;
 use crate::trust::verify::claims::VerifiedClaims;
 

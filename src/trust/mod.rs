@@ -6,6 +6,7 @@ pub mod exchange;
 pub mod hash;
 pub mod json;
 pub mod mint;
+pub mod outcome;
 pub mod platform;
 pub mod policy;
 pub mod store;

@@ -24,15 +24,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use crate::trust::audit::AuditRecord;
-
-/// What a CI token is remembered by: (issuer name, `jti`) or (issuer name, SHA-256 of
-/// the signing input).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ReplayKey {
-    pub issuer: String,
-    /// `jti:<value>` or `sha256:<hex>`.
-    pub id: String,
-}
+pub use crate::trust::verify::ReplayKey;
 
 /// Who holds a reservation. Chosen by the exchange before [`Store::begin`], so that a
 /// request cancelled while `begin` runs still knows what to release.

@@ -1,5 +1,6 @@
 //! The integration tests: one binary driving the real router against fake CI issuers.
 
+mod architecture;
 mod commands;
 mod config;
 mod dev;

@@ -155,7 +155,7 @@ impl Exchanger {
     ) -> Result<Issued, Refusal> {
         let started = Instant::now();
         let concluded = self.run(request, now).await;
-        log_decision(&concluded.record, concluded.seq);
+        log_decision(&concluded.record, concluded.seq.map(|seq| seq.0));
         self.observer.concluded(
             concluded.record.outcome,
             concluded.record.reason,
@@ -280,7 +280,7 @@ impl Exchanger {
             .await;
         let refused = match begun {
             Ok(Begun::Reserved(seq)) => {
-                log_decision(&pending, Some(seq));
+                log_decision(&pending, Some(seq.0));
                 None
             }
             Ok(Begun::AlreadyUsed) => Some(Refusal::replayed()),
@@ -494,7 +494,7 @@ impl Drop for AbandonOnDrop {
                 reservation: reservation.as_ref().map(|(key, holder)| (key, holder)),
             };
             match store.abandon(step, OffsetDateTime::now_utc()).await {
-                Ok(Some(seq)) => log_decision(&record, Some(seq)),
+                Ok(Some(seq)) => log_decision(&record, Some(seq.0)),
                 Ok(None) => {}
                 Err(err) => {
                     tracing::error!(%request_id, error = %err, "the abandoned request's record could not be written; its reservation lapses with its lease");

@@ -16,8 +16,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::config::{IssuerConfig, format_duration};
-use crate::trust::audit::Reason;
-use crate::trust::store::ReplayKey;
+use crate::trust::outcome::Reason;
 use crate::trust::verify::claims::VerifiedClaims;
 use key::{KeyLookup, LookupError};
 use unverified::UnverifiedToken;
@@ -104,6 +103,15 @@ impl VerifyError {
             VerifyError::KeysUnavailable { .. } => R::IssuerKeysUnavailable,
         }
     }
+}
+
+/// What a CI token is remembered by: (issuer name, `jti`) or (issuer name, SHA-256 of
+/// the signing input).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ReplayKey {
+    pub issuer: String,
+    /// `jti:<value>` or `sha256:<hex>`.
+    pub id: String,
 }
 
 /// A configured issuer with its key cache.

@@ -142,7 +142,7 @@ fn describe_source(source: &SecretSource) -> String {
 fn read_secret(source: &SecretSource) -> Result<SecretString, String> {
     match source {
         SecretSource::File { key, path } => {
-            crate::edges::service::warn_if_readable_by_others(path);
+            crate::config::warn_if_readable_by_others(path);
             let bytes = Zeroizing::new(
                 std::fs::read(path)
                     .map_err(|err| format!("{key}: cannot read {}: {err}", path.display()))?,

@@ -3,46 +3,15 @@
 //! completion). Records are append-only; [`latest_per_request`] gives each request once,
 //! in its latest state.
 
-mod reason;
-
 use std::collections::HashMap;
 
 use serde::Serialize;
 use time::OffsetDateTime;
 
+pub use crate::trust::outcome::{Outcome, Reason};
 use crate::trust::platform::{ClaimNames, IssuerKind};
 use crate::trust::policy::Decision;
 use crate::trust::verify::claims::VerifiedClaims;
-pub use reason::Reason;
-
-/// How a decision ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Outcome {
-    /// A token was handed out.
-    Allow,
-    /// The request was refused because of the caller's token or the policies.
-    Deny,
-    /// tokenmint or a dependency failed; the caller may retry.
-    Error,
-    /// A remote target is being called.
-    Pending,
-    /// `tokenmint doctor` requested a token from a remote target to check it; the token
-    /// was never printed or handed out.
-    Doctor,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Allow => "allow",
-            Outcome::Deny => "deny",
-            Outcome::Error => "error",
-            Outcome::Pending => "pending",
-            Outcome::Doctor => "doctor",
-        }
-    }
-}
 
 /// One audit record. Never holds a token: only the SHA-256 of the one handed out.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -179,7 +148,7 @@ pub fn prefix_at_most(text: &str, max: usize) -> &str {
 /// The decision log: one line per audit record (`seq` is its place in the trail, when it
 /// was written), never a token (only its SHA-256). The exchange's target is logged as
 /// `target_name`: in JSON lines, `target` is the log line's own origin.
-pub fn log_decision(record: &AuditRecord, seq: Option<crate::trust::store::Seq>) {
+pub fn log_decision(record: &AuditRecord, seq: Option<u64>) {
     let message = match record.outcome {
         Outcome::Pending => "exchange pending: calling the target",
         _ => "exchange decided",
@@ -197,7 +166,7 @@ pub fn log_decision(record: &AuditRecord, seq: Option<crate::trust::store::Seq>)
         token_sha256 = record.token_sha256.as_deref().unwrap_or(""),
         token_jti = record.token_jti.as_deref().unwrap_or(""),
         reused = record.reused,
-        audit_seq = seq.map(|seq| seq.0),
+        audit_seq = seq,
         detail = record.detail.as_deref().unwrap_or(""),
         "{message}"
     );

@@ -1,11 +1,38 @@
-//! Why a request ended as it did: one closed list, shared by the audit record, the
-//! decision log and the `reason` label of the exchange metrics.
+//! How and why a request ended: the closed lists ([`Outcome`], [`Reason`]) shared by
+//! the audit record, the decision log and the labels of the exchange metrics.
 
 use std::fmt;
 
 use serde::Serialize;
 
-use super::Outcome;
+/// How a decision ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// A token was handed out.
+    Allow,
+    /// The request was refused because of the caller's token or the policies.
+    Deny,
+    /// tokenmint or a dependency failed; the caller may retry.
+    Error,
+    /// A remote target is being called.
+    Pending,
+    /// `tokenmint doctor` requested a token from a remote target to check it; the token
+    /// was never printed or handed out.
+    Doctor,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::Deny => "deny",
+            Outcome::Error => "error",
+            Outcome::Pending => "pending",
+            Outcome::Doctor => "doctor",
+        }
+    }
+}
 
 /// The closed list of reasons. Adding one is a change to the audit format: document it
 /// in the README's audit section.
