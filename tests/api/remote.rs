@@ -45,13 +45,16 @@ pub fn auth0_target(tenant: &FakeTenant, extra: &str) -> String {
 pub async fn tenant_app(setup: TenantSetup, extra: &str) -> (FakeIssuer, FakeTenant, TestApp) {
     let fake = FakeIssuer::start(Shape::Github).await;
     let tenant = FakeTenant::start(setup).await;
-    let app = AppBuilder::new()
-        .github("github", &fake)
-        .config(&auth0_target(&tenant, extra))
-        .policy("deploy-tenant.yaml", TENANT_POLICY)
-        .spawn()
-        .await;
+    let app = tenant_builder(&fake, &tenant, extra).spawn().await;
     (fake, tenant, app)
+}
+
+/// The builder of [`tenant_app`], for tests that add a store or run several replicas.
+pub fn tenant_builder(fake: &FakeIssuer, tenant: &FakeTenant, extra: &str) -> AppBuilder {
+    AppBuilder::new()
+        .github("github", fake)
+        .config(&auth0_target(tenant, extra))
+        .policy("deploy-tenant.yaml", TENANT_POLICY)
 }
 
 pub fn pkjwt() -> TenantSetup {
@@ -1039,10 +1042,7 @@ async fn a_withheld_token_is_never_reused() {
     store.fail(Step::FinishHandOut);
     let fake = FakeIssuer::start(Shape::Github).await;
     let tenant = FakeTenant::start(pkjwt()).await;
-    let app = AppBuilder::new()
-        .github("github", &fake)
-        .config(&auth0_target(&tenant, "reuse_tokens = true\n"))
-        .policy("deploy-tenant.yaml", TENANT_POLICY)
+    let app = tenant_builder(&fake, &tenant, "reuse_tokens = true\n")
         .store(store.clone())
         .spawn()
         .await;

@@ -223,17 +223,14 @@ async fn a_token_used_on_one_replica_is_refused_on_another() {
 #[tokio::test]
 async fn concurrent_requests_on_two_replicas_reach_the_tenant_once() {
     use crate::fake_auth0::{FakeTenant, Fault};
-    use crate::remote::{TENANT_POLICY, auth0_target, pkjwt};
+    use crate::remote::pkjwt;
     let fake = FakeIssuer::start(Shape::Github).await;
     let tenant = FakeTenant::start(pkjwt()).await;
     tenant.push_fault(Fault::Hang(std::time::Duration::from_millis(300)));
     let store: std::sync::Arc<dyn tokenmint::trust::store::Store> =
         std::sync::Arc::new(tokenmint::adapters::store::MemoryStore::new());
     let replica = || {
-        AppBuilder::new()
-            .github("github", &fake)
-            .config(&auth0_target(&tenant, ""))
-            .policy("deploy-tenant.yaml", TENANT_POLICY)
+        crate::remote::tenant_builder(&fake, &tenant, "")
             .store(store.clone())
             .spawn()
     };

@@ -10,7 +10,7 @@ use sha2::{Digest as _, Sha256};
 use crate::exchange::deploy_builder;
 use crate::fake_auth0::FakeTenant;
 use crate::helpers::*;
-use crate::remote::{TENANT_POLICY, auth0_target, pkjwt};
+use crate::remote::{pkjwt, tenant_builder};
 use tokenmint::trust::audit::{Outcome, Reason};
 
 async fn local_app(store: &Arc<FaultyStore>) -> (FakeIssuer, TestApp) {
@@ -22,10 +22,7 @@ async fn local_app(store: &Arc<FaultyStore>) -> (FakeIssuer, TestApp) {
 async fn remote_app(store: &Arc<FaultyStore>) -> (FakeIssuer, FakeTenant, TestApp) {
     let fake = FakeIssuer::start(Shape::Github).await;
     let tenant = FakeTenant::start(pkjwt()).await;
-    let app = AppBuilder::new()
-        .github("github", &fake)
-        .config(&auth0_target(&tenant, ""))
-        .policy("deploy-tenant.yaml", TENANT_POLICY)
+    let app = tenant_builder(&fake, &tenant, "")
         .store(store.clone())
         .spawn()
         .await;
