@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 
 use crate::adapters::issuer_keys::{
     FileKeySource, HttpKeySource, IssuerKeys, KeyFetchClient, KeySource, KeystoreSettings, Reach,
+    check_configured_jwks_uri,
 };
 use crate::adapters::mint::{LocalMinter, LocalSigner, RemoteMinter};
 use crate::adapters::signing::{KeyRing, SigningAlgorithm, SigningKey};
@@ -97,6 +98,11 @@ impl Service {
         let mut trusted = Vec::new();
         let mut issuer_keys = Vec::new();
         for issuer in config.issuers.values() {
+            if let (None, Some(jwks_uri)) = (&dev, &issuer.jwks_uri) {
+                let reach = Reach::of(&issuer.issuer_url, issuer.allow_private_network);
+                check_configured_jwks_uri(reach, jwks_uri)
+                    .map_err(|err| anyhow::anyhow!("issuers.{}.jwks_uri: {err}", issuer.name))?;
+            }
             let source: Arc<dyn KeySource> = match (&dev, &issuer.jwks_file) {
                 (Some(dev), _) => dev.key_source(),
                 (None, Some(path)) => Arc::new(FileKeySource::new(path.clone())),

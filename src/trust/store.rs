@@ -53,7 +53,8 @@ pub struct Reserve<'a> {
     pub key: &'a ReplayKey,
     pub holder: &'a ReservationId,
     /// After this the reservation lapses (a crashed holder must not block the CI token
-    /// until it expires); a late [`Settle::Consume`] then fails.
+    /// until it expires): another request may then take the CI token over, after which
+    /// the first holder's [`Settle::Consume`] fails. Until another does, it succeeds.
     pub lease_until: OffsetDateTime,
     /// When the replay record may be forgotten once used: `exp + leeway + 60s`.
     pub keep_until: OffsetDateTime,
@@ -97,7 +98,8 @@ pub enum Settle<'a> {
         keep_until: OffsetDateTime,
     },
     /// A remote target's token is handed out: the reservation becomes used. Fails with
-    /// [`Finished::ReservationLost`] unless `holder` still holds it.
+    /// [`Finished::ReservationLost`] unless `holder` still holds it (its lease may have
+    /// lapsed, as long as no other request took the CI token over).
     Consume {
         key: &'a ReplayKey,
         holder: &'a ReservationId,

@@ -116,3 +116,21 @@ async fn a_running_service_picks_up_a_local_key_rotation() {
         "new tokens use the new current key"
     );
 }
+
+/// Security: a configured `jwks_uri` that would send a remote issuer's key fetches to
+/// this host stops the service at start, naming the key.
+#[tokio::test]
+async fn a_remote_issuer_configured_with_a_loopback_jwks_uri_does_not_start() {
+    let err = AppBuilder::new()
+        .config(
+            "[issuers.gitlab]\nissuer = \"https://gitlab.com\"\njwks_uri = \"https://127.0.0.1:9090/jwks\"\n",
+        )
+        .try_spawn()
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(
+        err.to_string(),
+        "issuers.gitlab.jwks_uri: refusing to fetch https://127.0.0.1:9090/jwks: a remote issuer's key fetches may not reach this host"
+    );
+}

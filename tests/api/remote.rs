@@ -1242,3 +1242,56 @@ async fn upstream_text_never_carries_our_credentials() {
         }
     }
 }
+
+/// Security: an endpoint's error code reaches the caller only when it is a known one,
+/// and words of a successful answer quoted in a refusal are scrubbed too: an echoed
+/// secret shaped like an error code, or smuggled into the scope, reaches neither the
+/// caller nor the record.
+#[tokio::test]
+async fn a_secret_in_an_error_code_or_a_scope_reaches_no_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret_file = dir.path().join("secret");
+    // Shaped like an error code (and like an Auth0 client secret).
+    let secret = "AbCdEf0123456789-secret_value.xyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123";
+    std::fs::write(&secret_file, secret).expect("write secret");
+    let extra = format!("client_secret_file = \"{}\"\n", secret_file.display());
+    let (fake, tenant, app) = tenant_app(TenantSetup::secret_post(CLIENT_ID, secret), &extra).await;
+
+    tenant.push_fault(Fault::Status {
+        status: 400,
+        body: json!({"error": secret, "error_description": "x"}).to_string(),
+        headers: vec![("Content-Type".to_owned(), "application/json".to_owned())],
+    });
+    let answer = app
+        .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
+        .await;
+    assert_error(
+        &answer,
+        502,
+        "temporarily_unavailable",
+        "target \"tenant-prod\" rejected the token request (HTTP 400); an operator must check the target's configuration",
+    );
+    assert_eq!(
+        app.last_audit().await.detail.as_deref(),
+        Some("HTTP 400, [REDACTED]: x")
+    );
+
+    tenant.push_fault(Fault::Json(json!({
+        "access_token": "opaque-token", "token_type": "Bearer", "expires_in": 60,
+        "scope": format!("read:clients {secret}"),
+    })));
+    let answer = app
+        .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
+        .await;
+    assert_eq!(answer.status, 502, "{}", answer.text);
+    assert!(!answer.text.contains(secret), "{}", answer.text);
+    let record = app.last_audit().await;
+    assert_eq!(record.reason, "upstream_scope_wider");
+    let detail = record.detail.expect("detail");
+    assert!(
+        detail.ends_with(
+            "; granted \"read:clients update:clients\", the token carries \"read:clients [REDACTED]\" (extra: [REDACTED])"
+        ),
+        "{detail}"
+    );
+}

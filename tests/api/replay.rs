@@ -181,7 +181,8 @@ async fn a_cancelled_request_does_not_use_the_token_up() {
     )
     .await;
     assert!(cancelled.is_err(), "the exchange was still running");
-    // The dropped reservation is released in the background.
+    // Nothing was committed (the store was still waiting), and the in-flight mark is
+    // dropped with the request.
     tokio::task::yield_now().await;
     let retried = app.exchange(&token, "internal-api", &[]).await;
     assert_eq!(retried.status, 200, "{}", retried.text);

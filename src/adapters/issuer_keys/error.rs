@@ -13,6 +13,9 @@ pub enum FetchError {
     /// The URL is neither `https` nor `http` to a loopback host.
     #[error("refusing to fetch {url}: only https, or http to a loopback host, is allowed")]
     InsecureUrl { url: String },
+    /// The URL's host is an address (or a name for one) the issuer's reach forbids.
+    #[error("refusing to fetch {url}: {message}")]
+    ForbiddenAddress { url: String, message: String },
     /// The whole request, body included, did not finish in time.
     #[error("GET {url} timed out after {after:?}")]
     Timeout { url: String, after: Duration },

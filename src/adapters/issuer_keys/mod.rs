@@ -53,7 +53,9 @@ pub use cache::{FetchObserver, FetchOutcome, IssuerKeys, KeysStatus, NoopObserve
 pub use error::{FetchError, KeyError};
 pub use keys::{KeyType, VerificationKey};
 pub use reach::{GuardedResolver, Reach};
-pub use source::{FileKeySource, HttpKeySource, KeyFetchClient, KeySource, USER_AGENT};
+pub use source::{
+    FileKeySource, HttpKeySource, KeyFetchClient, KeySource, USER_AGENT, check_configured_jwks_uri,
+};
 
 /// Default for [`KeystoreSettings::fetch_timeout`].
 pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(5);

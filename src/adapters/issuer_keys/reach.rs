@@ -17,7 +17,8 @@ use url::{Host, Url};
 /// Where an issuer's key fetches may connect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reach {
-    /// The issuer is on loopback (tests, dev mode, a local mirror): no restriction.
+    /// The issuer is on loopback (tests, dev mode, a local mirror): no restriction on
+    /// the addresses it reaches, but its discovery may point key fetches only at loopback.
     Local,
     /// A remote issuer: public unicast addresses only.
     Public,
@@ -70,15 +71,37 @@ impl Reach {
 }
 
 fn refusal(host: &str, ip: IpAddr, range: &str) -> String {
+    let hint = if PRIVATE_RANGES.contains(&range) {
+        " (for an issuer inside your private network, set allow_private_network = true on it)"
+    } else {
+        ""
+    };
     if host == ip.to_string() {
-        format!("refusing to connect to {ip} ({range} address) for a remote issuer's keys")
+        format!("refusing to connect to {ip} ({range} address) for a remote issuer's keys{hint}")
     } else {
         format!(
             "refusing to connect to {host}: it resolves to {ip} ({range} address), which a \
-             remote issuer's key fetches may not reach"
+             remote issuer's key fetches may not reach{hint}"
         )
     }
 }
+
+/// The names of the ranges `allow_private_network` opens.
+const PRIVATE_RANGES: &[&str] = &[
+    "private",
+    "shared (carrier-grade NAT)",
+    "unique local",
+    "site-local",
+];
+
+/// Cloud instance metadata services, refused whatever the reach: they hand out the
+/// host's credentials. (169.254.169.254 is link-local anyway; these are not all.)
+const METADATA_ADDRESSES: &[IpAddr] = &[
+    IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)),
+    IpAddr::V4(Ipv4Addr::new(169, 254, 170, 2)),
+    IpAddr::V4(Ipv4Addr::new(100, 100, 100, 200)),
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254)),
+];
 
 enum Class {
     /// This host, its link, or nothing: never for a remote issuer.
@@ -88,45 +111,66 @@ enum Class {
 }
 
 /// The range `ip` falls in, when it is not public unicast. IPv4 addresses embedded in
-/// IPv6 (mapped `::ffff:a.b.c.d`, NAT64 `64:ff9b::a.b.c.d`) are judged as IPv4.
+/// IPv6 (mapped, SIIT, NAT64, 6to4) are judged as IPv4.
 fn classify(ip: IpAddr) -> Option<Class> {
-    match ip {
+    let canonical = match ip {
+        IpAddr::V6(v6) => embedded_v4(v6).map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    if METADATA_ADDRESSES.contains(&ip) || METADATA_ADDRESSES.contains(&canonical) {
+        return Some(Class::Internal("cloud metadata"));
+    }
+    match canonical {
         IpAddr::V4(v4) => classify_v4(v4),
-        IpAddr::V6(v6) => match embedded_v4(v6) {
-            Some(v4) => classify_v4(v4),
-            None => classify_v6(v6),
-        },
+        IpAddr::V6(v6) => classify_v6(v6),
     }
 }
 
+/// The IPv4 address an IPv6 address stands for: `::ffff:a.b.c.d` (mapped),
+/// `::ffff:0:a.b.c.d` (SIIT), `64:ff9b::a.b.c.d` and `64:ff9b:1::/48` (NAT64), and
+/// `2002:aabb:ccdd::/48` (6to4).
 fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
     if let Some(v4) = v6.to_ipv4_mapped() {
         return Some(v4);
     }
     let s = v6.segments();
-    (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0])
-        .then(|| Ipv4Addr::from((u32::from(s[6]) << 16) | u32::from(s[7])))
+    let from = |high: u16, low: u16| Ipv4Addr::from((u32::from(high) << 16) | u32::from(low));
+    match s {
+        [0, 0, 0, 0, 0xffff, 0, high, low] => Some(from(high, low)),
+        [0x64, 0xff9b, 0, 0, 0, 0, high, low] => Some(from(high, low)),
+        [0x64, 0xff9b, 1, _, _, _, high, low] => Some(from(high, low)),
+        [0x2002, high, low, ..] => Some(from(high, low)),
+        _ => None,
+    }
 }
 
 fn classify_v4(ip: Ipv4Addr) -> Option<Class> {
-    let [a, b, ..] = ip.octets();
-    Some(match (a, b) {
+    let [a, b, c, _] = ip.octets();
+    Some(match (a, b, c) {
         _ if ip.is_loopback() => Class::Internal("loopback"),
-        (0, _) => Class::Internal("unspecified"),
+        (0, _, _) => Class::Internal("unspecified"),
         _ if ip.is_link_local() => Class::Internal("link-local"),
         _ if ip.is_broadcast() || ip.is_multicast() => Class::Internal("multicast"),
-        (240..=255, _) => Class::Internal("reserved"),
+        (240..=255, _, _) | (192, 0, 0) => Class::Internal("reserved"),
+        (192, 0, 2) | (198, 51, 100) | (203, 0, 113) => Class::Internal("documentation"),
+        (198, 18..=19, _) => Class::Internal("benchmarking"),
         _ if ip.is_private() => Class::Private("private"),
-        (100, 64..=127) => Class::Private("shared (carrier-grade NAT)"),
+        (100, 64..=127, _) => Class::Private("shared (carrier-grade NAT)"),
         _ => return None,
     })
 }
 
 fn classify_v6(ip: Ipv6Addr) -> Option<Class> {
-    let first = ip.segments()[0];
+    let s = ip.segments();
+    let first = s[0];
     Some(match first {
         _ if ip.is_loopback() => Class::Internal("loopback"),
         _ if ip.is_unspecified() => Class::Internal("unspecified"),
+        // `::a.b.c.d`, IPv4-compatible: deprecated, never a real issuer's address.
+        0 if s[1..6] == [0, 0, 0, 0, 0] => Class::Internal("IPv4-compatible"),
+        // Teredo tunnels and the documentation prefix.
+        0x2001 if s[1] == 0 => Class::Internal("Teredo"),
+        0x2001 if s[1] == 0x0db8 => Class::Internal("documentation"),
         _ if first & 0xffc0 == 0xfe80 => Class::Internal("link-local"),
         _ if first & 0xff00 == 0xff00 => Class::Internal("multicast"),
         _ if first & 0xfe00 == 0xfc00 => Class::Private("unique local"),
@@ -183,7 +227,8 @@ mod tests {
             ("127.0.0.1", "loopback"),
             ("127.8.0.1", "loopback"),
             ("0.0.0.0", "unspecified"),
-            ("169.254.169.254", "link-local"),
+            ("169.254.169.254", "cloud metadata"),
+            ("169.254.1.1", "link-local"),
             ("224.0.0.1", "multicast"),
             ("255.255.255.255", "multicast"),
             ("10.1.2.3", "private"),
@@ -197,6 +242,17 @@ mod tests {
             ("::ffff:10.0.0.1", "private"),
             ("64:ff9b::7f00:1", "loopback"),
             ("fe80::1", "link-local"),
+            ("::127.0.0.1", "IPv4-compatible"),
+            ("::169.254.169.254", "IPv4-compatible"),
+            ("::ffff:0:127.0.0.1", "loopback"),
+            ("64:ff9b:1::a9fe:a9fe", "cloud metadata"),
+            ("2002:7f00:1::1", "loopback"),
+            ("2002:a9fe:a9fe::1", "cloud metadata"),
+            ("2001:0:4136:e378::1", "Teredo"),
+            ("2001:db8::1", "documentation"),
+            ("192.0.0.8", "reserved"),
+            ("192.0.2.1", "documentation"),
+            ("198.18.0.1", "benchmarking"),
             ("fc00::1", "unique local"),
             ("fd12:3456::1", "unique local"),
             ("ff02::1", "multicast"),
@@ -224,9 +280,18 @@ mod tests {
             "::ffff:127.0.0.1",
             "fe80::1",
             "0.0.0.0",
+            // Metadata services inside otherwise private ranges stay refused.
+            "fd00:ec2::254",
+            "100.100.100.200",
         ] {
             assert!(refused(Reach::PrivateNetwork, ip).is_some(), "{ip}");
         }
+        assert_eq!(
+            Reach::Public.check_url(&Url::parse("https://10.0.0.5/").expect("URL")),
+            Err("refusing to connect to 10.0.0.5 (private address) for a remote issuer's keys \
+                 (for an issuer inside your private network, set allow_private_network = true on it)"
+                .to_owned())
+        );
         assert_eq!(refused(Reach::Local, "127.0.0.1"), None);
     }
 

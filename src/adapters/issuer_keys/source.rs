@@ -112,6 +112,16 @@ fn check_fetchable(url: &Url) -> Result<(), FetchError> {
     }
 }
 
+/// A configured `jwks_uri` of an issuer of `reach`, checked when the service starts: what
+/// [`check_discovered_jwks_uri`] refuses for a remote issuer is refused here too, except
+/// that a loopback issuer may name any URL (the operator chose it).
+pub fn check_configured_jwks_uri(reach: Reach, jwks_uri: &Url) -> Result<(), FetchError> {
+    match reach {
+        Reach::Local => check_fetchable(jwks_uri),
+        _ => check_discovered_jwks_uri(reach, jwks_uri),
+    }
+}
+
 /// A `jwks_uri` read from an issuer's discovery document must be fetchable, and a remote
 /// issuer must not send us into this host's own services (the admin listener, anything
 /// else on loopback) or, without `allow_private_network`, into private networks. Names
@@ -120,9 +130,21 @@ fn check_discovered_jwks_uri(reach: Reach, jwks_uri: &Url) -> Result<(), FetchEr
     check_fetchable(jwks_uri)?;
     let names_loopback =
         matches!(jwks_uri.host(), Some(Host::Domain(name)) if is_localhost_name(name));
-    if reach != Reach::Local && (is_loopback(jwks_uri) || names_loopback) {
-        return Err(FetchError::InsecureUrl {
+    let on_loopback = is_loopback(jwks_uri) || names_loopback;
+    if reach != Reach::Local && on_loopback {
+        return Err(FetchError::ForbiddenAddress {
             url: jwks_uri.to_string(),
+            message: "a remote issuer's key fetches may not reach this host".to_owned(),
+        });
+    }
+    // A loopback issuer's fetches are not restricted, so its discovery document (which a
+    // local mirror may relay from anywhere) must not send them elsewhere.
+    if reach == Reach::Local && !on_loopback {
+        return Err(FetchError::InvalidDiscovery {
+            url: jwks_uri.to_string(),
+            message: "a loopback issuer's discovery may point key fetches only at loopback; \
+                      configure jwks_uri for it instead"
+                .to_owned(),
         });
     }
     check_reach(reach, jwks_uri)
@@ -136,10 +158,12 @@ fn is_localhost_name(name: &str) -> bool {
 
 /// IP literals in a URL never reach the resolver: check them here.
 fn check_reach(reach: Reach, url: &Url) -> Result<(), FetchError> {
-    reach.check_url(url).map_err(|message| FetchError::Request {
-        url: url.to_string(),
-        message,
-    })
+    reach
+        .check_url(url)
+        .map_err(|message| FetchError::ForbiddenAddress {
+            url: url.to_string(),
+            message,
+        })
 }
 
 /// GETs `url` with the bounds of `limits`: the whole exchange within `timeout`, the body
@@ -514,6 +538,10 @@ mod unit {
         );
         assert!(
             check_discovered_jwks_uri(Reach::Local, &parse("http://127.0.0.1:8080/jwks")).is_ok()
+        );
+        assert!(
+            check_discovered_jwks_uri(Reach::Local, &parse("https://keys.example/jwks")).is_err(),
+            "a loopback issuer's discovery cannot send its unrestricted fetches elsewhere"
         );
     }
 

@@ -55,9 +55,10 @@ impl Drop for InFlightGuard {
 const RECENTLY_USED_CAPACITY: u64 = 100_000;
 const RECENTLY_USED_FOR: Duration = Duration::from_secs(3600);
 
-/// CI tokens this process used up.
+/// CI tokens this process used up, remembered by the SHA-256 of their replay key (a
+/// `jti` may be kilobytes long; the digest keeps each entry small).
 pub(super) struct RecentlyUsed {
-    keys: moka::sync::Cache<ReplayKey, ()>,
+    keys: moka::sync::Cache<[u8; 32], ()>,
 }
 
 impl Default for RecentlyUsed {
@@ -73,12 +74,17 @@ impl Default for RecentlyUsed {
 
 impl RecentlyUsed {
     pub fn remember(&self, key: &ReplayKey) {
-        self.keys.insert(key.clone(), ());
+        self.keys.insert(digest(key), ());
     }
 
     pub fn contains(&self, key: &ReplayKey) -> bool {
-        self.keys.contains_key(key)
+        self.keys.contains_key(&digest(key))
     }
+}
+
+/// Issuer names cannot contain NUL, so this encoding is unambiguous.
+fn digest(key: &ReplayKey) -> [u8; 32] {
+    crate::trust::hash::sha256_of_parts([key.issuer.as_bytes(), b"\0", key.id.as_bytes()])
 }
 
 #[cfg(test)]

@@ -268,10 +268,14 @@ impl Exchanger {
             .begin(
                 Begin {
                     record: pending.clone(),
+                    // From the clock now, not the request's start: verification may have
+                    // waited on the issuer's keys, and the lease must cover the whole call.
                     reserve: reserve.map(|(key, keep_until)| Reserve {
                         key,
                         holder: &holder,
-                        lease_until: facts.now + budget + LEASE_MARGIN,
+                        lease_until: OffsetDateTime::now_utc().max(facts.now)
+                            + budget
+                            + LEASE_MARGIN,
                         keep_until,
                     }),
                 },
@@ -297,6 +301,11 @@ impl Exchanger {
 
         let concluded = match minter.mint(grant, facts.now).await {
             Ok(minted) => {
+                // The tenant's token exists now: a request dropped from here on is
+                // completed with its hash, so the tenant's logs can still be matched.
+                abandon.record = facts.record(Ending::Refused(
+                    &Refusal::cancelled().withholding(&minted.sha256),
+                ));
                 let settle = match reserve {
                     Some((key, _)) => Settle::Consume {
                         key,
@@ -314,8 +323,11 @@ impl Exchanger {
                     },
                     None => Settle::Nothing,
                 };
-                self.refuse(facts, Refusal::of_mint(target, err), settle)
-                    .await
+                // Decided: a request dropped from here on is completed with this refusal
+                // (which carries the hash of any token the target issued and we withheld).
+                let refusal = Refusal::of_mint(target, err);
+                abandon.record = facts.record(Ending::Refused(&refusal));
+                self.refuse(facts, refusal, settle).await
             }
         };
         if concluded.seq.is_some() {

@@ -39,6 +39,24 @@ const MIN_ATTEMPT_TIME: Duration = Duration::from_millis(100);
 /// Longest text from the endpoint copied into a log line or audit record.
 const MAX_DETAIL: usize = 300;
 
+/// Error codes a caller may see in a 502's description: RFC 6749 §5.2, RFC 8693 and
+/// RFC 6750, and the ones Auth0 answers with.
+const KNOWN_ERROR_CODES: &[&str] = &[
+    "invalid_request",
+    "invalid_client",
+    "invalid_grant",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "invalid_scope",
+    "invalid_target",
+    "invalid_token",
+    "insufficient_scope",
+    "access_denied",
+    "server_error",
+    "temporarily_unavailable",
+    "too_many_requests",
+];
+
 /// A token the endpoint issued, as it stated it.
 pub struct EndpointToken {
     pub access_token: SecretString,
@@ -410,14 +428,21 @@ impl TokenEndpointClient {
         let (code, description) = error_fields(body);
         // Scrubbed before it is cut, so that no part of a secret survives the cut.
         let description = description.map(|text| sent.redact(&text));
+        // The caller sees the endpoint's error code only when it is a known one; any other
+        // word the endpoint chose (which could be anything, ours included) stays in the log.
         let code_text = code
             .as_deref()
+            .filter(|code| KNOWN_ERROR_CODES.contains(code))
             .map(|c| format!(", {c}"))
+            .unwrap_or_default();
+        let logged_code = code
+            .as_deref()
+            .map(|c| format!(", {}", sent.redact(c)))
             .unwrap_or_default();
         let detail = format!(
             "HTTP {}{}: {}",
             status.as_u16(),
-            code_text,
+            logged_code,
             description
                 .as_deref()
                 .map(bounded)
@@ -646,12 +671,15 @@ fn parse_token_answer(
             );
         }
     };
+    // What the answer says is quoted in refusals' details: scrubbed like every other
+    // word of the endpoint's (a scope carrying our secret is outside the grant anyway).
+    let claim_scope = claim_scope.map(|scope| sent.redact(&scope));
     let scope = match map.get("scope") {
-        Some(Value::String(scope)) => Some(scope.clone()),
+        Some(Value::String(scope)) => Some(sent.redact(scope)),
         Some(_) => return Err("scope is not a string".to_owned()),
         None => claim_scope.clone(),
     };
-    let jti = claim("jti").and_then(Value::as_str).map(bounded);
+    let jti = claim("jti").and_then(Value::as_str).map(quoted);
     Ok(EndpointToken {
         access_token,
         expires_in,
@@ -724,7 +752,7 @@ impl SentSecrets {
                 detail,
             } => EndpointError::Failed {
                 reason,
-                public,
+                public: self.redact(&public),
                 detail: self.redact(&detail),
             },
             EndpointError::RateLimited {
