@@ -14,8 +14,9 @@ pub struct VerifiedClaims {
 }
 
 impl VerifiedClaims {
-    /// Wraps claims that `verify` has checked. Keep this `pub(crate)`.
-    pub(crate) fn from_verified(issuer_name: &str, claims: Map<String, Value>) -> Self {
+    /// Wraps claims that `verify` has checked. `pub(super)`: only `verify`, this module's
+    /// parent, can call it, so the guarantee is the compiler's, not a convention.
+    pub(super) fn from_verified(issuer_name: &str, claims: Map<String, Value>) -> Self {
         Self {
             issuer_name: issuer_name.to_owned(),
             claims,
@@ -26,7 +27,10 @@ impl VerifiedClaims {
     #[cfg(test)]
     pub(crate) fn for_tests(issuer_name: &str, claims: Value) -> Self {
         match claims {
-            Value::Object(map) => Self::from_verified(issuer_name, map),
+            Value::Object(map) => Self {
+                issuer_name: issuer_name.to_owned(),
+                claims: map,
+            },
             other => panic!("test claims must be a JSON object, got {other}"),
         }
     }
