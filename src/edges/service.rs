@@ -98,8 +98,8 @@ impl Service {
         let mut trusted = Vec::new();
         let mut issuer_keys = Vec::new();
         for issuer in config.issuers.values() {
+            let reach = Reach::of(&issuer.issuer_url, issuer.allow_private_network);
             if let (None, Some(jwks_uri)) = (&dev, &issuer.jwks_uri) {
-                let reach = Reach::of(&issuer.issuer_url, issuer.allow_private_network);
                 check_configured_jwks_uri(reach, jwks_uri)
                     .map_err(|err| anyhow::anyhow!("issuers.{}.jwks_uri: {err}", issuer.name))?;
             }
@@ -107,18 +107,14 @@ impl Service {
                 (Some(dev), _) => dev.key_source(),
                 (None, Some(path)) => Arc::new(FileKeySource::new(path.clone())),
                 (None, None) => Arc::new(HttpKeySource::new(
-                    match clients.entry(Reach::of(&issuer.issuer_url, issuer.allow_private_network))
-                    {
-                        std::collections::hash_map::Entry::Occupied(entry) => entry.get().clone(),
-                        std::collections::hash_map::Entry::Vacant(entry) => entry
-                            .insert(
-                                KeyFetchClient::new(Reach::of(
-                                    &issuer.issuer_url,
-                                    issuer.allow_private_network,
-                                ))
-                                .context("building the HTTP client for issuer keys")?,
-                            )
-                            .clone(),
+                    match clients.get(&reach) {
+                        Some(client) => client.clone(),
+                        None => {
+                            let client = KeyFetchClient::new(reach)
+                                .context("building the HTTP client for issuer keys")?;
+                            clients.insert(reach, client.clone());
+                            client
+                        }
                     },
                     issuer.issuer_url.clone(),
                     issuer.jwks_uri.clone(),

@@ -169,9 +169,6 @@ pub enum StoreError {
     /// A step could not be made durable; it did not happen.
     #[error("store failure: {0}")]
     Write(#[source] BoxError),
-    /// Records could not be read.
-    #[error("store read failure: {0}")]
-    Read(#[source] BoxError),
     /// A writer panicked while holding the in-memory store's lock.
     #[error("store failure: the in-memory store's lock is poisoned")]
     Poisoned,

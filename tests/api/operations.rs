@@ -310,7 +310,7 @@ fn decisions_are_logged_as_json_lines_without_tokens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_trace_level_no_credential_reaches_the_log() {
     use crate::fake_auth0::{FakeTenant, Fault, TenantSetup};
-    use crate::remote::{CLIENT_ID, TENANT_POLICY, key_path};
+    use crate::remote::{CLIENT_ID, TENANT_POLICY, key_path, secret_file_credential};
     let fake = FakeIssuer::start(Shape::Github).await;
     let secret = "s3cr3t+value/with:odd%chars~&more=";
     let dir = tempfile::tempdir().expect("tempdir");
@@ -320,20 +320,15 @@ async fn at_trace_level_no_credential_reaches_the_log() {
         TENANT_POLICY,
     )
     .expect("policy");
-    let secret_file = dir.path().join("secret");
-    std::fs::write(&secret_file, secret).expect("secret");
     let mut sent = Vec::new();
     for (setup, credential) in [
         (
             TenantSetup::secret_post(CLIENT_ID, secret),
-            format!("client_secret_file = \"{}\"\n", secret_file.display()),
+            secret_file_credential(dir.path(), secret, "client_secret_post"),
         ),
         (
             TenantSetup::secret_basic(CLIENT_ID, secret),
-            format!(
-                "client_secret_file = \"{}\"\nauth_method = \"client_secret_basic\"\n",
-                secret_file.display()
-            ),
+            secret_file_credential(dir.path(), secret, "client_secret_basic"),
         ),
         (
             TenantSetup::private_key_jwt(CLIENT_ID, "auth0-client.pem", "RS256"),

@@ -27,6 +27,17 @@ pub fn key_path(name: &str) -> String {
     format!("{}/tests/data/keys/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Writes `contents` to the file `secret` in `dir` and returns the target keys that
+/// authenticate with it by `method` (`client_secret_post` or `client_secret_basic`).
+pub fn secret_file_credential(dir: &std::path::Path, contents: &str, method: &str) -> String {
+    let file = dir.join("secret");
+    std::fs::write(&file, contents).expect("write secret");
+    format!(
+        "client_secret_file = \"{}\"\nauth_method = \"{method}\"\n",
+        file.display()
+    )
+}
+
 /// `[targets.tenant-prod]`, an auth0 target on `tenant` with the PKCS#8 client key,
 /// plus `extra` lines (which may replace the credential: then pass `credential = false`).
 pub fn auth0_target(tenant: &FakeTenant, extra: &str) -> String {
@@ -229,10 +240,8 @@ async fn rs384_ps256_and_pkcs1_keys_sign_accepted_assertions() {
 #[tokio::test]
 async fn client_secret_post_and_basic_authenticate() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let secret_file = dir.path().join("secret");
     // Reserved characters: Basic credentials are form-urlencoded first (RFC 6749 §2.3.1).
     let secret = "s3cr3t+value/with:odd%chars~";
-    std::fs::write(&secret_file, format!("{secret}\n")).expect("write secret");
     for (setup, method) in [
         (
             TenantSetup::secret_post(CLIENT_ID, secret),
@@ -243,10 +252,7 @@ async fn client_secret_post_and_basic_authenticate() {
             "client_secret_basic",
         ),
     ] {
-        let extra = format!(
-            "client_secret_file = \"{}\"\nauth_method = \"{method}\"\n",
-            secret_file.display()
-        );
+        let extra = secret_file_credential(dir.path(), &format!("{secret}\n"), method);
         let (fake, tenant, app) = tenant_app(setup, &extra).await;
         let answer = app
             .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
@@ -275,10 +281,8 @@ async fn client_secret_post_and_basic_authenticate() {
 #[tokio::test]
 async fn a_wrong_client_secret_is_a_502_naming_the_operator_fix() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let secret_file = dir.path().join("secret");
-    std::fs::write(&secret_file, "wrong").expect("write secret");
     let setup = TenantSetup::secret_post(CLIENT_ID, "right");
-    let extra = format!("client_secret_file = \"{}\"\n", secret_file.display());
+    let extra = secret_file_credential(dir.path(), "wrong", "client_secret_post");
     let (fake, tenant, app) = tenant_app(setup, &extra).await;
     let answer = app
         .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
@@ -1176,15 +1180,8 @@ async fn a_tenant_clock_ahead_does_not_stretch_the_lifetime() {
 #[tokio::test]
 async fn upstream_text_never_carries_our_credentials() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let secret_file = dir.path().join("secret");
     let secret = "s3cr3t+value/with:odd%chars~&more=";
-    std::fs::write(&secret_file, secret).expect("write secret");
-    let secret_config = |method: &str| {
-        format!(
-            "client_secret_file = \"{}\"\nauth_method = \"{method}\"\n",
-            secret_file.display()
-        )
-    };
+    let secret_config = |method: &str| secret_file_credential(dir.path(), secret, method);
     let form_prefix = format!("grant_type=client_credentials&client_id={CLIENT_ID}");
     let form_suffix = "audience=https%3A%2F%2Facme.eu.auth0.com%2Fapi%2Fv2%2F&scope=read%3Aclients+update%3Aclients";
     for (setup, extra, expected) in [
@@ -1250,11 +1247,9 @@ async fn upstream_text_never_carries_our_credentials() {
 #[tokio::test]
 async fn a_secret_in_an_error_code_or_a_scope_reaches_no_one() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let secret_file = dir.path().join("secret");
     // Shaped like an error code (and like an Auth0 client secret).
     let secret = "AbCdEf0123456789-secret_value.xyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123";
-    std::fs::write(&secret_file, secret).expect("write secret");
-    let extra = format!("client_secret_file = \"{}\"\n", secret_file.display());
+    let extra = secret_file_credential(dir.path(), secret, "client_secret_post");
     let (fake, tenant, app) = tenant_app(TenantSetup::secret_post(CLIENT_ID, secret), &extra).await;
 
     tenant.push_fault(Fault::Status {

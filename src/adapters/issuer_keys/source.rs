@@ -61,10 +61,6 @@ impl KeyFetchClient {
             reach,
         })
     }
-
-    pub fn reach(&self) -> Reach {
-        self.reach
-    }
 }
 
 /// Why the redirect policy stopped a request; recovered from the `reqwest::Error` chain.

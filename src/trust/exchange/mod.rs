@@ -39,7 +39,6 @@ use crate::trust::store::{
 };
 use crate::trust::verify::Verifier;
 use in_flight::{InFlight, RecentlyUsed};
-pub use record::MAX_RECORDED_TEXT;
 use record::{Ending, Facts};
 pub use refusal::{Denial, ExchangeError, Refusal, generic_denial};
 
@@ -83,13 +82,6 @@ pub struct Issued {
 /// Sees how every answered exchange ended (metrics implement it).
 pub trait ExchangeObserver: Send + Sync + 'static {
     fn concluded(&self, outcome: Outcome, reason: Reason, seconds: f64);
-}
-
-/// Observes nothing.
-pub struct NoExchangeObserver;
-
-impl ExchangeObserver for NoExchangeObserver {
-    fn concluded(&self, _outcome: Outcome, _reason: Reason, _seconds: f64) {}
 }
 
 /// A target as the exchange needs it.

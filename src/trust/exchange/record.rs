@@ -15,7 +15,7 @@ use crate::trust::policy::Decision;
 use crate::trust::verify::claims::VerifiedClaims;
 
 /// Longest attacker-controlled text copied into an audit record or log field.
-pub const MAX_RECORDED_TEXT: usize = 512;
+const MAX_RECORDED_TEXT: usize = 512;
 
 /// What the exchange has learnt about one request so far.
 pub(super) struct Facts<'a> {

@@ -260,13 +260,13 @@ impl PolicySet {
         claims: &VerifiedClaims,
         target: &str,
     ) -> NearestForOperator {
-        let candidates: Vec<&Arc<CompiledPolicy>> = self
-            .all_for(claims.issuer_name(), target)
-            .into_iter()
-            .filter(|policy| policy.enabled() && policy.mode() == Mode::Enforce)
-            .collect();
-        let decision = candidates
-            .iter()
+        let all = self.all_for(claims.issuer_name(), target);
+        let candidates = || {
+            all.iter()
+                .filter(|policy| policy.enabled() && policy.mode() == Mode::Enforce)
+        };
+        let of = candidates().count();
+        let decision = candidates()
             .take(OPERATOR_NEAREST_LIMIT)
             .map(|policy| policy.evaluate(claims))
             .min_by(|a, b| {
@@ -277,8 +277,8 @@ impl PolicySet {
             });
         NearestForOperator {
             decision,
-            looked_at: candidates.len().min(OPERATOR_NEAREST_LIMIT),
-            of: candidates.len(),
+            looked_at: of.min(OPERATOR_NEAREST_LIMIT),
+            of,
         }
     }
 
