@@ -55,8 +55,13 @@ pub struct ServerConfig {
 
 #[derive(Debug, Clone)]
 pub struct StorageConfig {
-    /// `None` in dev mode: state and keys are in memory.
+    /// `None` in dev mode: state and keys are in memory. Otherwise the SQLite store (unless
+    /// `database_url` is set) and the local signing keys live here.
     pub data_dir: Option<PathBuf>,
+    /// PostgreSQL, shared by replicas; never carries a password.
+    pub database_url: Option<String>,
+    /// Audit records older than this are purged.
+    pub audit_retention: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -65,6 +65,8 @@ struct RawStorage {
     #[serde(default = "default_data_dir")]
     data_dir: PathBuf,
     database_url: Option<String>,
+    #[serde(default = "default_audit_retention")]
+    audit_retention: HumanDuration,
 }
 
 impl Default for RawStorage {
@@ -72,8 +74,13 @@ impl Default for RawStorage {
         Self {
             data_dir: default_data_dir(),
             database_url: None,
+            audit_retention: default_audit_retention(),
         }
     }
+}
+
+fn default_audit_retention() -> HumanDuration {
+    HumanDuration::secs(400 * 24 * 3600)
 }
 
 fn default_data_dir() -> PathBuf {
@@ -290,10 +297,16 @@ impl RawConfig {
             ));
         }
 
-        if self.storage.database_url.is_some() {
+        if let Some(url) = &self.storage.database_url {
+            check_database_url(url).map_err(|why| fail("storage.database_url", why))?;
+        }
+        if self.storage.audit_retention.get() < Duration::from_secs(24 * 3600) {
             return Err(fail(
-                "storage.database_url",
-                "PostgreSQL storage is not available in this version; remove the key to use the built-in store".to_owned(),
+                "storage.audit_retention",
+                format!(
+                    "{} is shorter than a day; audit records are evidence, keep them at least a day (default \"400d\")",
+                    self.storage.audit_retention
+                ),
             ));
         }
 
@@ -468,6 +481,8 @@ impl RawConfig {
             },
             storage: StorageConfig {
                 data_dir: Some(self.storage.data_dir),
+                database_url: self.storage.database_url,
+                audit_retention: self.storage.audit_retention.get(),
             },
             policies: PoliciesConfig {
                 dir: self.policies.dir,
@@ -503,4 +518,29 @@ pub(crate) fn normalise_public_url(text: &str) -> Result<String, String> {
         normalised.pop();
     }
     Ok(normalised)
+}
+
+/// A PostgreSQL URL, without a password: secrets never appear in configuration (the
+/// password comes from `PGPASSWORD` or a `.pgpass` file, as for every PostgreSQL client).
+fn check_database_url(text: &str) -> Result<(), String> {
+    let url = url::Url::parse(text).map_err(|err| {
+        format!("is not a URL like \"postgres://tokenmint@db.example.com/tokenmint\" ({err})")
+    })?;
+    if !matches!(url.scheme(), "postgres" | "postgresql") {
+        return Err(format!(
+            "must be a postgres:// URL (got {}://); the embedded SQLite store needs no URL, only storage.data_dir",
+            url.scheme()
+        ));
+    }
+    if url.password().is_some() {
+        return Err(
+            "carries a password; secrets never appear in configuration: set PGPASSWORD or PGPASSFILE in the service's environment instead".to_owned(),
+        );
+    }
+    if url.query_pairs().any(|(key, _)| key == "password") {
+        return Err(
+            "carries a password parameter; set PGPASSWORD or PGPASSFILE in the service's environment instead".to_owned(),
+        );
+    }
+    Ok(())
 }

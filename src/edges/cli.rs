@@ -176,7 +176,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let metrics = Arc::new(Metrics::new());
-    let service = Service::build(config, metrics).await?;
+    let service = Service::open(config, metrics).await?;
     if service.config.dev {
         announce_dev_mode(&service.config.server.public_url);
     }
@@ -264,10 +264,21 @@ fn doctor(config: Option<PathBuf>, no_mint: bool) -> anyhow::Result<ExitCode> {
         listen: None,
     })?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    // The doctor's requests are audit records; until the persistent store lands they
-    // reach the decision log (stderr), which is the durable copy.
-    let store = Arc::new(crate::adapters::store::MemoryStore::new());
-    let report = runtime.block_on(crate::edges::doctor::run(&config, !no_mint, store));
+    // The doctor's token requests are audit records (outcome `doctor`), in the same store
+    // as the service's.
+    let report = runtime.block_on(async {
+        let store: Arc<dyn crate::trust::store::Store> = match service::store_location(&config) {
+            Some(location) => Arc::new(
+                crate::adapters::store::SqlStore::open(
+                    location,
+                    Arc::new(crate::adapters::store::NoCommitObserver),
+                )
+                .await?,
+            ),
+            None => Arc::new(crate::adapters::store::MemoryStore::new()),
+        };
+        anyhow::Ok(crate::edges::doctor::run(&config, !no_mint, store).await)
+    })?;
     print!("{}", report.render());
     Ok(if report.failed() {
         ExitCode::from(1)

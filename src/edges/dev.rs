@@ -167,7 +167,11 @@ pub fn dev_config(listen: SocketAddr) -> anyhow::Result<Config> {
             admin_listen: None,
             behind_tls_proxy: false,
         },
-        storage: StorageConfig { data_dir: None },
+        storage: StorageConfig {
+            data_dir: None,
+            database_url: None,
+            audit_retention: Duration::from_secs(400 * 24 * 3600),
+        },
         policies: PoliciesConfig {
             dir: PathBuf::from("./policies"),
             max_stale: Duration::from_secs(15 * 60),

@@ -1,5 +1,5 @@
 //! Prometheus metrics: exchanges by outcome and reason, exchange latency, JWKS fetches,
-//! and calls to remote targets' token endpoints. Label values of closed lists are
+//! calls to remote targets' token endpoints, and the store's commits. Label values of closed lists are
 //! `&'static str`; names from the configuration are shared `Arc<str>`s, so counting
 //! allocates nothing on the request path once a series exists.
 
@@ -15,6 +15,7 @@ use prometheus_client::registry::Registry;
 
 use crate::adapters::issuer_keys::{FetchObserver, FetchOutcome};
 use crate::adapters::mint::remote::UpstreamObserver;
+use crate::adapters::store::CommitObserver;
 use crate::trust::audit::{Outcome, Reason};
 use crate::trust::exchange::ExchangeObserver;
 
@@ -44,6 +45,8 @@ pub struct Metrics {
     jwks_fetches: Family<FetchLabels, Counter>,
     upstream: Family<UpstreamLabels, Counter>,
     upstream_latency: Family<UpstreamLabels, Histogram>,
+    records_per_commit: Histogram,
+    commit_latency: Histogram,
     /// Issuer and target names as shared label values, made once per name.
     names: RwLock<HashMap<String, Arc<str>>>,
 }
@@ -91,8 +94,25 @@ impl Metrics {
             "Duration of HTTP attempts at remote targets' token endpoints",
             upstream_latency.clone(),
         );
+        let records_per_commit =
+            Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]);
+        registry.register(
+            "store_records_per_commit",
+            "Audit records per transaction of the SQLite writer (group commit)",
+            records_per_commit.clone(),
+        );
+        let commit_latency = Histogram::new([
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ]);
+        registry.register(
+            "store_commit_duration_seconds",
+            "Duration of the SQLite writer's transactions, fsync included",
+            commit_latency.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
+            records_per_commit,
+            commit_latency,
             exchanges,
             latency,
             jwks_fetches,
@@ -141,6 +161,13 @@ impl Metrics {
             let _ = encode(&mut out, &registry);
         }
         out
+    }
+}
+
+impl CommitObserver for Metrics {
+    fn committed(&self, records: usize, took: std::time::Duration) {
+        self.records_per_commit.observe(records as f64);
+        self.commit_latency.observe(took.as_secs_f64());
     }
 }
 

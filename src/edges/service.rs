@@ -18,7 +18,7 @@ use crate::adapters::issuer_keys::{
 };
 use crate::adapters::mint::{LocalMinter, LocalSigner, RemoteMinter};
 use crate::adapters::signing::{KeyRing, SigningAlgorithm, SigningKey};
-use crate::adapters::store::MemoryStore;
+use crate::adapters::store::{Location, MemoryStore, SqlStore, spawn_maintenance};
 use crate::config::{Config, IssuerConfig, TargetConfig, TargetKindConfig};
 use crate::edges::dev::{self, DevIssuer};
 use crate::edges::http::{AppState, Published, admin_router, router};
@@ -39,7 +39,19 @@ pub struct Service {
     pub config: Config,
     /// Policy hot reload (not in dev mode).
     pub reloader: Option<Arc<PolicyReloader>>,
+    /// The durable store, when the service runs on one (not in dev mode or tests).
+    pub durable: Option<Arc<SqlStore>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Where the configuration keeps state: PostgreSQL with `storage.database_url`, else the
+/// SQLite file in `storage.data_dir`; `None` (in memory) in dev mode.
+pub fn store_location(config: &Config) -> Option<Location> {
+    match (&config.storage.database_url, &config.storage.data_dir) {
+        (Some(url), _) => Some(Location::Postgres(url.clone())),
+        (None, Some(dir)) => Some(Location::DataDir(dir.clone())),
+        (None, None) => None,
+    }
 }
 
 impl Drop for Service {
@@ -63,6 +75,13 @@ pub fn load_policies(config: &Config, dir: &Path) -> Result<PolicySet, Vec<Strin
 }
 
 impl Service {
+    /// Builds the service on the store its configuration names (in memory in dev mode),
+    /// with the store's background purges and checkpoints. The store is opened after
+    /// policies, issuers and keys loaded, so a broken configuration creates nothing.
+    pub async fn open(config: Config, metrics: Arc<Metrics>) -> anyhow::Result<Service> {
+        Self::assemble(config, metrics, None).await
+    }
+
     /// Builds the service with the in-memory store.
     pub async fn build(config: Config, metrics: Arc<Metrics>) -> anyhow::Result<Service> {
         Self::build_with_store(config, metrics, Arc::new(MemoryStore::new())).await
@@ -74,6 +93,14 @@ impl Service {
         config: Config,
         metrics: Arc<Metrics>,
         store: Arc<dyn Store>,
+    ) -> anyhow::Result<Service> {
+        Self::assemble(config, metrics, Some(store)).await
+    }
+
+    async fn assemble(
+        config: Config,
+        metrics: Arc<Metrics>,
+        store: Option<Arc<dyn Store>>,
     ) -> anyhow::Result<Service> {
         let mut tasks = Vec::new();
         let dev = if config.dev {
@@ -178,6 +205,24 @@ impl Service {
                 },
             );
         }
+        let (store, durable): (Arc<dyn Store>, _) = match (store, store_location(&config)) {
+            (Some(store), _) => (store, None),
+            (None, None) => (Arc::new(MemoryStore::new()), None),
+            (None, Some(location)) => {
+                let durable = Arc::new(SqlStore::open(location, metrics.clone()).await?);
+                tracing::info!(
+                    backend = durable.backend().name(),
+                    store = %durable.location().describe(),
+                    replica = %durable.replica(),
+                    "audit and replay store open"
+                );
+                tasks.push(spawn_maintenance(
+                    durable.clone(),
+                    config.storage.audit_retention,
+                ));
+                (durable.clone(), Some(durable))
+            }
+        };
         let exchanger = Arc::new(Exchanger::new(
             Verifier::new(trusted),
             policies.clone(),
@@ -216,6 +261,7 @@ impl Service {
             state,
             config,
             reloader,
+            durable,
             tasks,
         })
     }
@@ -254,6 +300,10 @@ impl Service {
             .await
             .context("serving HTTP")?;
         drop(stop_rx);
+        if let Some(durable) = &self.durable {
+            // The last word of this run's chain, for `audit verify --checkpoint`.
+            durable.log_checkpoint().await;
+        }
         Ok(())
     }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 pub use crate::trust::outcome::{Outcome, Reason};
@@ -14,7 +14,7 @@ use crate::trust::policy::Decision;
 use crate::trust::verify::claims::VerifiedClaims;
 
 /// One audit record. Never holds a token: only the SHA-256 of the one handed out.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditRecord {
     pub request_id: String,
     #[serde(with = "time::serde::rfc3339")]
@@ -112,7 +112,12 @@ impl AuditRecord {
     /// Copies the job's identifying claims, as the issuer's platform names them (GitLab's
     /// `project_path` fills `repository` and `ref_path` fills `ref`, for example).
     pub fn set_workload(&mut self, claims: &VerifiedClaims, kind: IssuerKind) {
-        let first = |names: ClaimNames| names.iter().find_map(|name| claim_text(claims, name));
+        let first = |names: ClaimNames| {
+            names
+                .iter()
+                .find_map(|name| claim_text(claims, name))
+                .map(|text| bounded(&text))
+        };
         let from = &kind.platform().workload;
         self.issuer = Some(claims.issuer_name().to_owned());
         self.subject = claim_text(claims, "sub");
@@ -131,6 +136,19 @@ impl AuditRecord {
         self.pipeline_id = first(from.pipeline_id);
         self.job_id = first(from.job_id);
     }
+}
+
+/// Longest text copied from a request or a token into an audit record or log field, so
+/// that no request can make a record larger than a few KiB.
+pub const MAX_RECORDED_TEXT: usize = 512;
+
+/// Cuts `text` to [`MAX_RECORDED_TEXT`] bytes (on a character boundary), marking the cut.
+pub fn bounded(text: &str) -> String {
+    if text.len() <= MAX_RECORDED_TEXT {
+        return text.to_owned();
+    }
+    let kept = prefix_at_most(text, MAX_RECORDED_TEXT);
+    format!("{kept}… ({} bytes)", text.len())
 }
 
 /// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.

@@ -199,7 +199,7 @@ pub trait Store: Send + Sync + 'static {
         key: &ReplayKey,
         now: OffsetDateTime,
     ) -> Result<Option<ReplayRecord>, StoreError>;
-    /// Every audit record, in append order.
+    /// Every audit record, in append order (chain after chain when replicas share a store).
     async fn audit_records(&self) -> Result<Vec<AuditRecord>, StoreError>;
     /// Whether the store can take writes (readiness).
     async fn healthy(&self) -> bool;

@@ -17,6 +17,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value, json};
 use tower::ServiceExt as _;
 
+use crate::stores::{TestStore, postgres_url};
 use time::OffsetDateTime;
 use tokenmint::adapters::signing::{SigningAlgorithm, SigningKey, jws};
 use tokenmint::adapters::store::MemoryStore;
@@ -301,6 +302,28 @@ impl AppBuilder {
     }
 
     pub async fn try_spawn(self) -> anyhow::Result<TestApp> {
+        let test_store = match self.store {
+            Some(_) => None,
+            None => Some(TestStore::from_env()),
+        };
+        let database_url = match test_store {
+            Some(TestStore::Postgres) => Some(
+                postgres_url()
+                    .await
+                    .expect("TOKENMINT_TEST_STORE=postgres needs TOKENMINT_TEST_DATABASE_URL"),
+            ),
+            _ => None,
+        };
+        self.spawn_on(test_store, database_url).await
+    }
+
+    /// Spawns on the store given to [`AppBuilder::store`], or else on `test_store` (with
+    /// PostgreSQL at `database_url`).
+    pub async fn spawn_on(
+        self,
+        test_store: Option<TestStore>,
+        database_url: Option<String>,
+    ) -> anyhow::Result<TestApp> {
         let dir = tempfile::tempdir().expect("tempdir");
         let policies_dir = dir.path().join("policies");
         let data_dir = dir.path().join("data");
@@ -308,8 +331,11 @@ impl AppBuilder {
         for (file, yaml) in &self.policies {
             std::fs::write(policies_dir.join(file), yaml).expect("write policy");
         }
+        let database_url = database_url
+            .map(|url| format!("database_url = \"{url}\"\n"))
+            .unwrap_or_default();
         let toml = format!(
-            "[server]\npublic_url = \"{PUBLIC_URL}\"\nadmin_listen = \"\"\n\n[storage]\ndata_dir = \"{}\"\n\n[policies]\ndir = \"{}\"\n{}\n{}",
+            "[server]\npublic_url = \"{PUBLIC_URL}\"\nadmin_listen = \"\"\n\n[storage]\ndata_dir = \"{}\"\n{database_url}\n[policies]\ndir = \"{}\"\n{}\n{}",
             data_dir.display(),
             policies_dir.display(),
             self.policies_section,
@@ -321,8 +347,16 @@ impl AppBuilder {
             file: Some(config_file),
             listen: None,
         })?;
-        let store = self.store.unwrap_or_else(|| Arc::new(MemoryStore::new()));
-        let service = Service::build_with_store(config, Arc::new(Metrics::new()), store).await?;
+        let metrics = Arc::new(Metrics::new());
+        let service = match (self.store, test_store) {
+            (Some(store), _) => Service::build_with_store(config, metrics, store).await?,
+            (None, Some(TestStore::Memory) | None) => {
+                Service::build_with_store(config, metrics, Arc::new(MemoryStore::new())).await?
+            }
+            (None, Some(TestStore::Sqlite | TestStore::Postgres)) => {
+                Service::open(config, metrics).await?
+            }
+        };
         let router = tokenmint::edges::http::router(service.state.clone());
         Ok(TestApp {
             service,

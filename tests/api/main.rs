@@ -17,4 +17,5 @@ mod remote;
 mod remote_config;
 mod replay;
 mod store_faults;
+mod stores;
 mod verification;

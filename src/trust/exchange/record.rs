@@ -8,14 +8,11 @@ use time::OffsetDateTime;
 
 use super::ExchangeRequest;
 use super::refusal::Refusal;
-use crate::trust::audit::{AuditRecord, Reason, prefix_at_most};
+use crate::trust::audit::{AuditRecord, Reason, bounded};
 use crate::trust::mint::MintedToken;
 use crate::trust::platform::IssuerKind;
 use crate::trust::policy::Decision;
 use crate::trust::verify::claims::VerifiedClaims;
-
-/// Longest attacker-controlled text copied into an audit record or log field.
-const MAX_RECORDED_TEXT: usize = 512;
 
 /// What the exchange has learnt about one request so far.
 pub(super) struct Facts<'a> {
@@ -90,13 +87,4 @@ impl Facts<'_> {
         }
         Arc::new(record)
     }
-}
-
-/// Cuts `text` to [`MAX_RECORDED_TEXT`] bytes (on a character boundary), marking the cut.
-pub(super) fn bounded(text: &str) -> String {
-    if text.len() <= MAX_RECORDED_TEXT {
-        return text.to_owned();
-    }
-    let kept = prefix_at_most(text, MAX_RECORDED_TEXT);
-    format!("{kept}… ({} bytes)", text.len())
 }

@@ -4,12 +4,12 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::matcher::quote;
 
 /// The outcome of evaluating one policy on one token's claims.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
     /// The policy's name.
     pub policy: String,
@@ -21,7 +21,7 @@ pub struct Decision {
 }
 
 /// One condition of a [`Decision`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConditionOutcome {
     /// The claim's name.
     pub claim: Arc<str>,

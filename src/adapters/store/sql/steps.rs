@@ -1,0 +1,538 @@
+//! The store's steps in SQL, written once for both databases: each [`Op`] is applied
+//! inside a transaction the caller opened (a SQLite batch, or one PostgreSQL transaction),
+//! and answers as the trust core's [`Store`](crate::trust::store::Store) promises.
+//!
+//! Taking a CI token is an `INSERT ... ON CONFLICT DO NOTHING` on its primary key, then a
+//! locked read of the row that is there: two replicas racing with one CI token serialise
+//! on that key, so at most one of them marks it used.
+
+use std::sync::Arc;
+
+use sqlx::{AnyConnection, Row};
+use time::OffsetDateTime;
+
+use super::{Backend, micros};
+use crate::adapters::store::chain::link_hash;
+use crate::trust::audit::AuditRecord;
+use crate::trust::store::{
+    Abandon, Begin, Begun, Finish, Finished, ReplayKey, Seq, Settle, StoreError,
+};
+
+/// A store step with everything it borrows copied, so it can wait in a writer's queue.
+#[derive(Debug)]
+pub(super) enum Op {
+    Begin {
+        record: Arc<AuditRecord>,
+        reserve: Option<Claim>,
+    },
+    Finish {
+        record: Arc<AuditRecord>,
+        settle: OwnedSettle,
+    },
+    Abandon {
+        request_id: String,
+        record: Arc<AuditRecord>,
+        reservation: Option<(String, String)>,
+    },
+    /// Forget up to `limit` replay rows that expired before `now`.
+    PurgeReplay { limit: i64 },
+    /// Purge records older than `before` from the oldest end of every chain, up to
+    /// `limit` per chain, moving each chain's anchor.
+    PurgeAudit { before: OffsetDateTime, limit: i64 },
+    /// Nothing but a write transaction: is the database writable?
+    Probe,
+}
+
+/// A reservation or use to write into a CI token's replay row.
+#[derive(Debug, Clone)]
+pub(super) struct Claim {
+    pub key: String,
+    pub holder: Option<String>,
+    pub lease_until: Option<i64>,
+    pub keep_until: i64,
+}
+
+#[derive(Debug)]
+pub(super) enum OwnedSettle {
+    Nothing,
+    Unused(String),
+    Use(Claim),
+    Consume { key: String, holder: String },
+    Release { key: String, holder: String },
+}
+
+/// What a step answered.
+#[derive(Debug)]
+pub(super) enum Answer {
+    Begun(Begun),
+    Finished(Finished),
+    Abandoned(Option<Seq>),
+    Purged(u64),
+    Probed,
+}
+
+impl Answer {
+    pub(super) fn unexpected(self) -> StoreError {
+        StoreError::Write(format!("the store answered a step with {self:?}").into())
+    }
+}
+
+/// The replay row's primary key: the SHA-256 of the issuer and the token's id, so that
+/// a long `jti` cannot make a row large.
+pub(super) fn replay_key_hash(key: &ReplayKey) -> String {
+    hex::encode(crate::trust::hash::sha256_of_parts([
+        key.issuer.as_bytes(),
+        b"\n",
+        key.id.as_bytes(),
+    ]))
+}
+
+impl Op {
+    pub(super) fn begin(step: Begin<'_>) -> Op {
+        Op::Begin {
+            record: step.record,
+            reserve: step.reserve.map(|r| Claim {
+                key: replay_key_hash(r.key),
+                holder: Some(r.holder.0.clone()),
+                lease_until: Some(micros(r.lease_until)),
+                keep_until: micros(r.keep_until),
+            }),
+        }
+    }
+
+    pub(super) fn finish(step: Finish<'_>) -> Op {
+        let settle = match step.settle {
+            Settle::Nothing => OwnedSettle::Nothing,
+            Settle::Unused(key) => OwnedSettle::Unused(replay_key_hash(key)),
+            Settle::Use { key, keep_until } => OwnedSettle::Use(Claim {
+                key: replay_key_hash(key),
+                holder: None,
+                lease_until: None,
+                keep_until: micros(keep_until),
+            }),
+            Settle::Consume { key, holder } => OwnedSettle::Consume {
+                key: replay_key_hash(key),
+                holder: holder.0.clone(),
+            },
+            Settle::Release { key, holder } => OwnedSettle::Release {
+                key: replay_key_hash(key),
+                holder: holder.0.clone(),
+            },
+        };
+        Op::Finish {
+            record: step.record,
+            settle,
+        }
+    }
+
+    pub(super) fn abandon(step: Abandon<'_>) -> Op {
+        Op::Abandon {
+            request_id: step.request_id.to_owned(),
+            record: step.record,
+            reservation: step
+                .reservation
+                .map(|(key, holder)| (replay_key_hash(key), holder.0.clone())),
+        }
+    }
+}
+
+/// What a CI token's replay row says at `now`.
+#[derive(Debug, PartialEq, Eq)]
+enum Standing {
+    Free,
+    Used,
+    HeldBy(String),
+}
+
+/// The tail of one replica's chain while a transaction appends to it.
+pub(super) struct ChainCursor {
+    pub replica: String,
+    backend: Backend,
+    /// (last seq, last hash), once read in this transaction.
+    head: Option<(u64, String)>,
+    /// Records appended in this transaction.
+    pub appended: usize,
+}
+
+impl ChainCursor {
+    pub(super) fn new(replica: String, backend: Backend) -> Self {
+        Self {
+            replica,
+            backend,
+            head: None,
+            appended: 0,
+        }
+    }
+
+    /// Appends `record` after the chain's tail. The first append of a transaction reads
+    /// (with PostgreSQL: locks) the chain head, so one replica's appends are serialised.
+    async fn append(
+        &mut self,
+        conn: &mut AnyConnection,
+        record: &AuditRecord,
+    ) -> Result<Seq, sqlx::Error> {
+        let (last_seq, last_hash) = match self.head.take() {
+            Some(head) => head,
+            None => {
+                let sql = match self.backend {
+                    Backend::Sqlite => {
+                        "SELECT last_seq, last_hash FROM replicas WHERE replica_id = $1"
+                    }
+                    Backend::Postgres => {
+                        "SELECT last_seq, last_hash FROM replicas WHERE replica_id = $1 FOR UPDATE"
+                    }
+                };
+                let row = sqlx::query(sql)
+                    .bind(&self.replica)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                (
+                    row.try_get::<i64, _>(0)? as u64,
+                    row.try_get::<String, _>(1)?,
+                )
+            }
+        };
+        let seq = last_seq + 1;
+        let json = serde_json::to_string(record).map_err(|e| sqlx::Error::Encode(e.into()))?;
+        let hash = link_hash(&self.replica, seq, &last_hash, &json);
+        let columns = QueryColumns::of(record);
+        sqlx::query(
+            "INSERT INTO audit_records (replica_id, seq, prev_hash, hash, time_us, request_id, \
+             outcome, reason, repository, policy, target, token_sha256, token_jti, record) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        )
+        .bind(&self.replica)
+        .bind(seq as i64)
+        .bind(&last_hash)
+        .bind(&hash)
+        .bind(columns.time_us)
+        .bind(columns.request_id)
+        .bind(columns.outcome)
+        .bind(columns.reason)
+        .bind(columns.repository)
+        .bind(columns.policy)
+        .bind(columns.target)
+        .bind(columns.token_sha256)
+        .bind(columns.token_jti)
+        .bind(json)
+        .execute(&mut *conn)
+        .await?;
+        self.head = Some((seq, hash));
+        self.appended += 1;
+        Ok(Seq(seq))
+    }
+
+    /// Writes the new chain head, if anything was appended. Part of the same transaction.
+    pub(super) async fn write_head(&mut self, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+        if let (Some((seq, hash)), true) = (&self.head, self.appended > 0) {
+            sqlx::query("UPDATE replicas SET last_seq = $2, last_hash = $3 WHERE replica_id = $1")
+                .bind(&self.replica)
+                .bind(*seq as i64)
+                .bind(hash)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// The columns stored beside a record's JSON, for queries. `audit verify` derives them
+/// again from the JSON and compares.
+pub(crate) struct QueryColumns<'a> {
+    pub time_us: i64,
+    pub request_id: &'a str,
+    pub outcome: &'static str,
+    pub reason: &'static str,
+    pub repository: Option<&'a str>,
+    pub policy: Option<&'a str>,
+    pub target: Option<&'a str>,
+    pub token_sha256: Option<&'a str>,
+    pub token_jti: Option<&'a str>,
+}
+
+impl<'a> QueryColumns<'a> {
+    pub(crate) fn of(record: &'a AuditRecord) -> Self {
+        Self {
+            time_us: micros(record.time),
+            request_id: &record.request_id,
+            outcome: record.outcome.as_str(),
+            reason: record.reason.as_str(),
+            repository: record.repository.as_deref(),
+            policy: record.policy.as_deref(),
+            target: record.target.as_deref(),
+            token_sha256: record.token_sha256.as_deref(),
+            token_jti: record.token_jti.as_deref(),
+        }
+    }
+
+    /// As (column, text) pairs, in table order.
+    pub(crate) fn as_text(&self) -> Vec<(&'static str, Option<String>)> {
+        let own = |value: Option<&str>| value.map(str::to_owned);
+        vec![
+            ("time_us", Some(self.time_us.to_string())),
+            ("request_id", Some(self.request_id.to_owned())),
+            ("outcome", Some(self.outcome.to_owned())),
+            ("reason", Some(self.reason.to_owned())),
+            ("repository", own(self.repository)),
+            ("policy", own(self.policy)),
+            ("target", own(self.target)),
+            ("token_sha256", own(self.token_sha256)),
+            ("token_jti", own(self.token_jti)),
+        ]
+    }
+}
+
+/// The query columns' names, in the order [`QueryColumns::as_text`] gives them.
+pub(crate) const QUERY_COLUMNS: &str =
+    "time_us, request_id, outcome, reason, repository, policy, target, token_sha256, token_jti";
+
+async fn standing(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    key: &str,
+    now: i64,
+) -> Result<Option<Standing>, sqlx::Error> {
+    let sql = match backend {
+        Backend::Sqlite => {
+            "SELECT used, holder, lease_until_us, keep_until_us FROM replay WHERE key_hash = $1"
+        }
+        Backend::Postgres => {
+            "SELECT used, holder, lease_until_us, keep_until_us FROM replay WHERE key_hash = $1 FOR UPDATE"
+        }
+    };
+    let Some(row) = sqlx::query(sql)
+        .bind(key)
+        .fetch_optional(&mut *conn)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let used: i64 = row.try_get(0)?;
+    let holder: Option<String> = row.try_get(1)?;
+    let lease_until: Option<i64> = row.try_get(2)?;
+    let keep_until: i64 = row.try_get(3)?;
+    Ok(Some(if keep_until <= now {
+        Standing::Free
+    } else if used != 0 {
+        Standing::Used
+    } else {
+        match (holder, lease_until) {
+            (Some(holder), Some(lease)) if lease > now => Standing::HeldBy(holder),
+            _ => Standing::Free,
+        }
+    }))
+}
+
+/// Writes `claim` into the CI token's row unless `allowed` refuses what is there.
+/// Returns what the row said before (`Free` when there was none, or it had expired).
+async fn take(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    claim: &Claim,
+    now: i64,
+    allowed: impl Fn(&Standing) -> bool,
+) -> Result<Standing, sqlx::Error> {
+    let used = i64::from(claim.holder.is_none());
+    let inserted = sqlx::query(
+        "INSERT INTO replay (key_hash, used, holder, lease_until_us, keep_until_us) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key_hash) DO NOTHING",
+    )
+    .bind(&claim.key)
+    .bind(used)
+    .bind(claim.holder.as_deref())
+    .bind(claim.lease_until)
+    .bind(claim.keep_until)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if inserted == 1 {
+        return Ok(Standing::Free);
+    }
+    // A row is there (with PostgreSQL, committed: the insert waited for its writer), and
+    // is now locked by this transaction until it ends.
+    let before = standing(conn, backend, &claim.key, now)
+        .await?
+        .unwrap_or(Standing::Free);
+    if allowed(&before) {
+        sqlx::query(
+            "UPDATE replay SET used = $2, holder = $3, lease_until_us = $4, keep_until_us = $5 \
+             WHERE key_hash = $1",
+        )
+        .bind(&claim.key)
+        .bind(used)
+        .bind(claim.holder.as_deref())
+        .bind(claim.lease_until)
+        .bind(claim.keep_until)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(before)
+}
+
+/// Applies one step inside the caller's open transaction. A step that refuses (the CI
+/// token is used or held) writes nothing.
+pub(super) async fn apply(
+    conn: &mut AnyConnection,
+    chain: &mut ChainCursor,
+    op: &Op,
+    now: OffsetDateTime,
+) -> Result<Answer, sqlx::Error> {
+    let backend = chain.backend;
+    let now_us = micros(now);
+    match op {
+        Op::Begin { record, reserve } => {
+            if let Some(claim) = reserve {
+                let holder = claim.holder.as_deref().unwrap_or_default();
+                let before = take(conn, backend, claim, now_us, |standing| match standing {
+                    Standing::Free => true,
+                    Standing::HeldBy(other) => other == holder,
+                    Standing::Used => false,
+                })
+                .await?;
+                match before {
+                    Standing::Used => return Ok(Answer::Begun(Begun::AlreadyUsed)),
+                    Standing::HeldBy(other) if other != holder => {
+                        return Ok(Answer::Begun(Begun::InUse));
+                    }
+                    Standing::HeldBy(_) | Standing::Free => {}
+                }
+            }
+            let seq = chain.append(conn, record).await?;
+            Ok(Answer::Begun(Begun::Reserved(seq)))
+        }
+        Op::Finish { record, settle } => {
+            match settle {
+                OwnedSettle::Nothing => {}
+                OwnedSettle::Unused(key) => match standing(conn, backend, key, now_us).await? {
+                    Some(Standing::Used) => return Ok(Answer::Finished(Finished::AlreadyUsed)),
+                    Some(Standing::HeldBy(_)) => return Ok(Answer::Finished(Finished::InUse)),
+                    Some(Standing::Free) | None => {}
+                },
+                OwnedSettle::Use(claim) => {
+                    match take(conn, backend, claim, now_us, |s| *s == Standing::Free).await? {
+                        Standing::Used => return Ok(Answer::Finished(Finished::AlreadyUsed)),
+                        Standing::HeldBy(_) => return Ok(Answer::Finished(Finished::InUse)),
+                        Standing::Free => {}
+                    }
+                }
+                OwnedSettle::Consume { key, holder } => {
+                    let consumed = sqlx::query(
+                        "UPDATE replay SET used = 1, holder = NULL, lease_until_us = NULL \
+                         WHERE key_hash = $1 AND used = 0 AND holder = $2",
+                    )
+                    .bind(key)
+                    .bind(holder)
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected();
+                    if consumed == 0 {
+                        return Ok(Answer::Finished(Finished::ReservationLost));
+                    }
+                }
+                OwnedSettle::Release { key, holder } => {
+                    release(conn, key, holder).await?;
+                }
+            }
+            let seq = chain.append(conn, record).await?;
+            Ok(Answer::Finished(Finished::Recorded(seq)))
+        }
+        Op::Abandon {
+            request_id,
+            record,
+            reservation,
+        } => {
+            let outcomes: Vec<String> =
+                sqlx::query_scalar("SELECT outcome FROM audit_records WHERE request_id = $1")
+                    .bind(request_id)
+                    .fetch_all(&mut *conn)
+                    .await?;
+            let pending = outcomes.iter().any(|o| o == "pending");
+            let ended = outcomes.iter().any(|o| o != "pending");
+            if !pending || ended {
+                return Ok(Answer::Abandoned(None));
+            }
+            if let Some((key, holder)) = reservation {
+                release(conn, key, holder).await?;
+            }
+            let seq = chain.append(conn, record).await?;
+            Ok(Answer::Abandoned(Some(seq)))
+        }
+        Op::PurgeReplay { limit } => {
+            let purged = sqlx::query(
+                "DELETE FROM replay WHERE key_hash IN \
+                 (SELECT key_hash FROM replay WHERE keep_until_us <= $1 LIMIT $2)",
+            )
+            .bind(now_us)
+            .bind(*limit)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            Ok(Answer::Purged(purged))
+        }
+        Op::PurgeAudit { before, limit } => purge_audit(conn, backend, micros(*before), *limit)
+            .await
+            .map(Answer::Purged),
+        Op::Probe => Ok(Answer::Probed),
+    }
+}
+
+async fn release(conn: &mut AnyConnection, key: &str, holder: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM replay WHERE key_hash = $1 AND used = 0 AND holder = $2")
+        .bind(key)
+        .bind(holder)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Retention: removes each chain's oldest records older than `before` (at most `limit`
+/// per chain), keeping the chain contiguous, and moves the chain's anchor to the last
+/// removed record so `audit verify` starts there.
+async fn purge_audit(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    before: i64,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    let lock = match backend {
+        Backend::Sqlite => "",
+        Backend::Postgres => " FOR UPDATE",
+    };
+    let replicas: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT replica_id FROM replicas ORDER BY replica_id{lock}"
+    ))
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut purged = 0;
+    for replica in replicas {
+        let rows = sqlx::query(
+            "SELECT seq, hash, time_us FROM audit_records WHERE replica_id = $1 \
+             ORDER BY seq LIMIT $2",
+        )
+        .bind(&replica)
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut anchor: Option<(i64, String)> = None;
+        for row in rows {
+            if row.try_get::<i64, _>(2)? >= before {
+                break;
+            }
+            anchor = Some((row.try_get(0)?, row.try_get(1)?));
+        }
+        let Some((seq, hash)) = anchor else { continue };
+        purged += sqlx::query("DELETE FROM audit_records WHERE replica_id = $1 AND seq <= $2")
+            .bind(&replica)
+            .bind(seq)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+        sqlx::query("UPDATE replicas SET anchor_seq = $2, anchor_hash = $3 WHERE replica_id = $1")
+            .bind(&replica)
+            .bind(seq)
+            .bind(&hash)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(purged)
+}
