@@ -238,6 +238,7 @@ pub struct TestApp {
 /// Builds configuration text, policies and the service.
 pub struct AppBuilder {
     store: Option<Arc<dyn Store>>,
+    data_dir: Option<PathBuf>,
     config: String,
     policies_section: String,
     policies: BTreeMap<String, String>,
@@ -247,6 +248,7 @@ impl AppBuilder {
     pub fn new() -> Self {
         Self {
             store: None,
+            data_dir: None,
             config: String::new(),
             policies_section: String::new(),
             policies: BTreeMap::new(),
@@ -282,6 +284,12 @@ impl AppBuilder {
     /// Runs the service on `store` instead of a fresh in-memory one.
     pub fn store(mut self, store: Arc<dyn Store>) -> Self {
         self.store = Some(store);
+        self
+    }
+
+    /// Keeps state in `dir` (which outlives the app) instead of the app's own temporary one.
+    pub fn data_dir(mut self, dir: &Path) -> Self {
+        self.data_dir = Some(dir.to_owned());
         self
     }
 
@@ -326,7 +334,10 @@ impl AppBuilder {
     ) -> anyhow::Result<TestApp> {
         let dir = tempfile::tempdir().expect("tempdir");
         let policies_dir = dir.path().join("policies");
-        let data_dir = dir.path().join("data");
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("data"));
         std::fs::create_dir_all(&policies_dir).expect("policies dir");
         for (file, yaml) in &self.policies {
             std::fs::write(policies_dir.join(file), yaml).expect("write policy");

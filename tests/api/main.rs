@@ -5,6 +5,7 @@ mod commands;
 mod config;
 mod dev;
 mod doctor;
+mod durable;
 mod errors;
 mod exchange;
 mod fake_auth0;

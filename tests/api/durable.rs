@@ -1,0 +1,522 @@
+//! The durable stores: what survives a restart, what replicas sharing a store see, what a
+//! store that cannot write does, and the audit chain. Every test runs against SQLite, and
+//! against PostgreSQL when `TOKENMINT_TEST_DATABASE_URL` is set.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokenmint::adapters::store::sql::reader::AuditReader;
+use tokenmint::adapters::store::{Location, NoCommitObserver, SqlStore};
+use tokenmint::trust::exchange::replay_keep_until;
+use tokenmint::trust::store::ReplayKey;
+
+use crate::exchange::deploy_builder;
+use crate::helpers::*;
+use crate::stores::{TestStore, postgres_url};
+
+/// One durable store that the apps of a test share: the SQLite file in `dir`, or a
+/// PostgreSQL schema (and `dir` for the local signing keys).
+pub struct Shared {
+    pub kind: TestStore,
+    pub dir: tempfile::TempDir,
+    pub url: Option<String>,
+}
+
+impl Shared {
+    /// SQLite always; PostgreSQL too when it is configured.
+    pub async fn each() -> Vec<Shared> {
+        let mut all = vec![Shared {
+            kind: TestStore::Sqlite,
+            dir: tempfile::tempdir().expect("tempdir"),
+            url: None,
+        }];
+        if let Some(url) = postgres_url().await {
+            all.push(Shared {
+                kind: TestStore::Postgres,
+                dir: tempfile::tempdir().expect("tempdir"),
+                url: Some(url),
+            });
+        }
+        all
+    }
+
+    /// A replica (or a restarted service) on this store.
+    pub async fn app(&self, builder: AppBuilder) -> TestApp {
+        builder
+            .data_dir(self.dir.path())
+            .spawn_on(Some(self.kind), self.url.clone())
+            .await
+            .expect("service builds")
+    }
+
+    pub fn location(&self) -> Location {
+        match &self.url {
+            Some(url) => Location::Postgres(url.clone()),
+            None => Location::DataDir(self.dir.path().to_owned()),
+        }
+    }
+
+    pub async fn reader(&self) -> AuditReader {
+        AuditReader::open(&self.location()).await.expect("reader")
+    }
+}
+
+fn assert_replayed(answer: &Answer) {
+    assert_error(
+        answer,
+        400,
+        "invalid_grant",
+        "the subject token was already used",
+    );
+}
+
+#[tokio::test]
+async fn a_ci_token_used_before_a_restart_is_refused_after_it() {
+    for shared in Shared::each().await {
+        let fake = FakeIssuer::start(Shape::Github).await;
+        let token = fake.token("github-push-main");
+        let before = shared.app(deploy_builder(&fake, "")).await;
+        let first = before.exchange(&token, "internal-api", &[]).await;
+        assert_eq!(first.status, 200, "{:?}: {}", shared.kind, first.text);
+        drop(before);
+        let after = shared.app(deploy_builder(&fake, "")).await;
+        let replayed = after.exchange(&token, "internal-api", &[]).await;
+        assert_replayed(&replayed);
+        let records = after.records().await;
+        let reasons: Vec<_> = records.iter().map(|r| r.reason.as_str()).collect();
+        assert_eq!(reasons, ["allowed", "token_replayed"], "{:?}", shared.kind);
+        assert_eq!(
+            records[0].token_sha256.as_deref(),
+            Some(tokenmint::trust::audit::token_sha256(
+                first.body["access_token"].as_str().expect("token")
+            ))
+            .as_deref()
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_replay_record_is_kept_until_exp_plus_leeway_plus_60s_across_a_restart() {
+    for shared in Shared::each().await {
+        let fake = FakeIssuer::start(Shape::Github).await;
+        let claims = fake.claims("github-push-main");
+        let exp = claims["exp"].as_i64().expect("exp");
+        let jti = claims["jti"].as_str().expect("jti").to_owned();
+        let before = shared.app(deploy_builder(&fake, "")).await;
+        let answer = before
+            .exchange(&fake.sign(&claims), "internal-api", &[])
+            .await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        drop(before);
+        let after = shared.app(deploy_builder(&fake, "")).await;
+        let key = ReplayKey {
+            issuer: "github".to_owned(),
+            id: format!("jti:{jti}"),
+        };
+        let store = &after.service.state.exchanger.store;
+        let record = store
+            .replay_record(&key, OffsetDateTime::now_utc())
+            .await
+            .expect("store")
+            .expect("the CI token is remembered");
+        assert!(record.used);
+        // The default leeway is 60 s; the margin another 60 s.
+        assert_eq!(record.keep_until.unix_timestamp(), exp + 60 + 60);
+        assert_eq!(
+            record.keep_until,
+            replay_keep_until(exp, Duration::from_secs(60))
+        );
+        // Still remembered a moment before, forgotten only after.
+        let just_before = record.keep_until - time::Duration::seconds(1);
+        assert!(
+            store
+                .replay_record(&key, just_before)
+                .await
+                .expect("store")
+                .is_some()
+        );
+        assert!(
+            store
+                .replay_record(&key, record.keep_until)
+                .await
+                .expect("store")
+                .is_none()
+        );
+    }
+}
+
+#[tokio::test]
+async fn expired_replay_rows_are_purged_in_batches() {
+    for shared in Shared::each().await {
+        let store = SqlStore::open(shared.location(), Arc::new(NoCommitObserver))
+            .await
+            .expect("store");
+        let past = OffsetDateTime::now_utc() - time::Duration::minutes(10);
+        for n in 0..7 {
+            let key = ReplayKey {
+                issuer: "github".to_owned(),
+                id: format!("jti:{n}"),
+            };
+            let record = Arc::new(tokenmint::trust::audit::AuditRecord::new(
+                &format!("r{n}"),
+                past,
+                tokenmint::trust::audit::Reason::Allowed,
+            ));
+            use tokenmint::trust::store::{Finish, Settle, Store};
+            store
+                .finish(
+                    Finish {
+                        record,
+                        settle: Settle::Use {
+                            key: &key,
+                            keep_until: past + time::Duration::minutes(1),
+                        },
+                    },
+                    past,
+                )
+                .await
+                .expect("finish");
+        }
+        assert_eq!(store.purge_replay(3).await.expect("purge"), 3);
+        assert_eq!(store.purge_replay(3).await.expect("purge"), 3);
+        assert_eq!(store.purge_replay(3).await.expect("purge"), 1);
+        assert_eq!(store.purge_replay(3).await.expect("purge"), 0);
+    }
+}
+
+#[tokio::test]
+async fn two_replicas_share_replay_protection_and_records() {
+    for shared in Shared::each().await {
+        let fake = FakeIssuer::start(Shape::Github).await;
+        let first = shared.app(deploy_builder(&fake, "")).await;
+        let second = shared.app(deploy_builder(&fake, "")).await;
+        let token = fake.token("github-push-main");
+        assert_eq!(
+            first.exchange(&token, "internal-api", &[]).await.status,
+            200
+        );
+        assert_replayed(&second.exchange(&token, "internal-api", &[]).await);
+        // Both see both records, and the chains (one per replica) verify.
+        let seen_by_first: Vec<String> = first
+            .records()
+            .await
+            .iter()
+            .map(|r| r.reason.as_str().to_owned())
+            .collect();
+        let mut sorted = seen_by_first.clone();
+        sorted.sort();
+        assert_eq!(sorted, ["allowed", "token_replayed"], "{:?}", shared.kind);
+        assert_eq!(second.records().await.len(), 2);
+        let report = shared
+            .reader()
+            .await
+            .verify(&[])
+            .await
+            .expect("read")
+            .expect("intact");
+        let expected_chains = match shared.kind {
+            // One file, one chain: both processes append to it in turn.
+            TestStore::Sqlite => 1,
+            _ => 2,
+        };
+        assert_eq!(report.chains.len(), expected_chains, "{report:?}");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_requests_with_one_token_on_two_replicas_mint_at_most_once() {
+    for shared in Shared::each().await {
+        let fake = FakeIssuer::start(Shape::Github).await;
+        let first = shared.app(deploy_builder(&fake, "")).await;
+        let second = shared.app(deploy_builder(&fake, "")).await;
+        let token = fake.token("github-push-main");
+        let attempts = (0..16).map(|n| {
+            let app = if n % 2 == 0 { &first } else { &second };
+            app.exchange(&token, "internal-api", &[])
+        });
+        let answers = futures_util::future::join_all(attempts).await;
+        let granted = answers.iter().filter(|a| a.status == 200).count();
+        assert_eq!(granted, 1, "{:?}: exactly one access token", shared.kind);
+        for answer in answers.iter().filter(|a| a.status != 200) {
+            assert_eq!(answer.status, 400, "{}", answer.text);
+            assert_eq!(answer.body["error"], "invalid_grant", "{}", answer.text);
+        }
+        let allowed = first
+            .records()
+            .await
+            .iter()
+            .filter(|r| r.reason == "allowed")
+            .count();
+        assert_eq!(allowed, 1);
+    }
+}
+
+/// Holds SQLite's write lock from another connection, as another process would.
+async fn lock_sqlite(dir: &Path) -> sqlx::AnyConnection {
+    use sqlx::Connection as _;
+    sqlx::any::install_default_drivers();
+    let url = format!("sqlite://{}?mode=rw", dir.join("tokenmint.db").display());
+    let mut conn = sqlx::AnyConnection::connect(&url).await.expect("connect");
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut conn)
+        .await
+        .expect("lock");
+    conn
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_write_answers_503_and_recovers_without_restart() {
+    let shared = Shared {
+        kind: TestStore::Sqlite,
+        dir: tempfile::tempdir().expect("tempdir"),
+        url: None,
+    };
+    let fake = FakeIssuer::start(Shape::Github).await;
+    let app = shared.app(deploy_builder(&fake, "")).await;
+    let token = fake.token("github-push-main");
+    let mut lock = lock_sqlite(shared.dir.path()).await;
+    let refused = app.exchange(&token, "internal-api", &[]).await;
+    assert_error(
+        &refused,
+        503,
+        "temporarily_unavailable",
+        "the replay store cannot record this request; retry later",
+    );
+    assert!(refused.headers.contains_key("retry-after"));
+    assert!(refused.body.get("access_token").is_none());
+    assert!(!app.service.state.exchanger.store.healthy().await);
+    sqlx::query("ROLLBACK")
+        .execute(&mut lock)
+        .await
+        .expect("unlock");
+    drop(lock);
+    assert!(app.service.state.exchanger.store.healthy().await);
+    // The CI token was not used up by the failed attempt.
+    let retried = app.exchange(&token, "internal-api", &[]).await;
+    assert_eq!(retried.status, 200, "{}", retried.text);
+    let reasons: Vec<String> = app
+        .records()
+        .await
+        .iter()
+        .map(|r| r.reason.as_str().to_owned())
+        .collect();
+    assert_eq!(
+        reasons,
+        ["allowed"],
+        "nothing of the failed attempt was written"
+    );
+}
+
+/// A TCP proxy in front of PostgreSQL that the test can cut and restore.
+struct Cuttable {
+    port: u16,
+    open: Arc<std::sync::atomic::AtomicBool>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Cuttable {
+    async fn start(upstream: String) -> Cuttable {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let flag = open.clone();
+        let task = tokio::spawn(async move {
+            let mut links: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !flag.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let upstream = upstream.clone();
+                let flag = flag.clone();
+                links.push(tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
+                    let cut = async {
+                        while flag.load(Ordering::SeqCst) {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    };
+                    tokio::select! { _ = copy => {}, _ = cut => {} }
+                }));
+            }
+        });
+        Cuttable {
+            port,
+            open,
+            _task: task,
+        }
+    }
+
+    fn set_open(&self, open: bool) {
+        self.open.store(open, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_postgres_answers_503_and_recovers_without_restart() {
+    let Some(url) = postgres_url().await else {
+        return;
+    };
+    let parsed = url::Url::parse(&url).expect("url");
+    let upstream = format!(
+        "{}:{}",
+        parsed.host_str().expect("host"),
+        parsed.port().unwrap_or(5432)
+    );
+    let proxy = Cuttable::start(upstream).await;
+    let mut through = parsed.clone();
+    through.set_host(Some("127.0.0.1")).expect("host");
+    through.set_port(Some(proxy.port)).expect("port");
+    let shared = Shared {
+        kind: TestStore::Postgres,
+        dir: tempfile::tempdir().expect("tempdir"),
+        url: Some(through.to_string()),
+    };
+    let fake = FakeIssuer::start(Shape::Github).await;
+    let app = shared.app(deploy_builder(&fake, "")).await;
+    let token = fake.token("github-push-main");
+    proxy.set_open(false);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let refused = app.exchange(&token, "internal-api", &[]).await;
+    assert_eq!(refused.status, 503, "{}", refused.text);
+    assert_eq!(refused.body["error"], "temporarily_unavailable");
+    assert!(refused.headers.contains_key("retry-after"));
+    assert!(refused.body.get("access_token").is_none());
+    assert!(!app.service.state.exchanger.store.healthy().await);
+    proxy.set_open(true);
+    let mut retried = app.exchange(&token, "internal-api", &[]).await;
+    for _ in 0..20 {
+        if retried.status == 200 {
+            break;
+        }
+        // The pool drops its dead connections and opens new ones.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        retried = app.exchange(&token, "internal-api", &[]).await;
+    }
+    assert_eq!(retried.status, 200, "{}", retried.text);
+    assert!(app.service.state.exchanger.store.healthy().await);
+}
+
+#[tokio::test]
+async fn a_store_migrated_by_a_newer_binary_is_refused() {
+    use sqlx::Connection as _;
+    for shared in Shared::each().await {
+        let store = SqlStore::open(shared.location(), Arc::new(NoCommitObserver))
+            .await
+            .expect("store");
+        store.close().await;
+        drop(store);
+        let url = match &shared.url {
+            Some(url) => url.clone(),
+            None => format!(
+                "sqlite://{}?mode=rw",
+                shared.dir.path().join("tokenmint.db").display()
+            ),
+        };
+        let mut conn = sqlx::AnyConnection::connect(&url).await.expect("connect");
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (99, 'from the future', TRUE, $1, 1)",
+        )
+        .bind(vec![0u8; 48])
+        .execute(&mut conn)
+        .await
+        .expect("insert");
+        let err = SqlStore::open(shared.location(), Arc::new(NoCommitObserver))
+            .await
+            .err()
+            .expect("refused")
+            .to_string();
+        let backend = match shared.kind {
+            TestStore::Postgres => "PostgreSQL",
+            _ => "SQLite",
+        };
+        assert!(err.starts_with(&format!("the {backend} store ")), "{err}");
+        assert!(
+            err.ends_with(
+                "was migrated by a newer tokenmint (schema version 99; this binary knows up to 1): run that version, or restore a backup taken before the upgrade"
+            ),
+            "{err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn requests_with_long_fields_make_records_of_a_few_kib_at_most() {
+    let shared = Shared {
+        kind: TestStore::Sqlite,
+        dir: tempfile::tempdir().expect("tempdir"),
+        url: None,
+    };
+    let fake = FakeIssuer::start(Shape::Github).await;
+    let app = shared.app(deploy_builder(&fake, "")).await;
+    let long = "x".repeat(20_000);
+    // A token that fails verification: the request reaches verification, so it is
+    // recorded, with everything the caller chose.
+    let forged = format!("{}x", fake.token("github-push-main"));
+    let answer = app
+        .request(
+            axum::http::Request::post("/token")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("user-agent", long.as_str())
+                .body(axum::body::Body::from(
+                    url::form_urlencoded::Serializer::new(String::new())
+                        .extend_pairs([
+                            ("grant_type", TOKEN_EXCHANGE),
+                            ("subject_token", forged.as_str()),
+                            ("subject_token_type", ID_TOKEN),
+                            ("audience", long.as_str()),
+                            ("scope", long.as_str()),
+                        ])
+                        .finish(),
+                ))
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(answer.status, 400, "{}", answer.text);
+    use sqlx::Connection as _;
+    let url = format!(
+        "sqlite://{}?mode=ro",
+        shared.dir.path().join("tokenmint.db").display()
+    );
+    let mut conn = sqlx::AnyConnection::connect(&url).await.expect("connect");
+    let sizes: Vec<i64> = sqlx::query_scalar("SELECT length(record) FROM audit_records")
+        .fetch_all(&mut conn)
+        .await
+        .expect("sizes");
+    assert_eq!(sizes.len(), 1);
+    assert!(sizes[0] < 4096, "a record of {} bytes", sizes[0]);
+}
+
+#[tokio::test]
+async fn the_metrics_show_records_per_commit() {
+    let shared = Shared {
+        kind: TestStore::Sqlite,
+        dir: tempfile::tempdir().expect("tempdir"),
+        url: None,
+    };
+    let fake = FakeIssuer::start(Shape::Github).await;
+    let app = shared.app(deploy_builder(&fake, "")).await;
+    let tokens: Vec<String> = (0..8).map(|_| fake.token("github-push-main")).collect();
+    let answers =
+        futures_util::future::join_all(tokens.iter().map(|t| app.exchange(t, "internal-api", &[])))
+            .await;
+    assert!(answers.iter().all(|a| a.status == 200));
+    let metrics = app.service.state.metrics.render();
+    let sum = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("tokenmint_store_records_per_commit_sum "))
+        .expect("the histogram is exported");
+    assert_eq!(sum.parse::<f64>().expect("a number"), 8.0, "{metrics}");
+    assert!(metrics.contains("tokenmint_store_commit_duration_seconds_count"));
+}
