@@ -9,7 +9,9 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use time::OffsetDateTime;
 
+use crate::adapters::store::sql::reader::AuditFilter;
 use crate::config::{Config, ConfigSource, config_env_vars_present};
+use crate::edges::audit_commands;
 use crate::edges::metrics::Metrics;
 use crate::edges::service::{self, Service};
 use crate::edges::telemetry::{self, LogFormat};
@@ -38,6 +40,9 @@ enum Command {
     /// Manage the signing keys of local targets.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Query and verify the audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Check every issuer, the policies and every target; exit 1 on any failure.
     Doctor {
         /// Configuration file (default: ./tokenmint.toml if present).
@@ -90,6 +95,80 @@ enum KeysCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Print records: each request once, in its latest state (oldest first).
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Records since a duration ago ("1h", "7d") or an RFC 3339 time.
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// Records until a duration ago or an RFC 3339 time.
+        #[arg(long, value_name = "WHEN")]
+        until: Option<String>,
+        /// Only this repository (GitHub) or project path (GitLab).
+        #[arg(long)]
+        repository: Option<String>,
+        /// Only records decided by this policy.
+        #[arg(long)]
+        policy: Option<String>,
+        /// Only records for this target.
+        #[arg(long)]
+        target: Option<String>,
+        /// Only requests whose latest state has this outcome.
+        #[arg(long, value_parser = ["allow", "deny", "error", "pending", "doctor"])]
+        outcome: Option<String>,
+        /// Every record, not each request once (a remote exchange has two).
+        #[arg(long)]
+        records: bool,
+        #[arg(long, value_enum, default_value = "table")]
+        format: audit_commands::Format,
+    },
+    /// Every record of a request id, a token SHA-256 or a token jti.
+    Show {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Request id, token SHA-256 or jti.
+        id: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: ShowFormat,
+    },
+    /// Walk every replica's record chain; exit 1 naming the first altered, inserted or
+    /// missing record.
+    Verify {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The service's log (or lines of `replica seq hash`): every checkpoint in it must
+        /// still be in the chain, which catches removal of the newest records.
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Option<PathBuf>,
+    },
+    /// Name the CI job behind each event of an Auth0 tenant log export (JSON array or
+    /// JSON lines; "-" reads stdin).
+    Correlate {
+        #[command(flatten)]
+        store: StoreArgs,
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "table")]
+        format: ShowFormat,
+    },
+}
+
+#[derive(Debug, Args)]
+struct StoreArgs {
+    /// Configuration file (default: ./tokenmint.toml if present); its [storage] names the
+    /// store.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ShowFormat {
+    Table,
+    Json,
+}
+
 /// Parses the command line, runs the command, and turns errors into one line and exit 1.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -123,8 +202,89 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dir,
         }) => policy_check(config, strict, dir),
         Command::Keys(KeysCommand::Rotate { config, force }) => keys_rotate(config, force),
+        Command::Audit(command) => audit(command),
         Command::Doctor { config, no_mint } => doctor(config, no_mint),
     }
+}
+
+fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
+    // Read before the runtime starts threads: the local offset is only known then.
+    let offset = time::UtcOffset::current_local_offset().unwrap_or(time::UtcOffset::UTC);
+    let store_args = match &command {
+        AuditCommand::List { store, .. }
+        | AuditCommand::Show { store, .. }
+        | AuditCommand::Verify { store, .. }
+        | AuditCommand::Correlate { store, .. } => store,
+    };
+    let config = Config::load(&ConfigSource {
+        file: store_args.config.clone(),
+        listen: None,
+    })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let reader = audit_commands::open_reader(&config).await?;
+        let (ok, text) = match command {
+            AuditCommand::List {
+                since,
+                until,
+                repository,
+                policy,
+                target,
+                outcome,
+                records,
+                format,
+                ..
+            } => {
+                let now = OffsetDateTime::now_utc();
+                let at = |text: Option<String>| {
+                    text.map(|t| audit_commands::parse_time(&t, now))
+                        .transpose()
+                };
+                let query = audit_commands::ListQuery {
+                    filter: AuditFilter {
+                        since: at(since).context("--since")?,
+                        until: at(until).context("--until")?,
+                        repository,
+                        policy,
+                        target,
+                    },
+                    outcome,
+                    every_record: records,
+                };
+                (
+                    true,
+                    audit_commands::list(&reader, &query, format, offset).await?,
+                )
+            }
+            AuditCommand::Show { id, format, .. } => {
+                let format = match format {
+                    ShowFormat::Table => audit_commands::Format::Table,
+                    ShowFormat::Json => audit_commands::Format::Json,
+                };
+                (
+                    true,
+                    audit_commands::show(&reader, &id, format, offset).await?,
+                )
+            }
+            AuditCommand::Verify { checkpoint, .. } => {
+                audit_commands::verify(&reader, checkpoint.as_deref()).await?
+            }
+            AuditCommand::Correlate { file, format, .. } => (
+                true,
+                audit_commands::correlate_file(&reader, &config, &file, format == ShowFormat::Json)
+                    .await?,
+            ),
+        };
+        print!("{text}");
+        anyhow::Ok(if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        })
+    })
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

@@ -1,6 +1,8 @@
 //! Edges: how people and programs reach tokenmint, and the assembly of a running service.
 
+pub mod audit_commands;
 pub mod cli;
+pub mod correlate;
 pub mod dev;
 pub mod doctor;
 pub mod http;

@@ -249,6 +249,14 @@ pub struct IssuedToken {
     pub scope: Option<String>,
     pub expires_in: u64,
     pub claims: Value,
+    /// What the tenant's `seccft` log event would say about it: the `User-Agent` it was
+    /// requested with, the client it was issued to, when (with milliseconds, as Auth0 logs
+    /// dates), and Auth0's own id for it (`details.access_token_jti`: 32 hex digits, never
+    /// in the token itself, whose Auth0 profile has no `jti`).
+    pub user_agent: Option<String>,
+    pub client_id: String,
+    pub issued_at: time::OffsetDateTime,
+    pub access_token_jti: String,
 }
 
 /// A running fake tenant; clones share it.
@@ -740,6 +748,10 @@ impl Tenant {
             scope: claim_scope,
             expires_in,
             claims,
+            user_agent: request.user_agent.clone(),
+            client_id: client_id.clone(),
+            issued_at: time::OffsetDateTime::now_utc(),
+            access_token_jti: uuid::Uuid::new_v4().simple().to_string(),
         });
         json_answer(
             200,

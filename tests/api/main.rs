@@ -3,6 +3,7 @@
 mod architecture;
 mod commands;
 mod config;
+mod correlate;
 mod dev;
 mod doctor;
 mod durable;
