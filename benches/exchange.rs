@@ -1,15 +1,20 @@
-//! One token exchange on the in-memory store: a GitHub-shaped CI token (RS256) verified,
-//! a policy chosen, an ES256 local token signed, the replay record and the audit record
-//! written. This is the hot path; it should cost little more than its cryptography.
+//! One token exchange: a GitHub-shaped CI token (RS256) verified, a policy chosen, an
+//! ES256 local token signed, the replay record and the audit record written. This is the
+//! hot path; it should cost little more than its cryptography and, on a durable store,
+//! its share of an fsync.
 //!
-//! Run with `cargo bench --bench exchange`. Each iteration gets a fresh CI token (signed
-//! in the untimed set-up) so that replay protection does its real work. Also measured:
-//! parsing a request's scope, which runs before verification.
+//! Run with `cargo bench --bench exchange`. Each exchange gets a fresh CI token (signed
+//! in the untimed set-up) so that replay protection does its real work. Measured on the
+//! in-memory store, SQLite (`synchronous = FULL`) and, when `TOKENMINT_BENCH_DATABASE_URL`
+//! names a PostgreSQL database, PostgreSQL; one at a time and 64 concurrent. Also
+//! measured: parsing a request's scope, which runs before verification.
 
 use std::path::Path;
+mod common;
+
 use std::sync::Arc;
 
-use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::{Map, Value, json};
 
 use tokenmint::adapters::signing::{SigningAlgorithm, SigningKey};
@@ -32,6 +37,24 @@ claims:
   workflow_ref: { glob: "acme/identity-config/.github/workflows/*.yml@refs/heads/main" }
 "#;
 
+/// The store an exchange benchmark runs on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum StoreKind {
+    Memory,
+    Sqlite,
+    Postgres,
+}
+
+impl StoreKind {
+    fn name(self) -> &'static str {
+        match self {
+            StoreKind::Memory => "memory",
+            StoreKind::Sqlite => "sqlite",
+            StoreKind::Postgres => "postgres",
+        }
+    }
+}
+
 struct Bench {
     _dir: tempfile::TempDir,
     service: Service,
@@ -43,7 +66,11 @@ fn manifest(path: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-fn set_up(runtime: &tokio::runtime::Runtime) -> Bench {
+fn set_up(
+    runtime: &tokio::runtime::Runtime,
+    store: StoreKind,
+    database_url: Option<&str>,
+) -> Bench {
     let dir = tempfile::tempdir().expect("temp dir");
     let pem = std::fs::read_to_string(manifest("tests/data/keys/ci-issuer-a.pem")).expect("key");
     let ci_key = SigningKey::from_pkcs8_pem(SigningAlgorithm::RS256, &pem).expect("CI key");
@@ -63,6 +90,7 @@ admin_listen = ""
 
 [storage]
 data_dir = "{data}"
+{database_url}
 
 [policies]
 dir = "{policies}"
@@ -78,6 +106,9 @@ algorithm = "ES256"
 max_ttl = "15m"
 "#,
             data = dir.path().join("data").display(),
+            database_url = database_url
+                .map(|url| format!("database_url = \"{url}\""))
+                .unwrap_or_default(),
             policies = policies.display(),
             jwks = jwks.display(),
         ),
@@ -88,8 +119,13 @@ max_ttl = "15m"
         listen: None,
     })
     .expect("config loads");
+    let metrics = Arc::new(Metrics::new());
     let service = runtime
-        .block_on(Service::build(config, Arc::new(Metrics::new())))
+        .block_on(match store {
+            StoreKind::Memory => Box::pin(Service::build(config, metrics))
+                as std::pin::Pin<Box<dyn std::future::Future<Output = _>>>,
+            StoreKind::Sqlite | StoreKind::Postgres => Box::pin(Service::open(config, metrics)),
+        })
         .expect("service builds");
     let fixture = std::fs::read_to_string(manifest("tests/data/claims/github-push-main.json"))
         .expect("claims fixture");
@@ -136,27 +172,80 @@ fn request(token: String) -> tokenmint::trust::exchange::ExchangeRequest {
 
 fn exchange(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    let bench = set_up(&runtime);
-    let exchanger = bench.service.state.exchanger.clone();
-    c.bench_function("exchange/local_es256_memory_store", |b| {
-        b.to_async(&runtime).iter_batched(
-            || request(bench.ci_token()),
-            |request| {
-                let exchanger = exchanger.clone();
-                async move {
-                    let result = exchanger
-                        .exchange(&request, time::OffsetDateTime::now_utc())
-                        .await;
-                    assert!(result.is_ok(), "the exchange succeeds");
-                }
-            },
-            BatchSize::SmallInput,
+    let pg_url = common::postgres_schema_url(&runtime);
+    let mut kinds = vec![StoreKind::Memory, StoreKind::Sqlite];
+    if pg_url.is_some() {
+        kinds.push(StoreKind::Postgres);
+    } else {
+        eprintln!("exchange/*/postgres skipped: set TOKENMINT_BENCH_DATABASE_URL to measure it");
+    }
+    let mut group = c.benchmark_group("exchange");
+    for kind in kinds {
+        let bench = set_up(
+            &runtime,
+            kind,
+            pg_url.as_deref().filter(|_| kind == StoreKind::Postgres),
         );
-    });
+        let exchanger = bench.service.state.exchanger.clone();
+        for callers in [1usize, 64] {
+            let before = group_commit(&bench.service.state.metrics.render());
+            group.throughput(Throughput::Elements(callers as u64));
+            group.bench_function(format!("local_es256/{}/{callers}", kind.name()), |b| {
+                b.to_async(&runtime).iter_custom(|iterations| {
+                    // Tokens are signed before the clock starts.
+                    let batches: Vec<Vec<_>> = (0..iterations)
+                        .map(|_| (0..callers).map(|_| request(bench.ci_token())).collect())
+                        .collect();
+                    let exchanger = exchanger.clone();
+                    async move {
+                        let started = std::time::Instant::now();
+                        for batch in batches {
+                            let all = batch.into_iter().map(|request| {
+                                let exchanger = exchanger.clone();
+                                tokio::spawn(async move {
+                                    exchanger
+                                        .exchange(&request, time::OffsetDateTime::now_utc())
+                                        .await
+                                        .is_ok()
+                                })
+                            });
+                            for done in futures_util::future::join_all(all).await {
+                                assert!(done.expect("task"), "the exchange succeeds");
+                            }
+                        }
+                        started.elapsed()
+                    }
+                });
+            });
+            if kind == StoreKind::Sqlite {
+                let after = group_commit(&bench.service.state.metrics.render());
+                let (records, commits) = (after.0 - before.0, after.1 - before.1);
+                eprintln!(
+                    "exchange/local_es256/sqlite/{callers}: {records} records in {commits} commits, {:.1} per commit",
+                    records / commits.max(1.0)
+                );
+            }
+        }
+    }
+    group.finish();
+}
+
+/// The SQLite writer's (records, commits) so far, read from `/metrics`.
+fn group_commit(metrics: &str) -> (f64, f64) {
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        value("tokenmint_store_records_per_commit_sum "),
+        value("tokenmint_store_records_per_commit_count "),
+    )
 }
 
 /// Scopes are parsed before the CI token is verified, so anyone can send 64 KiB of

@@ -362,6 +362,14 @@ fn build_signer(config: &Config) -> anyhow::Result<LocalSigner> {
             KeyRing::in_memory(&algorithms, now).context("generating in-memory signing keys")?
         }
         Some(dir) => {
+            if config.storage.database_url.is_some() && !algorithms.is_empty() {
+                // Keys in the database are not here yet: replicas agree on keys only when
+                // they share this directory.
+                tracing::warn!(
+                    keys = %dir.display(),
+                    "storage.database_url is set, but generated signing keys stay in data_dir: replicas publish the same JWKS only if they share this directory (or use signing_key_file)"
+                );
+            }
             let ring = KeyRing::load_or_create(&dir, &algorithms, now)
                 .with_context(|| format!("loading signing keys from {}", dir.display()))?;
             for warning in ring.warnings() {

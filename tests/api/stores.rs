@@ -40,9 +40,7 @@ pub async fn postgres_url() -> Option<String> {
             !require_pg(),
             "TOKENMINT_TEST_REQUIRE_PG=1 but TOKENMINT_TEST_DATABASE_URL is not set"
         );
-        eprintln!(
-            "skipped: the PostgreSQL part of this test (set TOKENMINT_TEST_DATABASE_URL to run it)"
-        );
+        say_skipped("set TOKENMINT_TEST_DATABASE_URL to run it");
         return None;
     };
     sqlx::any::install_default_drivers();
@@ -50,9 +48,7 @@ pub async fn postgres_url() -> Option<String> {
         Ok(conn) => conn,
         Err(err) => {
             assert!(!require_pg(), "PostgreSQL at {base} is unreachable: {err}");
-            eprintln!(
-                "skipped: the PostgreSQL part of this test (PostgreSQL at {base} is unreachable: {err})"
-            );
+            say_skipped(&format!("PostgreSQL at {base} is unreachable: {err}"));
             return None;
         }
     };
@@ -65,4 +61,12 @@ pub async fn postgres_url() -> Option<String> {
     Some(format!(
         "{base}{separator}options=-c%20search_path%3D{schema}"
     ))
+}
+
+/// Says on the real stderr (past the test harness's capture, so `cargo test` shows it)
+/// that the PostgreSQL part of the current test was skipped.
+fn say_skipped(why: &str) {
+    use std::io::Write as _;
+    let test = std::thread::current().name().unwrap_or("a test").to_owned();
+    let _ = writeln!(std::io::stderr(), "{test}: PostgreSQL part skipped ({why})");
 }
