@@ -3,13 +3,14 @@
 //! in-memory store, SQLite (`synchronous = FULL`, group commit) and, when
 //! `TOKENMINT_BENCH_DATABASE_URL` names a PostgreSQL database, PostgreSQL.
 //!
-//! Run with `cargo bench --bench store`. Throughput is in steps per second; for SQLite the
+//! Run with `cargo bench --bench store`. N callers keep N steps in flight at all times;
+//! throughput is in steps per second; for SQLite the
 //! records per commit of each run are printed (from the writer's histogram).
 
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use time::OffsetDateTime;
@@ -117,16 +118,8 @@ fn store(c: &mut Criterion) {
             group.bench_function(format!("{name}/{callers}"), |b| {
                 b.to_async(&runtime).iter_custom(|iterations| {
                     let store = store.clone();
-                    async move {
-                        let started = Instant::now();
-                        for _ in 0..iterations {
-                            let all = (0..callers).map(|_| tokio::spawn(final_step(store.clone())));
-                            for done in futures_util::future::join_all(all).await {
-                                done.expect("task");
-                            }
-                        }
-                        started.elapsed()
-                    }
+                    let steps = (0..iterations as usize * callers).collect();
+                    common::closed_loop(steps, callers, move |_| final_step(store.clone()))
                 });
             });
             if name == "sqlite" {

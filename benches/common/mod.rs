@@ -21,3 +21,34 @@ pub fn postgres_schema_url(runtime: &tokio::runtime::Runtime) -> Option<String> 
         "{base}{separator}options=-c%20search_path%3D{schema}"
     ))
 }
+
+/// Runs `work` on every item with `callers` of them in flight at all times (a closed loop,
+/// as a service under steady load sees it), and returns how long that took.
+pub async fn closed_loop<T, F, Fut>(items: Vec<T>, callers: usize, work: F) -> std::time::Duration
+where
+    T: Send + 'static,
+    F: Fn(T) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(items));
+    let started = std::time::Instant::now();
+    let workers: Vec<_> = (0..callers)
+        .map(|_| {
+            let queue = queue.clone();
+            let work = work.clone();
+            tokio::spawn(async move {
+                loop {
+                    let next = queue.lock().expect("queue").pop();
+                    match next {
+                        Some(item) => work(item).await,
+                        None => break,
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.expect("worker");
+    }
+    started.elapsed()
+}

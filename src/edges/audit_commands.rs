@@ -506,7 +506,7 @@ mod tests {
         let table = render_table(&[record()], offset);
         assert_eq!(
             table,
-            "TIME (UTC+01:00)     REPOSITORY  WORKFLOW                                    RUN   COMMIT   OUTCOME  REASON   POLICY  TARGET       SCOPE       REQUEST\n\
+            "TIME (UTC+01:00)     REPOSITORY  WORKFLOW                                      RUN   COMMIT   OUTCOME  REASON   POLICY  TARGET       SCOPE       REQUEST\n\
              2026-12-01 11:00:00  acme/app    .github/workflows/deploy.yml@refs/heads/main  42/1  0123456  allow    allowed  deploy  tenant-prod  read:users  req-1\n"
         );
     }

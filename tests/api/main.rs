@@ -1,6 +1,7 @@
 //! The integration tests: one binary driving the real router against fake CI issuers.
 
 mod architecture;
+mod audit_cli;
 mod commands;
 mod config;
 mod correlate;

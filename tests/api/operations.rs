@@ -209,6 +209,15 @@ impl ServiceProcess {
         self.seen.extend(self.lines.iter());
         (code, self.seen)
     }
+
+    /// Sends SIGKILL (the process ends at once, with no shutdown of any kind), waits for
+    /// it, and returns the exit code (`None`: killed by a signal) and every log line.
+    pub fn kill(mut self) -> (Option<i32>, Vec<String>) {
+        self.child.kill().expect("SIGKILL");
+        let code = self.child.wait().expect("wait").code();
+        self.seen.extend(self.lines.iter());
+        (code, self.seen)
+    }
 }
 
 #[test]

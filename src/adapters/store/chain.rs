@@ -173,6 +173,15 @@ impl<'h, 'f> ChainWalk<'h, 'f> {
     /// Checks that the chain ended where its head says; returns the records checked.
     pub fn finish(self) -> Result<u64, ChainBreak> {
         let last_seq = self.expected_seq - 1;
+        if last_seq > self.head.last_seq {
+            return Err(self.fail(
+                self.head.last_seq + 1,
+                format!(
+                    "was added: the chain's head ends it at record {}, yet records up to {last_seq} follow",
+                    self.head.last_seq
+                ),
+            ));
+        }
         if last_seq != self.head.last_seq {
             return Err(self.fail(
                 last_seq + 1,
@@ -260,7 +269,8 @@ pub fn parse_checkpoints(text: &str) -> Vec<Checkpoint> {
 }
 
 fn parse_checkpoint_line(line: &str) -> Option<Checkpoint> {
-    let line = line.trim();
+    let plain = without_ansi_escapes(line);
+    let line = plain.trim();
     if line.starts_with('{') {
         let value: serde_json::Value = serde_json::from_str(line).ok()?;
         let fields = value.get("fields").unwrap_or(&value);
@@ -287,6 +297,25 @@ fn parse_checkpoint_line(line: &str) -> Option<Checkpoint> {
         return None;
     }
     checkpoint(replica, seq, hash)
+}
+
+/// `line` without terminal colour sequences (`ESC [ ... m`), which a log written by an
+/// older version, or through a terminal, may carry around field names.
+fn without_ansi_escapes(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn checkpoint(replica: &str, seq: &str, hash: &str) -> Option<Checkpoint> {
@@ -435,10 +464,11 @@ mod tests {
             "2026-12-01T00:00:00Z  INFO tokenmint::edges::service: audit checkpoint replica=r1 seq=7 hash={hash}\n\
              {{\"timestamp\":\"x\",\"level\":\"INFO\",\"fields\":{{\"message\":\"audit checkpoint\",\"replica\":\"r2\",\"seq\":9,\"hash\":\"{hash}\"}}}}\n\
              r3 11 {hash}\n\
+             \u{1b}[2m2026-12-01\u{1b}[0m INFO audit checkpoint \u{1b}[3mreplica\u{1b}[0m\u{1b}[2m=\u{1b}[0mr4 \u{1b}[3mseq\u{1b}[0m\u{1b}[2m=\u{1b}[0m12 \u{1b}[3mhash\u{1b}[0m\u{1b}[2m=\u{1b}[0m{hash}\n\
              unrelated line\n"
         );
         let found = parse_checkpoints(&text);
         let seen: Vec<(&str, u64)> = found.iter().map(|c| (c.replica.as_str(), c.seq)).collect();
-        assert_eq!(seen, [("r1", 7), ("r2", 9), ("r3", 11)]);
+        assert_eq!(seen, [("r1", 7), ("r2", 9), ("r3", 11), ("r4", 12)]);
     }
 }

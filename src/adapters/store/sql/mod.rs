@@ -409,14 +409,14 @@ async fn sqlite_replica(conn: &mut AnyConnection) -> Result<String, sqlx::Error>
 #[async_trait]
 impl Store for SqlStore {
     async fn begin(&self, step: Begin<'_>, now: OffsetDateTime) -> Result<Begun, StoreError> {
-        match self.run(Op::begin(step), now).await? {
+        match self.run(Op::begin(step)?, now).await? {
             Answer::Begun(begun) => Ok(begun),
             other => Err(other.unexpected()),
         }
     }
 
     async fn finish(&self, step: Finish<'_>, now: OffsetDateTime) -> Result<Finished, StoreError> {
-        match self.run(Op::finish(step), now).await? {
+        match self.run(Op::finish(step)?, now).await? {
             Answer::Finished(finished) => Ok(finished),
             other => Err(other.unexpected()),
         }
@@ -427,7 +427,7 @@ impl Store for SqlStore {
         step: Abandon<'_>,
         now: OffsetDateTime,
     ) -> Result<Option<Seq>, StoreError> {
-        match self.run(Op::abandon(step), now).await? {
+        match self.run(Op::abandon(step)?, now).await? {
             Answer::Abandoned(seq) => Ok(seq),
             other => Err(other.unexpected()),
         }

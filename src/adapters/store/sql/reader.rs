@@ -3,6 +3,7 @@
 //! it works beside a running service and on a read-only copy of the SQLite file.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use sqlx::any::AnyPoolOptions;
@@ -48,6 +49,61 @@ pub struct VerifyReport {
 /// A read-only view of the store.
 pub struct AuditReader {
     pool: AnyPool,
+    /// A private copy of the file and its WAL, when the original could not be read in
+    /// place; removed with the reader.
+    _scratch: Option<Scratch>,
+}
+
+/// A directory of our own under the system's temporary directory, removed on drop.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Opens the SQLite file at `path` without writing anything beside it when that can be
+/// avoided, and without missing commits still in its WAL:
+///
+/// - no `-wal` and no `-shm` beside it (no service has it open; a copy or a backup):
+///   read it as immutable, which creates nothing;
+/// - otherwise read it in place (sharing a running service's WAL index);
+/// - and if that fails (a read-only copy whose WAL index cannot be made), read a private
+///   copy of the file and its WAL.
+async fn open_sqlite_read_only(path: &Path) -> anyhow::Result<(AnyPool, Option<Scratch>)> {
+    let beside = |suffix: &str| path.with_file_name(format!("{SQLITE_FILE}{suffix}"));
+    let connect = |path: &Path, params: &'static str| {
+        let url = sqlite_url(path, params);
+        async move {
+            let pool = AnyPoolOptions::new()
+                .max_connections(1)
+                .connect(&url)
+                .await?;
+            sqlx::query("SELECT 1 FROM replicas LIMIT 1")
+                .fetch_optional(&pool)
+                .await?;
+            Ok::<_, sqlx::Error>(pool)
+        }
+    };
+    let (wal, shm) = (beside("-wal"), beside("-shm"));
+    if !wal.exists() && !shm.exists() {
+        return Ok((connect(path, "mode=ro&immutable=1").await?, None));
+    }
+    if let Ok(pool) = connect(path, "mode=ro").await {
+        return Ok((pool, None));
+    }
+    let scratch = Scratch(
+        std::env::temp_dir().join(format!("tokenmint-audit-{}", uuid::Uuid::new_v4().simple())),
+    );
+    std::fs::create_dir(&scratch.0).with_context(|| format!("creating {}", scratch.0.display()))?;
+    let copy = scratch.0.join(SQLITE_FILE);
+    std::fs::copy(path, &copy).with_context(|| format!("copying {}", path.display()))?;
+    if wal.exists() {
+        std::fs::copy(&wal, scratch.0.join(format!("{SQLITE_FILE}-wal")))
+            .with_context(|| format!("copying {}", wal.display()))?;
+    }
+    Ok((connect(&copy, "mode=ro").await?, Some(scratch)))
 }
 
 impl AuditReader {
@@ -56,6 +112,7 @@ impl AuditReader {
     pub async fn open(location: &Location) -> anyhow::Result<AuditReader> {
         sqlx::any::install_default_drivers();
         let what = location.describe();
+        let mut scratch = None;
         let pool = match location {
             Location::DataDir(dir) => {
                 let path = dir.join(SQLITE_FILE);
@@ -65,25 +122,11 @@ impl AuditReader {
                         path.display()
                     );
                 }
-                let connect = |params: &'static str| {
-                    let url = sqlite_url(&path, params);
-                    async move { AnyPoolOptions::new().max_connections(1).connect(&url).await }
-                };
-                match connect("mode=ro").await {
-                    Ok(pool)
-                        if sqlx::query("SELECT 1 FROM replicas LIMIT 1")
-                            .fetch_optional(&pool)
-                            .await
-                            .is_ok() =>
-                    {
-                        pool
-                    }
-                    // A read-only copy without its -shm file cannot take WAL locks; nothing
-                    // writes a copy, so read it as immutable.
-                    _ => connect("mode=ro&immutable=1")
-                        .await
-                        .with_context(|| format!("opening the SQLite store {what} read-only"))?,
-                }
+                let (pool, copy) = open_sqlite_read_only(&path)
+                    .await
+                    .with_context(|| format!("opening the SQLite store {what} read-only"))?;
+                scratch = copy;
+                pool
             }
             Location::Postgres(url) => AnyPoolOptions::new()
                 .max_connections(2)
@@ -107,7 +150,10 @@ impl AuditReader {
             Some(_) => {}
         }
         drop(conn);
-        Ok(AuditReader { pool })
+        Ok(AuditReader {
+            pool,
+            _scratch: scratch,
+        })
     }
 
     /// Records matching `filter`, oldest first.

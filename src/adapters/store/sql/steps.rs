@@ -6,8 +6,6 @@
 //! locked read of the row that is there: two replicas racing with one CI token serialise
 //! on that key, so at most one of them marks it used.
 
-use std::sync::Arc;
-
 use sqlx::{AnyConnection, Row};
 use time::OffsetDateTime;
 
@@ -22,16 +20,16 @@ use crate::trust::store::{
 #[derive(Debug)]
 pub(super) enum Op {
     Begin {
-        record: Arc<AuditRecord>,
+        record: Prepared,
         reserve: Option<Claim>,
     },
     Finish {
-        record: Arc<AuditRecord>,
+        record: Prepared,
         settle: OwnedSettle,
     },
     Abandon {
         request_id: String,
-        record: Arc<AuditRecord>,
+        record: Prepared,
         reservation: Option<(String, String)>,
     },
     /// Forget up to `limit` replay rows that expired before `now`.
@@ -87,20 +85,56 @@ pub(super) fn replay_key_hash(key: &ReplayKey) -> String {
     ]))
 }
 
+/// A record ready to be appended: its JSON and query columns, made by the caller (so the
+/// SQLite writer, which every step waits for, only hashes and inserts).
+#[derive(Debug)]
+pub(super) struct Prepared {
+    json: String,
+    time_us: i64,
+    request_id: String,
+    outcome: &'static str,
+    reason: &'static str,
+    repository: Option<String>,
+    policy: Option<String>,
+    target: Option<String>,
+    token_sha256: Option<String>,
+    token_jti: Option<String>,
+}
+
+impl Prepared {
+    fn of(record: &AuditRecord) -> Result<Prepared, StoreError> {
+        let json = serde_json::to_string(record).map_err(|err| StoreError::Write(Box::new(err)))?;
+        let columns = QueryColumns::of(record);
+        let own = |value: Option<&str>| value.map(str::to_owned);
+        Ok(Prepared {
+            json,
+            time_us: columns.time_us,
+            request_id: columns.request_id.to_owned(),
+            outcome: columns.outcome,
+            reason: columns.reason,
+            repository: own(columns.repository),
+            policy: own(columns.policy),
+            target: own(columns.target),
+            token_sha256: own(columns.token_sha256),
+            token_jti: own(columns.token_jti),
+        })
+    }
+}
+
 impl Op {
-    pub(super) fn begin(step: Begin<'_>) -> Op {
-        Op::Begin {
-            record: step.record,
+    pub(super) fn begin(step: Begin<'_>) -> Result<Op, StoreError> {
+        Ok(Op::Begin {
+            record: Prepared::of(&step.record)?,
             reserve: step.reserve.map(|r| Claim {
                 key: replay_key_hash(r.key),
                 holder: Some(r.holder.0.clone()),
                 lease_until: Some(micros(r.lease_until)),
                 keep_until: micros(r.keep_until),
             }),
-        }
+        })
     }
 
-    pub(super) fn finish(step: Finish<'_>) -> Op {
+    pub(super) fn finish(step: Finish<'_>) -> Result<Op, StoreError> {
         let settle = match step.settle {
             Settle::Nothing => OwnedSettle::Nothing,
             Settle::Unused(key) => OwnedSettle::Unused(replay_key_hash(key)),
@@ -119,20 +153,20 @@ impl Op {
                 holder: holder.0.clone(),
             },
         };
-        Op::Finish {
-            record: step.record,
+        Ok(Op::Finish {
+            record: Prepared::of(&step.record)?,
             settle,
-        }
+        })
     }
 
-    pub(super) fn abandon(step: Abandon<'_>) -> Op {
-        Op::Abandon {
+    pub(super) fn abandon(step: Abandon<'_>) -> Result<Op, StoreError> {
+        Ok(Op::Abandon {
             request_id: step.request_id.to_owned(),
-            record: step.record,
+            record: Prepared::of(&step.record)?,
             reservation: step
                 .reservation
                 .map(|(key, holder)| (replay_key_hash(key), holder.0.clone())),
-        }
+        })
     }
 }
 
@@ -144,23 +178,39 @@ enum Standing {
     HeldBy(String),
 }
 
-/// The tail of one replica's chain while a transaction appends to it.
-pub(super) struct ChainCursor {
+/// The tail of one replica's chain while a transaction appends to it. Appended rows are
+/// written in multi-row inserts when the transaction ends (or before anything reads the
+/// audit table), so a batch of steps costs a few statements, not one per record.
+pub(super) struct ChainCursor<'r> {
     pub replica: String,
     backend: Backend,
     /// (last seq, last hash), once read in this transaction.
     head: Option<(u64, String)>,
     /// Records appended in this transaction.
     pub appended: usize,
+    /// Appended rows not yet inserted.
+    unwritten: Vec<AuditRow<'r>>,
 }
 
-impl ChainCursor {
+/// One `audit_records` row, ready to insert.
+struct AuditRow<'r> {
+    seq: i64,
+    prev_hash: String,
+    hash: String,
+    record: &'r Prepared,
+}
+
+/// Rows per insert statement: 14 parameters each, well under every database's limit.
+const ROWS_PER_INSERT: usize = 64;
+
+impl<'r> ChainCursor<'r> {
     pub(super) fn new(replica: String, backend: Backend) -> Self {
         Self {
             replica,
             backend,
             head: None,
             appended: 0,
+            unwritten: Vec::new(),
         }
     }
 
@@ -169,7 +219,7 @@ impl ChainCursor {
     async fn append(
         &mut self,
         conn: &mut AnyConnection,
-        record: &AuditRecord,
+        record: &'r Prepared,
     ) -> Result<Seq, sqlx::Error> {
         let (last_seq, last_hash) = match self.head.take() {
             Some(head) => head,
@@ -193,37 +243,68 @@ impl ChainCursor {
             }
         };
         let seq = last_seq + 1;
-        let json = serde_json::to_string(record).map_err(|e| sqlx::Error::Encode(e.into()))?;
-        let hash = link_hash(&self.replica, seq, &last_hash, &json);
-        let columns = QueryColumns::of(record);
-        sqlx::query(
-            "INSERT INTO audit_records (replica_id, seq, prev_hash, hash, time_us, request_id, \
-             outcome, reason, repository, policy, target, token_sha256, token_jti, record) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-        )
-        .bind(&self.replica)
-        .bind(seq as i64)
-        .bind(&last_hash)
-        .bind(&hash)
-        .bind(columns.time_us)
-        .bind(columns.request_id)
-        .bind(columns.outcome)
-        .bind(columns.reason)
-        .bind(columns.repository)
-        .bind(columns.policy)
-        .bind(columns.target)
-        .bind(columns.token_sha256)
-        .bind(columns.token_jti)
-        .bind(json)
-        .execute(&mut *conn)
-        .await?;
+        let hash = link_hash(&self.replica, seq, &last_hash, &record.json);
+        self.unwritten.push(AuditRow {
+            seq: seq as i64,
+            prev_hash: last_hash,
+            hash: hash.clone(),
+            record,
+        });
         self.head = Some((seq, hash));
         self.appended += 1;
         Ok(Seq(seq))
     }
 
-    /// Writes the new chain head, if anything was appended. Part of the same transaction.
+    /// Inserts the rows appended so far.
+    pub(super) async fn flush(&mut self, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+        let rows = std::mem::take(&mut self.unwritten);
+        for chunk in rows.chunks(ROWS_PER_INSERT) {
+            let mut sql = String::from(
+                "INSERT INTO audit_records (replica_id, seq, prev_hash, hash, time_us, request_id, \
+                 outcome, reason, repository, policy, target, token_sha256, token_jti, record) VALUES ",
+            );
+            for index in 0..chunk.len() {
+                let first = index * 14;
+                if index > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push('(');
+                for column in 1..=14 {
+                    if column > 1 {
+                        sql.push_str(", ");
+                    }
+                    sql.push_str(&format!("${}", first + column));
+                }
+                sql.push(')');
+            }
+            let mut query = sqlx::query(&sql);
+            for row in chunk {
+                let record = row.record;
+                query = query
+                    .bind(&self.replica)
+                    .bind(row.seq)
+                    .bind(&row.prev_hash)
+                    .bind(&row.hash)
+                    .bind(record.time_us)
+                    .bind(&record.request_id)
+                    .bind(record.outcome)
+                    .bind(record.reason)
+                    .bind(&record.repository)
+                    .bind(&record.policy)
+                    .bind(&record.target)
+                    .bind(&record.token_sha256)
+                    .bind(&record.token_jti)
+                    .bind(&record.json);
+            }
+            query.execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
+    /// Inserts the appended rows and writes the new chain head, if anything was appended.
+    /// Part of the same transaction.
     pub(super) async fn write_head(&mut self, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+        self.flush(conn).await?;
         if let (Some((seq, hash)), true) = (&self.head, self.appended > 0) {
             sqlx::query("UPDATE replicas SET last_seq = $2, last_hash = $3 WHERE replica_id = $1")
                 .bind(&self.replica)
@@ -333,30 +414,12 @@ async fn take(
     allowed: impl Fn(&Standing) -> bool,
 ) -> Result<Standing, sqlx::Error> {
     let used = i64::from(claim.holder.is_none());
-    let inserted = sqlx::query(
-        "INSERT INTO replay (key_hash, used, holder, lease_until_us, keep_until_us) \
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key_hash) DO NOTHING",
-    )
-    .bind(&claim.key)
-    .bind(used)
-    .bind(claim.holder.as_deref())
-    .bind(claim.lease_until)
-    .bind(claim.keep_until)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if inserted == 1 {
-        return Ok(Standing::Free);
-    }
-    // A row is there (with PostgreSQL, committed: the insert waited for its writer), and
-    // is now locked by this transaction until it ends.
-    let before = standing(conn, backend, &claim.key, now)
-        .await?
-        .unwrap_or(Standing::Free);
-    if allowed(&before) {
-        sqlx::query(
-            "UPDATE replay SET used = $2, holder = $3, lease_until_us = $4, keep_until_us = $5 \
-             WHERE key_hash = $1",
+    // A row that disappears between the insert and the read (released by an earlier step
+    // of this transaction, or by another replica) is inserted again.
+    for _ in 0..3 {
+        let inserted = sqlx::query(
+            "INSERT INTO replay (key_hash, used, holder, lease_until_us, keep_until_us) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key_hash) DO NOTHING",
         )
         .bind(&claim.key)
         .bind(used)
@@ -364,17 +427,42 @@ async fn take(
         .bind(claim.lease_until)
         .bind(claim.keep_until)
         .execute(&mut *conn)
-        .await?;
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            return Ok(Standing::Free);
+        }
+        // A row is there (with PostgreSQL, committed: the insert waited for its writer),
+        // and is now locked by this transaction until it ends.
+        let Some(before) = standing(conn, backend, &claim.key, now).await? else {
+            continue;
+        };
+        if allowed(&before) {
+            sqlx::query(
+                "UPDATE replay SET used = $2, holder = $3, lease_until_us = $4, keep_until_us = $5 \
+                 WHERE key_hash = $1",
+            )
+            .bind(&claim.key)
+            .bind(used)
+            .bind(claim.holder.as_deref())
+            .bind(claim.lease_until)
+            .bind(claim.keep_until)
+            .execute(&mut *conn)
+            .await?;
+        }
+        return Ok(before);
     }
-    Ok(before)
+    Err(sqlx::Error::Protocol(
+        "the CI token's replay row kept disappearing while it was taken".to_owned(),
+    ))
 }
 
 /// Applies one step inside the caller's open transaction. A step that refuses (the CI
 /// token is used or held) writes nothing.
-pub(super) async fn apply(
+pub(super) async fn apply<'r>(
     conn: &mut AnyConnection,
-    chain: &mut ChainCursor,
-    op: &Op,
+    chain: &mut ChainCursor<'r>,
+    op: &'r Op,
     now: OffsetDateTime,
 ) -> Result<Answer, sqlx::Error> {
     let backend = chain.backend;
@@ -441,6 +529,8 @@ pub(super) async fn apply(
             record,
             reservation,
         } => {
+            // Records appended earlier in this transaction count too.
+            chain.flush(conn).await?;
             let outcomes: Vec<String> =
                 sqlx::query_scalar("SELECT outcome FROM audit_records WHERE request_id = $1")
                     .bind(request_id)

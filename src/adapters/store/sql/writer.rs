@@ -77,6 +77,9 @@ async fn run(
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = jobs.recv().await {
         batch.push(first);
+        // Let tasks that are already running enqueue their steps (a scheduler round,
+        // not a timer: nothing waits for steps that have not been made yet).
+        tokio::task::yield_now().await;
         while batch.len() < MAX_BATCH {
             match jobs.try_recv() {
                 Ok(job) => batch.push(job),
