@@ -203,18 +203,7 @@ impl SqlStore {
                 })
             }
             Location::Postgres(url) => {
-                let pool = AnyPoolOptions::new()
-                    .max_connections(POSTGRES_POOL_SIZE)
-                    .acquire_timeout(POOL_ACQUIRE_TIMEOUT)
-                    .connect(url)
-                    .await
-                    .map_err(|err| anyhow::anyhow!("connecting to PostgreSQL at {what}: {err}"))?;
-                let mut conn = pool
-                    .acquire()
-                    .await
-                    .map_err(|err| anyhow::anyhow!("connecting to PostgreSQL at {what}: {err}"))?;
-                migrate::run(&mut conn, Backend::Postgres, &what).await?;
-                drop(conn);
+                let pool = connect_postgres(url, POSTGRES_POOL_SIZE).await?;
                 let replica = uuid::Uuid::new_v4().to_string();
                 let host = std::env::var("HOSTNAME").unwrap_or_default();
                 sqlx::query(
@@ -242,6 +231,12 @@ impl SqlStore {
         self.location.backend()
     }
 
+    /// The connection pool, for what else lives in the same database (the signing keys
+    /// with PostgreSQL).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     pub fn location(&self) -> &Location {
         &self.location
     }
@@ -257,7 +252,7 @@ impl SqlStore {
             Mode::Postgres => {
                 let mut tx = self.pool.begin().await.map_err(write_error)?;
                 let mut chain = ChainCursor::new(self.replica.clone(), Backend::Postgres);
-                let answer = apply(&mut tx, &mut chain, &op, now)
+                let answer = apply(&mut tx, &mut chain, &op, now, false)
                     .await
                     .map_err(write_error)?;
                 chain.write_head(&mut tx).await.map_err(write_error)?;
@@ -320,6 +315,26 @@ impl SqlStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Connects to PostgreSQL at `url` with at most `max_connections` and applies the
+/// migrations, registering no replica: for [`SqlStore::open`], and for the commands that
+/// need the database but write no audit record (`keys rotate`, `keys reseal`).
+pub async fn connect_postgres(url: &str, max_connections: u32) -> anyhow::Result<AnyPool> {
+    sqlx::any::install_default_drivers();
+    let what = Location::Postgres(url.to_owned()).describe();
+    let pool = AnyPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(POOL_ACQUIRE_TIMEOUT)
+        .connect(url)
+        .await
+        .map_err(|err| anyhow::anyhow!("connecting to PostgreSQL at {what}: {err}"))?;
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(|err| anyhow::anyhow!("connecting to PostgreSQL at {what}: {err}"))?;
+    migrate::run(&mut conn, Backend::Postgres, &what).await?;
+    Ok(pool)
 }
 
 /// How often expired replay rows and records past retention are purged.

@@ -273,7 +273,11 @@ impl<'r> ChainCursor<'r> {
                     if column > 1 {
                         sql.push_str(", ");
                     }
-                    sql.push_str(&format!("${}", first + column));
+                    // SQLite binds anonymous `?` without looking each name up.
+                    match self.backend {
+                        Backend::Sqlite => sql.push('?'),
+                        Backend::Postgres => sql.push_str(&format!("${}", first + column)),
+                    }
                 }
                 sql.push(')');
             }
@@ -411,8 +415,13 @@ async fn take(
     backend: Backend,
     claim: &Claim,
     now: i64,
+    taken: bool,
     allowed: impl Fn(&Standing) -> bool,
 ) -> Result<Standing, sqlx::Error> {
+    if taken {
+        // Inserted fresh by `take_fresh` in this transaction.
+        return Ok(Standing::Free);
+    }
     let used = i64::from(claim.holder.is_none());
     // A row that disappears between the insert and the read (released by an earlier step
     // of this transaction, or by another replica) is inserted again.
@@ -457,13 +466,77 @@ async fn take(
     ))
 }
 
+/// The claim a step would write into a CI token's replay row, if any.
+pub(super) fn claim_of(op: &Op) -> Option<&Claim> {
+    match op {
+        Op::Begin {
+            reserve: Some(claim),
+            ..
+        }
+        | Op::Finish {
+            settle: OwnedSettle::Use(claim),
+            ..
+        } => Some(claim),
+        _ => None,
+    }
+}
+
+/// The replay row a step reads or writes, if any.
+pub(super) fn key_of(op: &Op) -> Option<&str> {
+    match op {
+        Op::Begin { reserve, .. } => reserve.as_ref().map(|c| c.key.as_str()),
+        Op::Finish { settle, .. } => match settle {
+            OwnedSettle::Nothing => None,
+            OwnedSettle::Unused(key)
+            | OwnedSettle::Consume { key, .. }
+            | OwnedSettle::Release { key, .. } => Some(key),
+            OwnedSettle::Use(claim) => Some(&claim.key),
+        },
+        Op::Abandon { reservation, .. } => reservation.as_ref().map(|(key, _)| key.as_str()),
+        Op::PurgeReplay { .. } | Op::PurgeAudit { .. } | Op::Probe => None,
+    }
+}
+
+/// Inserts the rows of `claims` that are new, in one statement per 64 (SQLite's `?`
+/// parameters), and returns the keys inserted. The caller passes only claims on rows
+/// no earlier step of its transaction touches, so for those steps the insert is exactly
+/// what their own [`take`] would have done first.
+pub(super) async fn take_fresh(
+    conn: &mut AnyConnection,
+    claims: &[&Claim],
+) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+    let mut inserted = std::collections::HashSet::new();
+    for chunk in claims.chunks(ROWS_PER_INSERT) {
+        let mut sql = String::from(
+            "INSERT INTO replay (key_hash, used, holder, lease_until_us, keep_until_us) VALUES ",
+        );
+        sql.push_str(&vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", "));
+        sql.push_str(" ON CONFLICT (key_hash) DO NOTHING RETURNING key_hash");
+        let mut query = sqlx::query_scalar::<_, String>(&sql);
+        for claim in chunk {
+            query = query
+                .bind(&claim.key)
+                .bind(i64::from(claim.holder.is_none()))
+                .bind(claim.holder.as_deref())
+                .bind(claim.lease_until)
+                .bind(claim.keep_until);
+        }
+        inserted.extend(query.fetch_all(&mut *conn).await?);
+    }
+    Ok(inserted)
+}
+
 /// Applies one step inside the caller's open transaction. A step that refuses (the CI
 /// token is used or held) writes nothing.
+///
+/// `taken`: the step's claim row was already inserted, fresh, by [`take_fresh`] (so the CI
+/// token was free and is now this step's).
 pub(super) async fn apply<'r>(
     conn: &mut AnyConnection,
     chain: &mut ChainCursor<'r>,
     op: &'r Op,
     now: OffsetDateTime,
+    taken: bool,
 ) -> Result<Answer, sqlx::Error> {
     let backend = chain.backend;
     let now_us = micros(now);
@@ -471,11 +544,18 @@ pub(super) async fn apply<'r>(
         Op::Begin { record, reserve } => {
             if let Some(claim) = reserve {
                 let holder = claim.holder.as_deref().unwrap_or_default();
-                let before = take(conn, backend, claim, now_us, |standing| match standing {
-                    Standing::Free => true,
-                    Standing::HeldBy(other) => other == holder,
-                    Standing::Used => false,
-                })
+                let before = take(
+                    conn,
+                    backend,
+                    claim,
+                    now_us,
+                    taken,
+                    |standing| match standing {
+                        Standing::Free => true,
+                        Standing::HeldBy(other) => other == holder,
+                        Standing::Used => false,
+                    },
+                )
                 .await?;
                 match before {
                     Standing::Used => return Ok(Answer::Begun(Begun::AlreadyUsed)),
@@ -497,7 +577,11 @@ pub(super) async fn apply<'r>(
                     Some(Standing::Free) | None => {}
                 },
                 OwnedSettle::Use(claim) => {
-                    match take(conn, backend, claim, now_us, |s| *s == Standing::Free).await? {
+                    match take(conn, backend, claim, now_us, taken, |s| {
+                        *s == Standing::Free
+                    })
+                    .await?
+                    {
                         Standing::Used => return Ok(Answer::Finished(Finished::AlreadyUsed)),
                         Standing::HeldBy(_) => return Ok(Answer::Finished(Finished::InUse)),
                         Standing::Free => {}

@@ -5,6 +5,7 @@
 //! A batch is closed when its transaction starts: a step that arrives while a commit is
 //! running waits for the next one, so no step waits on more than one fsync it did not need.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -12,7 +13,7 @@ use sqlx::AnyConnection;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
-use super::steps::{Answer, ChainCursor, Op, apply};
+use super::steps::{Answer, ChainCursor, Claim, Op, apply, claim_of, key_of, take_fresh};
 use super::{Backend, CommitObserver};
 use crate::trust::store::StoreError;
 
@@ -120,11 +121,105 @@ async fn commit(
     // (busy_timeout) instead of failing half way.
     sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
     let mut chain = ChainCursor::new(replica.to_owned(), Backend::Sqlite);
+    // The first step on each CI token takes it with one multi-row insert for the whole
+    // batch; later steps on the same token (rare) and conflicts take the one-by-one path.
+    let mut seen = HashSet::new();
+    let first: Vec<bool> = batch
+        .iter()
+        .map(|job| {
+            key_of(&job.op).is_some_and(|key| seen.insert(key)) && claim_of(&job.op).is_some()
+        })
+        .collect();
+    let fresh: Vec<&Claim> = batch
+        .iter()
+        .zip(&first)
+        .filter(|(_, first)| **first)
+        .filter_map(|(job, _)| claim_of(&job.op))
+        .collect();
+    let inserted = take_fresh(conn, &fresh).await?;
     let mut answers = Vec::with_capacity(batch.len());
-    for job in batch {
-        answers.push(apply(conn, &mut chain, &job.op, job.now).await?);
+    for (job, first) in batch.iter().zip(first) {
+        let taken = first && claim_of(&job.op).is_some_and(|claim| inserted.contains(&claim.key));
+        answers.push(apply(conn, &mut chain, &job.op, job.now, taken).await?);
     }
     chain.write_head(conn).await?;
     sqlx::query("COMMIT").execute(&mut *conn).await?;
     Ok((answers, chain.appended))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use time::OffsetDateTime;
+
+    use crate::adapters::store::{Location, NoCommitObserver, SqlStore};
+    use crate::trust::audit::{AuditRecord, Reason};
+    use crate::trust::store::{Finish, Finished, ReplayKey, Settle, Store};
+
+    async fn finish(store: &SqlStore, key: &ReplayKey, settle_use: bool) -> Finished {
+        let now = OffsetDateTime::now_utc();
+        let settle = if settle_use {
+            Settle::Use {
+                key,
+                keep_until: now + time::Duration::minutes(5),
+            }
+        } else {
+            Settle::Unused(key)
+        };
+        let record = Arc::new(AuditRecord::new(
+            &uuid::Uuid::new_v4().to_string(),
+            now,
+            if settle_use {
+                Reason::Allowed
+            } else {
+                Reason::NoPolicyMatched
+            },
+        ));
+        store
+            .finish(Finish { record, settle }, now)
+            .await
+            .expect("finish")
+    }
+
+    /// Steps on one CI token queued together land in one transaction: the first takes
+    /// the token with the batch's multi-row insert, the others see it used, in order.
+    #[tokio::test]
+    async fn steps_on_one_token_in_one_batch_keep_their_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqlStore::open(
+            Location::DataDir(dir.path().to_owned()),
+            Arc::new(NoCommitObserver),
+        )
+        .await
+        .expect("store");
+        let key = ReplayKey {
+            issuer: "github".to_owned(),
+            id: "jti:one".to_owned(),
+        };
+        let (refusal, first, second, third) = tokio::join!(
+            finish(&store, &key, false),
+            finish(&store, &key, true),
+            finish(&store, &key, true),
+            finish(&store, &key, false),
+        );
+        assert!(matches!(refusal, Finished::Recorded(_)), "{refusal:?}");
+        assert!(matches!(first, Finished::Recorded(_)), "{first:?}");
+        assert_eq!(second, Finished::AlreadyUsed);
+        assert_eq!(third, Finished::AlreadyUsed);
+        let tokens: Vec<ReplayKey> = (0..40)
+            .map(|n| ReplayKey {
+                issuer: "github".to_owned(),
+                id: format!("jti:{}", n % 20),
+            })
+            .collect();
+        let answers =
+            futures_util::future::join_all(tokens.iter().map(|key| finish(&store, key, true)))
+                .await;
+        let recorded = answers
+            .iter()
+            .filter(|a| matches!(a, Finished::Recorded(_)))
+            .count();
+        assert_eq!(recorded, 20, "each of 20 tokens is used once");
+    }
 }
