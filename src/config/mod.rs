@@ -55,11 +55,14 @@ pub struct ServerConfig {
 
 #[derive(Debug, Clone)]
 pub struct StorageConfig {
-    /// `None` in dev mode: state and keys are in memory. Otherwise the SQLite store (unless
-    /// `database_url` is set) and the local signing keys live here.
+    /// `None` in dev mode: state and keys are in memory. Otherwise the SQLite store and the
+    /// local signing keys live here, unless `database_url` is set.
     pub data_dir: Option<PathBuf>,
     /// PostgreSQL, shared by replicas; never carries a password.
     pub database_url: Option<String>,
+    /// With `database_url`: the file whose bytes seal the signing keys kept in the
+    /// database (read when needed, never logged).
+    pub key_encryption_key_file: Option<PathBuf>,
     /// Audit records older than this are purged.
     pub audit_retention: Duration,
 }

@@ -65,6 +65,7 @@ struct RawStorage {
     #[serde(default = "default_data_dir")]
     data_dir: PathBuf,
     database_url: Option<String>,
+    key_encryption_key_file: Option<PathBuf>,
     #[serde(default = "default_audit_retention")]
     audit_retention: HumanDuration,
 }
@@ -74,6 +75,7 @@ impl Default for RawStorage {
         Self {
             data_dir: default_data_dir(),
             database_url: None,
+            key_encryption_key_file: None,
             audit_retention: default_audit_retention(),
         }
     }
@@ -472,6 +474,8 @@ impl RawConfig {
             }
         }
 
+        check_key_encryption_key(&self.storage, &targets, &fail)?;
+
         Ok(Config {
             server: ServerConfig {
                 listen,
@@ -482,6 +486,7 @@ impl RawConfig {
             storage: StorageConfig {
                 data_dir: Some(self.storage.data_dir),
                 database_url: self.storage.database_url,
+                key_encryption_key_file: self.storage.key_encryption_key_file,
                 audit_retention: self.storage.audit_retention.get(),
             },
             policies: PoliciesConfig {
@@ -518,6 +523,52 @@ pub(crate) fn normalise_public_url(text: &str) -> Result<String, String> {
         normalised.pop();
     }
     Ok(normalised)
+}
+
+/// `storage.key_encryption_key_file` is required with `database_url` when a local target
+/// uses generated keys (they are kept in the database, sealed with it), and refused
+/// without `database_url` (the embedded store keeps keys as files). The file itself is
+/// read and checked when a command needs it, not here.
+fn check_key_encryption_key(
+    storage: &RawStorage,
+    targets: &BTreeMap<String, super::TargetConfig>,
+    fail: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    const KEY: &str = "storage.key_encryption_key_file";
+    match (&storage.database_url, &storage.key_encryption_key_file) {
+        (None, Some(_)) => Err(fail(
+            KEY,
+            "is only used with storage.database_url: with the embedded store, keys are files \
+             in data_dir; remove it"
+                .to_owned(),
+        )),
+        (Some(_), None) => {
+            let generated = targets.values().find(|target| {
+                matches!(
+                    target.kind,
+                    super::TargetKindConfig::Local {
+                        signing_key_file: None,
+                        ..
+                    }
+                )
+            });
+            match generated {
+                Some(target) => Err(fail(
+                    KEY,
+                    format!(
+                        "is required with storage.database_url, because targets.{} (kind = \
+                         \"local\") uses generated signing keys, which replicas share in the \
+                         database sealed with this key: make one with `(umask 077 && head -c 32 \
+                         /dev/urandom > /etc/tokenmint/kek)` and give every replica the same file, \
+                         or give the target a signing_key_file",
+                        target.name
+                    ),
+                )),
+                None => Ok(()),
+            }
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A PostgreSQL URL, without a password: secrets never appear in configuration (the

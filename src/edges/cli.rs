@@ -93,6 +93,16 @@ enum KeysCommand {
         #[arg(long)]
         force: bool,
     },
+    /// With storage.database_url: re-encrypt the signing keys in the database with a new
+    /// key-encryption key (the configured one opens them).
+    Reseal {
+        /// The new key-encryption key: a file of at least 32 random bytes, mode 0600.
+        #[arg(long, value_name = "FILE")]
+        new_key_file: PathBuf,
+        /// Configuration file (default: ./tokenmint.toml if present).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -202,6 +212,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dir,
         }) => policy_check(config, strict, dir),
         Command::Keys(KeysCommand::Rotate { config, force }) => keys_rotate(config, force),
+        Command::Keys(KeysCommand::Reseal {
+            new_key_file,
+            config,
+        }) => keys_reseal(config, &new_key_file),
         Command::Audit(command) => audit(command),
         Command::Doctor { config, no_mint } => doctor(config, no_mint),
     }
@@ -452,25 +466,137 @@ fn keys_rotate(config: Option<PathBuf>, force: bool) -> anyhow::Result<ExitCode>
         file: config,
         listen: None,
     })?;
-    let Some(dir) = service::key_dir(&config) else {
-        bail!("keys rotate needs storage.data_dir");
-    };
     let algorithms = service::ring_algorithms(&config.targets);
     if algorithms.is_empty() {
         bail!("no local target uses generated keys: nothing to rotate");
     }
     let now = OffsetDateTime::now_utc();
-    // Make sure every algorithm in use has keys before rotating.
-    crate::adapters::signing::KeyRing::load_or_create(&dir, &algorithms, now)
-        .with_context(|| format!("loading signing keys from {}", dir.display()))?;
     let targets = config.targets.clone();
-    let report = crate::adapters::signing::rotate(
-        &dir,
-        config.keys.min_publish,
-        force,
-        &|alg| service::max_token_ttl(&targets, alg),
-        now,
-    )?;
+    let max_token_ttl = |alg| service::max_token_ttl(&targets, alg);
+    let report = match service::key_home(&config)? {
+        service::KeyHome::Database { url, kek } => {
+            let runtime = current_thread_runtime()?;
+            runtime.block_on(async {
+                let stored = database_ring(&url, kek).await?;
+                // Make sure every algorithm in use has keys before rotating.
+                stored
+                    .load_or_create(&algorithms, now)
+                    .await
+                    .with_context(|| keys_in(&url))?;
+                stored
+                    .rotate(config.keys.min_publish, force, &max_token_ttl, now)
+                    .await
+                    .map_err(anyhow::Error::from)
+            })?
+        }
+        service::KeyHome::Files(dir) => {
+            // Make sure every algorithm in use has keys before rotating.
+            crate::adapters::signing::KeyRing::load_or_create(&dir, &algorithms, now)
+                .with_context(|| format!("loading signing keys from {}", dir.display()))?;
+            crate::adapters::signing::rotate(
+                &dir,
+                config.keys.min_publish,
+                force,
+                &max_token_ttl,
+                now,
+            )?
+        }
+        service::KeyHome::Memory => bail!("keys rotate needs storage.data_dir"),
+    };
     println!("{report}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `keys reseal`: the keys in the database, opened with the configured key-encryption
+/// key, sealed with the one in `new_key_file`, in one transaction.
+fn keys_reseal(
+    config: Option<PathBuf>,
+    new_key_file: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    use crate::adapters::signing::KeyEncryptionKey;
+    let config = Config::load(&ConfigSource {
+        file: config,
+        listen: None,
+    })?;
+    let Some(url) = config.storage.database_url.clone() else {
+        bail!(
+            "keys reseal re-encrypts the signing keys kept in PostgreSQL (storage.database_url); \
+             with the embedded store, keys are files in data_dir (mode 0600) and nothing is sealed"
+        );
+    };
+    let Some(current_file) = config.storage.key_encryption_key_file.clone() else {
+        bail!(
+            "keys reseal needs storage.key_encryption_key_file: the key the signing keys are \
+             sealed with now"
+        );
+    };
+    let current = KeyEncryptionKey::read(&current_file, "storage.key_encryption_key_file")?;
+    let new = KeyEncryptionKey::read(new_key_file, "--new-key-file")?;
+    if new.id() == current.id() {
+        bail!(
+            "--new-key-file {} holds the same key as storage.key_encryption_key_file (key id {}): \
+             nothing to reseal; make a new one with `(umask 077 && head -c 32 /dev/urandom > FILE)`",
+            new_key_file.display(),
+            new.id()
+        );
+    }
+    let runtime = current_thread_runtime()?;
+    let report = runtime.block_on(async {
+        let stored = database_ring(&url, current).await?;
+        match stored.reseal(&new, OffsetDateTime::now_utc()).await {
+            Err(crate::adapters::signing::KeyError::StoredMissing) => bail!(
+                "there are no signing keys in PostgreSQL at {} yet, so nothing to reseal: give \
+                 the replicas the new file as storage.key_encryption_key_file before they start",
+                crate::adapters::store::Location::Postgres(url.clone()).describe()
+            ),
+            result => result.with_context(|| keys_in(&url)),
+        }
+    })?;
+    let new_file = new_key_file.display();
+    if report.already {
+        println!(
+            "the signing keys (generation {}) are already sealed with the key in {new_file} \
+             (key id {}); nothing was written",
+            report.generation, report.new_key_id
+        );
+    } else {
+        println!(
+            "resealed the signing keys (generation {}) with the key in {new_file}: key id {} \
+             (was {})",
+            report.generation, report.new_key_id, report.old_key_id
+        );
+    }
+    println!(
+        "next: set storage.key_encryption_key_file = \"{new_file}\" in every replica's \
+         configuration and restart the replicas one by one. Until it restarts, a replica keeps \
+         signing with the keys it loaded and logs that it cannot read newer rotations, so rotate \
+         only once every replica runs with the new file. Then destroy the old key file ({}) and \
+         any copy of it.",
+        current_file.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn current_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// The signing keys in the database at `url`, sealed with `kek`; connects (and migrates)
+/// without registering an audit chain.
+async fn database_ring(
+    url: &str,
+    kek: crate::adapters::signing::KeyEncryptionKey,
+) -> anyhow::Result<crate::adapters::signing::DatabaseRing> {
+    let pool = crate::adapters::store::connect_postgres(url, service::KEY_POOL_SIZE).await?;
+    Ok(crate::adapters::signing::DatabaseRing::new(pool, kek))
+}
+
+fn keys_in(url: &str) -> String {
+    format!(
+        "the signing keys in PostgreSQL at {}",
+        crate::adapters::store::Location::Postgres(url.to_owned()).describe()
+    )
 }

@@ -170,6 +170,7 @@ pub fn dev_config(listen: SocketAddr) -> anyhow::Result<Config> {
         storage: StorageConfig {
             data_dir: None,
             database_url: None,
+            key_encryption_key_file: None,
             audit_retention: Duration::from_secs(400 * 24 * 3600),
         },
         policies: PoliciesConfig {

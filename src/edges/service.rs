@@ -16,9 +16,13 @@ use crate::adapters::issuer_keys::{
     FileKeySource, HttpKeySource, IssuerKeys, KeyFetchClient, KeySource, KeystoreSettings, Reach,
     check_configured_jwks_uri,
 };
-use crate::adapters::mint::{LocalMinter, LocalSigner, RemoteMinter};
-use crate::adapters::signing::{KeyRing, SigningAlgorithm, SigningKey};
-use crate::adapters::store::{Location, MemoryStore, SqlStore, spawn_maintenance};
+use crate::adapters::mint::{KeyReload, LocalMinter, LocalSigner, RemoteMinter};
+use crate::adapters::signing::{
+    DatabaseRing, KeyEncryptionKey, KeyRing, SigningAlgorithm, SigningKey,
+};
+use crate::adapters::store::{
+    Backend, Location, MemoryStore, SqlStore, connect_postgres, spawn_maintenance,
+};
 use crate::config::{Config, IssuerConfig, TargetConfig, TargetKindConfig};
 use crate::edges::dev::{self, DevIssuer};
 use crate::edges::http::{AppState, Published, admin_router, router};
@@ -30,8 +34,13 @@ use crate::trust::policy::{self, PolicyContext, PolicySet};
 use crate::trust::store::Store;
 use crate::trust::verify::{TrustedIssuer, Verifier};
 
-/// How often a running service looks for a key rotation done by `tokenmint keys rotate`.
+/// How often a running service looks for a key rotation done by `tokenmint keys rotate`
+/// (in `data_dir/keys` or in the database): well within the 30 s the contract promises.
 pub const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Connections to PostgreSQL for the signing keys when no durable store lends its pool
+/// (a service built on a given store, `keys rotate`, `keys reseal`).
+pub const KEY_POOL_SIZE: u32 = 2;
 
 /// A service ready to serve: its state plus the background tasks it owns.
 pub struct Service {
@@ -41,7 +50,8 @@ pub struct Service {
     pub reloader: Option<Arc<PolicyReloader>>,
     /// The durable store, when the service runs on one (not in dev mode or tests).
     pub durable: Option<Arc<SqlStore>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Held, not read: aborted when the service is dropped.
+    _tasks: Tasks,
 }
 
 /// Where the configuration keeps state: PostgreSQL with `storage.database_url`, else the
@@ -54,9 +64,19 @@ pub fn store_location(config: &Config) -> Option<Location> {
     }
 }
 
-impl Drop for Service {
+/// A service's background tasks: aborted when dropped, with the service, or while it is
+/// assembled if that fails half-way, so nothing is left running.
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Tasks {
+    fn push(&mut self, task: tokio::task::JoinHandle<()>) {
+        self.0.push(task);
+    }
+}
+
+impl Drop for Tasks {
     fn drop(&mut self) {
-        for task in &self.tasks {
+        for task in &self.0 {
             task.abort();
         }
     }
@@ -77,7 +97,10 @@ pub fn load_policies(config: &Config, dir: &Path) -> Result<PolicySet, Vec<Strin
 impl Service {
     /// Builds the service on the store its configuration names (in memory in dev mode),
     /// with the store's background purges and checkpoints. The store is opened after
-    /// policies, issuers and keys loaded, so a broken configuration creates nothing.
+    /// policies, issuers, key files (the key-encryption key with PostgreSQL) and
+    /// credentials loaded, so a broken configuration creates nothing; with
+    /// `storage.database_url` the signing keys are then loaded from the database (and
+    /// created there by the first replica).
     pub async fn open(config: Config, metrics: Arc<Metrics>) -> anyhow::Result<Service> {
         Self::assemble(config, metrics, None).await
     }
@@ -102,7 +125,8 @@ impl Service {
         metrics: Arc<Metrics>,
         store: Option<Arc<dyn Store>>,
     ) -> anyhow::Result<Service> {
-        let mut tasks = Vec::new();
+        // Aborted if assembling fails half-way (the key ring, say, after the store opened).
+        let mut tasks = Tasks(Vec::new());
         let dev = if config.dev {
             Some(Arc::new(
                 DevIssuer::new(&config.server.public_url).context("creating the dev issuer key")?,
@@ -162,8 +186,20 @@ impl Service {
             }));
         }
 
-        let signer = Arc::new(build_signer(&config)?);
-        let mut targets = BTreeMap::new();
+        let now = OffsetDateTime::now_utc();
+        let algorithms = ring_algorithms(&config.targets);
+        // Every file is read and checked before anything is created or connected to.
+        let fixed = fixed_keys(&config)?;
+        let prepared = match key_home(&config)? {
+            KeyHome::Memory => PreparedRing::Ready(
+                KeyRing::in_memory(&algorithms, now)
+                    .context("generating in-memory signing keys")?,
+            ),
+            KeyHome::Files(dir) => PreparedRing::Ready(load_key_files(&dir, &algorithms, now)?),
+            KeyHome::Database { url, kek } => PreparedRing::InDatabase { url, kek },
+        };
+
+        let mut remote_minters: BTreeMap<String, Arc<dyn Minter>> = BTreeMap::new();
         for target in config.targets.values() {
             if let Some(remote) = target.remote()
                 && !remote.enforce_max_ttl
@@ -174,36 +210,19 @@ impl Service {
                     crate::config::format_duration(target.max_ttl)
                 );
             }
-            let minter: Arc<dyn Minter> = match &target.kind {
-                TargetKindConfig::Local { algorithm, .. } => Arc::new(LocalMinter::new(
-                    signer.clone(),
-                    &config.server.public_url,
-                    &target.name,
-                    &target.audience,
-                    *algorithm,
-                    target.max_ttl,
-                )),
-                TargetKindConfig::Remote(remote) => {
-                    let minter = RemoteMinter::new(target, metrics.clone())
-                        .map_err(|err| anyhow::anyhow!("{err}"))?;
-                    tracing::info!(
-                        target_name = %target.name,
-                        kind = remote.provider.kind(),
-                        token_endpoint = %remote.token_endpoint,
-                        client_id = %remote.client_id,
-                        credential = %minter.client().credentials().describe(),
-                        "remote target ready"
-                    );
-                    Arc::new(minter)
-                }
-            };
-            targets.insert(
-                target.name.clone(),
-                Target {
-                    config: target.clone(),
-                    minter,
-                },
-            );
+            if let TargetKindConfig::Remote(remote) = &target.kind {
+                let minter = RemoteMinter::new(target, metrics.clone())
+                    .map_err(|err| anyhow::anyhow!("{err}"))?;
+                tracing::info!(
+                    target_name = %target.name,
+                    kind = remote.provider.kind(),
+                    token_endpoint = %remote.token_endpoint,
+                    client_id = %remote.client_id,
+                    credential = %minter.client().credentials().describe(),
+                    "remote target ready"
+                );
+                remote_minters.insert(target.name.clone(), Arc::new(minter));
+            }
         }
         let (store, durable): (Arc<dyn Store>, _) = match (store, store_location(&config)) {
             (Some(store), _) => (store, None),
@@ -223,6 +242,64 @@ impl Service {
                 (durable.clone(), Some(durable))
             }
         };
+
+        // With storage.database_url the ring lives in the database (created by the first
+        // replica to start), so it is loaded once the database is open.
+        let (ring, database_ring) = match prepared {
+            PreparedRing::Ready(ring) => (ring, None),
+            PreparedRing::InDatabase { url, kek } => {
+                let pool = match &durable {
+                    Some(durable) if durable.backend() == Backend::Postgres => {
+                        durable.pool().clone()
+                    }
+                    _ => connect_postgres(&url, KEY_POOL_SIZE).await?,
+                };
+                let stored = DatabaseRing::new(pool, kek);
+                let ring = stored
+                    .load_or_create(&algorithms, now)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "loading signing keys from PostgreSQL at {}",
+                            Location::Postgres(url.clone()).describe()
+                        )
+                    })?;
+                tracing::info!(
+                    generation = ring.generation(),
+                    key_id = stored.key_id(),
+                    "signing keys loaded from the database"
+                );
+                (ring, Some(Arc::new(stored)))
+            }
+        };
+        for warning in ring.warnings() {
+            tracing::warn!("{warning}");
+        }
+        let signer = Arc::new(LocalSigner::new(ring, fixed));
+        let mut targets = BTreeMap::new();
+        for target in config.targets.values() {
+            let minter: Arc<dyn Minter> = match &target.kind {
+                TargetKindConfig::Local { algorithm, .. } => Arc::new(LocalMinter::new(
+                    signer.clone(),
+                    &config.server.public_url,
+                    &target.name,
+                    &target.audience,
+                    *algorithm,
+                    target.max_ttl,
+                )),
+                TargetKindConfig::Remote(_) => match remote_minters.remove(&target.name) {
+                    Some(minter) => minter,
+                    None => anyhow::bail!("targets.{}: no minter was built", target.name),
+                },
+            };
+            targets.insert(
+                target.name.clone(),
+                Target {
+                    config: target.clone(),
+                    minter,
+                },
+            );
+        }
         let exchanger = Arc::new(Exchanger::new(
             Verifier::new(trusted),
             policies.clone(),
@@ -230,8 +307,13 @@ impl Service {
             store,
             metrics.clone(),
         ));
-        if let (None, Some(dir)) = (&dev, key_dir(&config)) {
-            tasks.push(spawn_key_reloader(signer.clone(), dir));
+        match (&dev, database_ring, key_dir(&config)) {
+            (Some(_), _, _) => {}
+            (None, Some(stored), _) => {
+                tasks.push(spawn_database_key_reloader(signer.clone(), stored));
+            }
+            (None, None, Some(dir)) => tasks.push(spawn_key_reloader(signer.clone(), dir)),
+            (None, None, None) => {}
         }
         let policies_healthy = Arc::new(AtomicBool::new(true));
         let reloader = match dev {
@@ -262,7 +344,7 @@ impl Service {
             config,
             reloader,
             durable,
-            tasks,
+            _tasks: tasks,
         })
     }
 
@@ -318,9 +400,50 @@ pub(crate) fn keystore_settings(issuer: &IssuerConfig) -> KeystoreSettings {
     }
 }
 
-/// Where local signing keys live: `{data_dir}/keys`; `None` in dev mode.
+/// Where local signing keys live as files: `{data_dir}/keys`; `None` in dev mode and with
+/// `storage.database_url` (then they live in the database).
 pub fn key_dir(config: &Config) -> Option<PathBuf> {
-    config.storage.data_dir.as_ref().map(|d| d.join("keys"))
+    match (&config.storage.database_url, &config.storage.data_dir) {
+        (None, Some(dir)) => Some(dir.join("keys")),
+        _ => None,
+    }
+}
+
+/// Where the ring of generated signing keys is kept.
+pub enum KeyHome {
+    /// Dev mode, or `storage.database_url` without a key-encryption key (no local target
+    /// needs generated keys): in memory.
+    Memory,
+    /// The embedded store's `data_dir/keys`.
+    Files(PathBuf),
+    /// The database at `url`, sealed with `kek`.
+    Database { url: String, kek: KeyEncryptionKey },
+}
+
+/// Where `config` keeps its generated signing keys. With the database, this reads the
+/// key-encryption key file (and refuses a short or shared one), so nothing is created
+/// or connected to when it is unusable.
+pub fn key_home(config: &Config) -> anyhow::Result<KeyHome> {
+    let storage = &config.storage;
+    Ok(
+        match (&storage.database_url, &storage.key_encryption_key_file) {
+            (Some(url), Some(path)) => KeyHome::Database {
+                url: url.clone(),
+                kek: KeyEncryptionKey::read(path, "storage.key_encryption_key_file")?,
+            },
+            (Some(_), None) => KeyHome::Memory,
+            (None, _) => match key_dir(config) {
+                Some(dir) => KeyHome::Files(dir),
+                None => KeyHome::Memory,
+            },
+        },
+    )
+}
+
+/// The signing keys, before the database is open.
+enum PreparedRing {
+    Ready(KeyRing),
+    InDatabase { url: String, kek: KeyEncryptionKey },
 }
 
 /// Algorithms that need rotated keys: those of local targets without a fixed key file.
@@ -354,30 +477,17 @@ pub fn max_token_ttl(targets: &BTreeMap<String, TargetConfig>, alg: SigningAlgor
     longest + KEY_RELOAD_INTERVAL + ROTATION_MARGIN
 }
 
-fn build_signer(config: &Config) -> anyhow::Result<LocalSigner> {
-    let now = OffsetDateTime::now_utc();
-    let algorithms = ring_algorithms(&config.targets);
-    let ring = match key_dir(config) {
-        None => {
-            KeyRing::in_memory(&algorithms, now).context("generating in-memory signing keys")?
-        }
-        Some(dir) => {
-            if config.storage.database_url.is_some() && !algorithms.is_empty() {
-                // Keys in the database are not here yet: replicas agree on keys only when
-                // they share this directory.
-                tracing::warn!(
-                    keys = %dir.display(),
-                    "storage.database_url is set, but generated signing keys stay in data_dir: replicas publish the same JWKS only if they share this directory (or use signing_key_file)"
-                );
-            }
-            let ring = KeyRing::load_or_create(&dir, &algorithms, now)
-                .with_context(|| format!("loading signing keys from {}", dir.display()))?;
-            for warning in ring.warnings() {
-                tracing::warn!("{warning}");
-            }
-            ring
-        }
-    };
+fn load_key_files(
+    dir: &Path,
+    algorithms: &[SigningAlgorithm],
+    now: OffsetDateTime,
+) -> anyhow::Result<KeyRing> {
+    KeyRing::load_or_create(dir, algorithms, now)
+        .with_context(|| format!("loading signing keys from {}", dir.display()))
+}
+
+/// The fixed keys of targets with `signing_key_file`, by target name.
+fn fixed_keys(config: &Config) -> anyhow::Result<BTreeMap<String, Arc<SigningKey>>> {
     let mut fixed = BTreeMap::new();
     for target in config.targets.values() {
         let TargetKindConfig::Local {
@@ -404,7 +514,7 @@ fn build_signer(config: &Config) -> anyhow::Result<LocalSigner> {
         })?;
         fixed.insert(target.name.clone(), Arc::new(key));
     }
-    Ok(LocalSigner::new(ring, fixed))
+    Ok(fixed)
 }
 
 fn spawn_key_reloader(signer: Arc<LocalSigner>, dir: PathBuf) -> tokio::task::JoinHandle<()> {
@@ -424,6 +534,54 @@ fn spawn_key_reloader(signer: Arc<LocalSigner>, dir: PathBuf) -> tokio::task::Jo
                 }
                 Err(err) => tracing::error!(error = %err, "key reload task failed"),
             }
+        }
+    })
+}
+
+/// Looks at the ring in the database every [`KEY_RELOAD_INTERVAL`] and swaps in a new
+/// generation. A failure keeps the current keys; a lasting problem is logged once, not
+/// every interval, and so is its end.
+fn spawn_database_key_reloader(
+    signer: Arc<LocalSigner>,
+    stored: Arc<DatabaseRing>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(KEY_RELOAD_INTERVAL);
+        interval.tick().await;
+        let mut last_problem: Option<String> = None;
+        loop {
+            interval.tick().await;
+            let problem = match signer.reload_from_database(&stored).await {
+                Ok(KeyReload::Unchanged) => None,
+                Ok(KeyReload::Reloaded { generation }) => {
+                    tracing::info!(
+                        generation,
+                        "signing keys reloaded from the database after a change"
+                    );
+                    None
+                }
+                Ok(KeyReload::Resealed { key_id }) => {
+                    let problem = format!(
+                        "the signing keys in the database were resealed with another key-encryption key (key id {key_id}; this replica's is {}): this replica keeps the keys it loaded but cannot read newer rotations; point its storage.key_encryption_key_file at the new file and restart it",
+                        stored.key_id()
+                    );
+                    if last_problem.as_ref() != Some(&problem) {
+                        tracing::warn!("{problem}");
+                    }
+                    Some(problem)
+                }
+                Err(err) => {
+                    let problem = err.to_string();
+                    if last_problem.as_ref() != Some(&problem) {
+                        tracing::error!(error = %problem, "signing keys could not be reloaded from the database; keeping the current ones");
+                    }
+                    Some(problem)
+                }
+            };
+            if last_problem.is_some() && problem.is_none() {
+                tracing::info!("the signing keys in the database can be read again");
+            }
+            last_problem = problem;
         }
     })
 }

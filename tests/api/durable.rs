@@ -16,13 +16,17 @@ use crate::exchange::deploy_builder;
 use crate::helpers::*;
 use crate::stores::{TestStore, postgres_url};
 
-/// One durable store that the apps of a test share: the SQLite file in `dir`, or a
-/// PostgreSQL schema (and `dir` for the local signing keys).
+/// One durable store that the apps of a test share: the SQLite file (and the local
+/// signing keys) in `dir`, or a PostgreSQL schema (holding the signing keys too, sealed
+/// with the key-encryption key in `dir`).
 pub struct Shared {
     pub kind: TestStore,
     pub dir: tempfile::TempDir,
     pub url: Option<String>,
 }
+
+/// The key-encryption key file of a shared PostgreSQL store's replicas, in its `dir`.
+pub const SHARED_KEK: &str = "kek";
 
 impl Shared {
     /// SQLite always; PostgreSQL too when it is configured.
@@ -44,8 +48,15 @@ impl Shared {
 
     /// A replica (or a restarted service) on this store.
     pub async fn app(&self, builder: AppBuilder) -> TestApp {
+        let mut builder = builder.data_dir(self.dir.path());
+        if self.url.is_some() {
+            let kek = self.dir.path().join(SHARED_KEK);
+            if !kek.exists() {
+                write_key_encryption_key(&kek);
+            }
+            builder = builder.key_encryption_key_file(&kek);
+        }
         builder
-            .data_dir(self.dir.path())
             .spawn_on(Some(self.kind), self.url.clone())
             .await
             .expect("service builds")
@@ -437,15 +448,16 @@ async fn a_store_migrated_by_a_newer_binary_is_refused() {
             .err()
             .expect("refused")
             .to_string();
-        let backend = match shared.kind {
-            TestStore::Postgres => "PostgreSQL",
-            _ => "SQLite",
+        // PostgreSQL's second migration adds the shared signing keys.
+        let (backend, latest) = match shared.kind {
+            TestStore::Postgres => ("PostgreSQL", 2),
+            _ => ("SQLite", 1),
         };
         assert!(err.starts_with(&format!("the {backend} store ")), "{err}");
         assert!(
-            err.ends_with(
-                "was migrated by a newer tokenmint (schema version 99; this binary knows up to 1): run that version, or restore a backup taken before the upgrade"
-            ),
+            err.ends_with(&format!(
+                "was migrated by a newer tokenmint (schema version 99; this binary knows up to {latest}): run that version, or restore a backup taken before the upgrade"
+            )),
             "{err}"
         );
     }

@@ -232,13 +232,30 @@ pub struct TestApp {
     pub router: Router,
     pub policies_dir: PathBuf,
     pub data_dir: PathBuf,
+    /// The configuration file the service was built from (for running commands on it).
+    pub config_file: PathBuf,
     _dir: tempfile::TempDir,
+}
+
+/// Writes a fresh key-encryption key (32 random bytes, mode 0600) to `path`.
+pub fn write_key_encryption_key(path: &Path) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .expect("create the key-encryption key file");
+    file.write_all(&rand::random::<[u8; 32]>())
+        .expect("write the key-encryption key");
 }
 
 /// Builds configuration text, policies and the service.
 pub struct AppBuilder {
     store: Option<Arc<dyn Store>>,
     data_dir: Option<PathBuf>,
+    key_encryption_key_file: Option<PathBuf>,
     config: String,
     policies_section: String,
     policies: BTreeMap<String, String>,
@@ -249,6 +266,7 @@ impl AppBuilder {
         Self {
             store: None,
             data_dir: None,
+            key_encryption_key_file: None,
             config: String::new(),
             policies_section: String::new(),
             policies: BTreeMap::new(),
@@ -290,6 +308,14 @@ impl AppBuilder {
     /// Keeps state in `dir` (which outlives the app) instead of the app's own temporary one.
     pub fn data_dir(mut self, dir: &Path) -> Self {
         self.data_dir = Some(dir.to_owned());
+        self
+    }
+
+    /// With PostgreSQL, seals the signing keys with the key in `path` (which outlives the
+    /// app) instead of a fresh one in the app's temporary directory; replicas sharing a
+    /// database share it.
+    pub fn key_encryption_key_file(mut self, path: &Path) -> Self {
+        self.key_encryption_key_file = Some(path.to_owned());
         self
     }
 
@@ -342,9 +368,25 @@ impl AppBuilder {
         for (file, yaml) in &self.policies {
             std::fs::write(policies_dir.join(file), yaml).expect("write policy");
         }
-        let database_url = database_url
-            .map(|url| format!("database_url = \"{url}\"\n"))
-            .unwrap_or_default();
+        // With PostgreSQL the signing keys live in the database, sealed with a
+        // key-encryption key: the given one, or a fresh one of this app's own.
+        let database_url = match database_url {
+            Some(url) => {
+                let kek = match &self.key_encryption_key_file {
+                    Some(path) => path.clone(),
+                    None => {
+                        let path = dir.path().join("kek");
+                        write_key_encryption_key(&path);
+                        path
+                    }
+                };
+                format!(
+                    "database_url = \"{url}\"\nkey_encryption_key_file = \"{}\"\n",
+                    kek.display()
+                )
+            }
+            None => String::new(),
+        };
         let toml = format!(
             "[server]\npublic_url = \"{PUBLIC_URL}\"\nadmin_listen = \"\"\n\n[storage]\ndata_dir = \"{}\"\n{database_url}\n[policies]\ndir = \"{}\"\n{}\n{}",
             data_dir.display(),
@@ -355,7 +397,7 @@ impl AppBuilder {
         let config_file = dir.path().join("tokenmint.toml");
         std::fs::write(&config_file, toml).expect("write config");
         let config = Config::load(&ConfigSource {
-            file: Some(config_file),
+            file: Some(config_file.clone()),
             listen: None,
         })?;
         let metrics = Arc::new(Metrics::new());
@@ -374,6 +416,7 @@ impl AppBuilder {
             router,
             policies_dir,
             data_dir,
+            config_file,
             _dir: dir,
         })
     }

@@ -3,6 +3,22 @@
 use crate::exchange::deploy_builder;
 use crate::helpers::*;
 
+/// The signing keys in the PostgreSQL database at `url`, as `tokenmint keys` opens them.
+pub async fn database_ring(
+    url: &str,
+    kek_file: &std::path::Path,
+) -> tokenmint::adapters::signing::DatabaseRing {
+    let kek = tokenmint::adapters::signing::KeyEncryptionKey::read(
+        kek_file,
+        "storage.key_encryption_key_file",
+    )
+    .expect("key-encryption key");
+    let pool = tokenmint::adapters::store::connect_postgres(url, 2)
+        .await
+        .expect("connect");
+    tokenmint::adapters::signing::DatabaseRing::new(pool, kek)
+}
+
 #[tokio::test]
 async fn a_new_issuer_key_is_found_and_a_removed_one_stops_working() {
     let fake = FakeIssuer::start(Shape::Github).await;
@@ -74,28 +90,39 @@ async fn a_running_service_picks_up_a_local_key_rotation() {
             .collect()
     };
     let before = kids(&before);
-    // What `tokenmint keys rotate --force` does, from another process's point of view.
-    let report = tokenmint::adapters::signing::rotate(
-        &app.data_dir.join("keys"),
-        std::time::Duration::from_secs(3600),
-        true,
-        &|_| std::time::Duration::from_secs(900),
-        time::OffsetDateTime::now_utc(),
-    )
-    .expect("rotate");
+    // What `tokenmint keys rotate --force` does, from another process's point of view:
+    // in data_dir/keys, or in the database with PostgreSQL.
+    let storage = &app.service.config.storage;
+    let signer = app.service.state.published.signer();
+    let ttl = |_| std::time::Duration::from_secs(900);
+    let hour = std::time::Duration::from_secs(3600);
+    let now = time::OffsetDateTime::now_utc();
+    let report = match (&storage.database_url, &storage.key_encryption_key_file) {
+        (Some(url), Some(kek)) => {
+            let stored = database_ring(url, kek).await;
+            let report = stored.rotate(hour, true, &ttl, now).await.expect("rotate");
+            let reloaded = signer.reload_from_database(&stored).await.expect("reload");
+            assert_eq!(
+                reloaded,
+                tokenmint::adapters::mint::KeyReload::Reloaded {
+                    generation: report.generation
+                }
+            );
+            report
+        }
+        _ => {
+            let keys = app.data_dir.join("keys");
+            let report =
+                tokenmint::adapters::signing::rotate(&keys, hour, true, &ttl, now).expect("rotate");
+            assert!(signer.reload_if_changed(&keys).expect("reload"));
+            report
+        }
+    };
     let rotation = &report.algorithms[0];
     assert_eq!(
         rotation.new_current, before[1],
         "next was promoted to current"
     );
-    let reloaded = app
-        .service
-        .state
-        .published
-        .signer()
-        .reload_if_changed(&app.data_dir.join("keys"))
-        .expect("reload");
-    assert!(reloaded);
     let after = kids(&app.get("/.well-known/jwks.json").await.body["keys"]);
     assert_eq!(
         after.len(),

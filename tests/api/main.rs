@@ -19,6 +19,7 @@ mod reload;
 mod remote;
 mod remote_config;
 mod replay;
+mod shared_keys;
 mod store_faults;
 mod stores;
 mod verification;

@@ -14,7 +14,9 @@ use crate::trust::verify::claims::VerifiedClaims;
 use async_trait::async_trait;
 use secrecy::SecretString;
 
-use crate::adapters::signing::{KeyRing, SigningAlgorithm, SigningKey};
+use crate::adapters::signing::{
+    DatabaseRing, KeyError, KeyRing, SigningAlgorithm, SigningKey, StoredChange,
+};
 use crate::trust::audit::token_sha256;
 use crate::trust::mint::{Grant, MintError, MintedToken, Minter};
 use crate::trust::platform::ClaimNames;
@@ -145,11 +147,13 @@ impl LocalSigner {
         Ok((token, jti, exp))
     }
 
+    /// The generation of the ring it signs with.
+    pub fn generation(&self) -> u64 {
+        self.ring.load().generation()
+    }
+
     /// Reloads the ring from `dir` when another process (`keys rotate`) changed it.
-    pub fn reload_if_changed(
-        &self,
-        dir: &Path,
-    ) -> Result<bool, crate::adapters::signing::KeyError> {
+    pub fn reload_if_changed(&self, dir: &Path) -> Result<bool, KeyError> {
         let current = self.ring.load().generation();
         if KeyRing::stored_generation(dir)? == current {
             return Ok(false);
@@ -161,6 +165,35 @@ impl LocalSigner {
         self.replace_ring(loaded);
         Ok(true)
     }
+
+    /// Reloads the ring from the database when another process (`keys rotate`, a replica
+    /// that added an algorithm) saved a new generation. On an error the ring in use stays.
+    pub async fn reload_from_database(&self, stored: &DatabaseRing) -> Result<KeyReload, KeyError> {
+        match stored.check(self.generation()).await? {
+            StoredChange::Unchanged => Ok(KeyReload::Unchanged),
+            StoredChange::Resealed { key_id } => Ok(KeyReload::Resealed { key_id }),
+            StoredChange::Changed(ring) => {
+                for warning in ring.warnings() {
+                    tracing::warn!("{warning}");
+                }
+                let generation = ring.generation();
+                self.replace_ring(ring);
+                Ok(KeyReload::Reloaded { generation })
+            }
+        }
+    }
+}
+
+/// What [`LocalSigner::reload_from_database`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyReload {
+    /// The stored ring is the one it signs with.
+    Unchanged,
+    /// Another process saved a new generation; it signs with that now.
+    Reloaded { generation: u64 },
+    /// The stored keys were resealed with the key-encryption key whose id this is; it
+    /// keeps signing with the keys it has, and cannot read newer rotations.
+    Resealed { key_id: String },
 }
 
 /// The minter of one local target: signs with the shared [`LocalSigner`].

@@ -5,5 +5,5 @@
 pub mod local;
 pub mod remote;
 
-pub use local::{LocalMinter, LocalSigner};
+pub use local::{KeyReload, LocalMinter, LocalSigner};
 pub use remote::RemoteMinter;

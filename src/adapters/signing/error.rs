@@ -83,6 +83,77 @@ pub enum KeyError {
         found: u64,
     },
 
+    /// A key-encryption key file that cannot be used.
+    #[error("{setting} {}: {problem}", .path.display())]
+    KeyEncryptionKeyFile {
+        /// Where the path came from (`storage.key_encryption_key_file`, `--new-key-file`).
+        setting: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
+
+    /// The keys in the database were sealed with another key-encryption key.
+    #[error(
+        "storage.key_encryption_key_file is not the key these signing keys were sealed with \
+         (its key id is {this}; they were sealed with key id {sealed_with}): give every replica \
+         the file they were sealed with (after `tokenmint keys reseal`, the new one)"
+    )]
+    WrongKeyEncryptionKey {
+        /// The key id stored beside the sealed keys.
+        sealed_with: String,
+        /// The key id of the configured file.
+        this: String,
+    },
+
+    /// The sealed keys fail authentication under the key that sealed them.
+    #[error(
+        "the signing keys in the database (generation {generation}) do not authenticate under \
+         storage.key_encryption_key_file although it is the key they were sealed with: the \
+         signing_ring row was altered outside tokenmint; restore it from a backup"
+    )]
+    SealBroken {
+        /// The generation stored in the row.
+        generation: u64,
+    },
+
+    /// The ring in the database holds something this tokenmint cannot use.
+    #[error("the signing keys in the database (table signing_ring): {reason}")]
+    StoredCorrupt {
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// There is no ring in the database.
+    #[error("there are no signing keys in the database yet (table signing_ring is empty)")]
+    StoredMissing,
+
+    /// Another process saved the ring in the database while this one was changing it.
+    #[error(
+        "the signing keys in the database were changed by another process while this one was \
+         updating them (generation {expected} became {found}); run the command again"
+    )]
+    StoredConcurrentChange {
+        /// The generation this process read.
+        expected: u64,
+        /// The generation found when saving.
+        found: u64,
+    },
+
+    /// A database operation on the ring failed.
+    #[error("cannot {action} the signing keys in the database: {error}")]
+    Database {
+        /// What was being done ("read", "save", ...).
+        action: &'static str,
+        /// The database's error.
+        error: sqlx::Error,
+    },
+
+    /// The crypto library failed to derive, seal or open (no key material in the text).
+    #[error("{0}")]
+    Crypto(&'static str),
+
     /// `keys rotate` before the next key has been in the JWKS for `keys.min_publish`.
     #[error(
         "next {alg} key kid {kid} has been published for {}; keys.min_publish is {}; \

@@ -1,29 +1,41 @@
 //! tokenmint's own signing keys for `kind = "local"` targets: key pairs, the JWKS they
-//! publish, the current / next / previous key ring and its rotation on disk.
+//! publish, the current / next / previous key ring and its rotation, on disk or in the
+//! database.
 //!
 //! Layout:
 //! - `signing_key`: one parsed key pair, its RFC 7638 `kid`, public JWK and JWT signing.
 //! - `jws`: the compact JWS builder every signed token goes through.
-//! - `ring`: the immutable [`KeyRing`] snapshot, its JWKS and [`rotate`].
-//! - `ring_files`: the on-disk format (`keys.json` + one `{kid}.pem` per key), atomic saves
-//!   and permission checks.
+//! - `ring`: the immutable [`KeyRing`] snapshot, its JWKS and the rotation rules
+//!   ([`rotate`] for the files).
+//! - `ring_manifest`: the manifest (kids, roles, times; no secrets) shared by both homes.
+//! - `ring_files`: the embedded store's home (`keys.json` + one `{kid}.pem` per key in
+//!   `data_dir/keys`), atomic saves and permission checks.
+//! - `ring_db`: the home with `storage.database_url`: [`DatabaseRing`], one row shared by
+//!   every replica, the keys sealed with the key-encryption key.
+//! - `kek`: [`KeyEncryptionKey`]: the key-encryption key file, HKDF-SHA256, AES-256-GCM.
 //!
 //! Security invariants kept here:
-//! - private key material never reaches a log, an error message or a `Debug` output;
+//! - private key material never reaches a log, an error message or a `Debug` output, and
+//!   never the database unencrypted;
 //! - a key leaves the JWKS only after every token it may have signed has expired
 //!   (`retire_at`), and a new key is in the JWKS for `keys.min_publish` before it signs.
 
 mod error;
 pub mod jws;
+mod kek;
 mod ring;
+mod ring_db;
 mod ring_files;
+mod ring_manifest;
 mod signing_key;
 
 use std::fmt;
 use std::str::FromStr;
 
 pub use error::KeyError;
+pub use kek::{KeyEncryptionKey, MIN_KEY_ENCRYPTION_KEY_LEN};
 pub use ring::{AlgorithmRotation, KeyRing, KeyRole, RetiredKey, RotationReport, rotate};
+pub use ring_db::{DatabaseRing, ResealReport, StoredChange};
 pub use signing_key::{SigningKey, jwk_thumbprint};
 
 /// A JWS algorithm tokenmint can sign access tokens with.

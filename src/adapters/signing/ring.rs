@@ -12,8 +12,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use super::ring_files;
 use super::{KeyError, SigningAlgorithm, SigningKey};
+use super::{ring_files, ring_manifest};
 
 /// The part a key plays in the ring; `role` in `keys.json`.
 #[derive(
@@ -121,21 +121,9 @@ impl KeyRing {
         } else {
             Self::from_parts(0, BTreeMap::new(), Vec::new())
         };
-        let missing: Vec<SigningAlgorithm> = algorithms
-            .iter()
-            .copied()
-            .filter(|alg| !loaded.algorithms.contains_key(alg))
-            .collect();
-        if missing.is_empty() {
+        let Some(mut ring) = loaded.with_missing(algorithms, now)? else {
             return Ok(loaded);
-        }
-        let mut ring = loaded.pruned(now);
-        for alg in missing {
-            if let Entry::Vacant(slot) = ring.algorithms.entry(alg) {
-                slot.insert(AlgorithmKeys::generate(alg, now)?);
-            }
-        }
-        ring.generation = loaded.generation + 1;
+        };
         let save_warnings = ring_files::write(dir, &ring, loaded.generation)?;
         ring.warnings.extend(save_warnings);
         Ok(ring)
@@ -228,6 +216,39 @@ impl KeyRing {
         &self.algorithms
     }
 
+    /// The same ring with `warnings` as its load warnings.
+    pub(super) fn with_warnings(mut self, warnings: Vec<String>) -> Self {
+        self.warnings = warnings;
+        self
+    }
+
+    /// The ring to save when some of `algorithms` have no keys yet: current and next are
+    /// generated for each of them, retired previous keys dropped and the generation
+    /// bumped. `None` when every algorithm has keys. Algorithms not in `algorithms` are
+    /// kept.
+    pub(super) fn with_missing(
+        &self,
+        algorithms: &[SigningAlgorithm],
+        now: OffsetDateTime,
+    ) -> Result<Option<KeyRing>, KeyError> {
+        let missing: Vec<SigningAlgorithm> = algorithms
+            .iter()
+            .copied()
+            .filter(|alg| !self.algorithms.contains_key(alg))
+            .collect();
+        if missing.is_empty() {
+            return Ok(None);
+        }
+        let mut ring = self.pruned(now);
+        for alg in missing {
+            if let Entry::Vacant(slot) = ring.algorithms.entry(alg) {
+                slot.insert(AlgorithmKeys::generate(alg, now)?);
+            }
+        }
+        ring.generation = self.generation + 1;
+        Ok(Some(ring))
+    }
+
     /// A copy without the previous keys whose `retire_at` has passed.
     fn pruned(&self, now: OffsetDateTime) -> Self {
         let mut algorithms = self.algorithms.clone();
@@ -243,8 +264,10 @@ impl KeyRing {
         Self::from_parts(self.generation, algorithms, self.warnings.clone())
     }
 
-    /// The ring after one rotation of every algorithm (see [`rotate`]); all-or-nothing.
-    fn rotated(
+    /// The ring after one rotation of every algorithm (see [`rotate`]), wherever it is
+    /// kept; all-or-nothing. The caller saves it only where the ring still has this
+    /// ring's generation.
+    pub(super) fn rotated(
         &self,
         min_publish: Duration,
         force: bool,
@@ -293,7 +316,7 @@ impl KeyRing {
                 old_current: keys.current.key.kid().to_owned(),
                 new_current: rotated.current.key.kid().to_owned(),
                 new_next: rotated.next.key.kid().to_owned(),
-                previous_retire_at: ring_files::rfc3339(retire_at)?,
+                previous_retire_at: ring_manifest::rfc3339(retire_at)?,
                 retired,
             });
             algorithms.insert(alg, rotated);
@@ -334,7 +357,7 @@ fn blockers(
         && previous.retire_at > now
     {
         let wait = ceil_to_second(non_negative(previous.retire_at - now));
-        let retire_at = ring_files::rfc3339(previous.retire_at)
+        let retire_at = ring_manifest::rfc3339(previous.retire_at)
             .unwrap_or_else(|_| previous.retire_at.to_string());
         found.push((
             wait,
@@ -362,7 +385,8 @@ fn ceil_to_second(duration: Duration) -> Duration {
     }
 }
 
-/// `tokenmint keys rotate`, for every algorithm in `dir`:
+/// `tokenmint keys rotate` on the ring in `dir` (the rules are [`KeyRing::rotated`], which
+/// [`DatabaseRing::rotate`](super::DatabaseRing::rotate) shares), for every algorithm:
 ///
 /// - promotes *next* to *current*, only if *next* has been published for at least
 ///   `min_publish` (so relying parties have it cached before it signs);

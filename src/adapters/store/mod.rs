@@ -10,4 +10,7 @@ mod memory;
 pub mod sql;
 
 pub use memory::{MAX_AUDIT_RECORDS, MemoryStore};
-pub use sql::{Backend, CommitObserver, Location, NoCommitObserver, SqlStore, spawn_maintenance};
+pub use sql::{
+    Backend, CommitObserver, Location, NoCommitObserver, SqlStore, connect_postgres,
+    spawn_maintenance,
+};

@@ -17,11 +17,18 @@ const SQLITE: &[(i64, &str, &str)] = &[(
     "initial",
     include_str!("../../../../migrations/sqlite/0001_initial.sql"),
 )];
-const POSTGRES: &[(i64, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../../../../migrations/postgres/0001_initial.sql"),
-)];
+const POSTGRES: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../../../../migrations/postgres/0001_initial.sql"),
+    ),
+    (
+        2,
+        "signing ring",
+        include_str!("../../../../migrations/postgres/0002_signing_ring.sql"),
+    ),
+];
 
 #[derive(Debug)]
 struct Embedded(&'static [(i64, &'static str, &'static str)]);
