@@ -138,6 +138,10 @@ async fn sqlite_pragmas(conn: &mut AnyConnection, writer: bool) -> Result<(), sq
         sqlx::query("PRAGMA journal_mode = WAL")
             .execute(&mut *conn)
             .await?;
+        // Checkpoints run beside the writer (see `spawn_checkpointer`), not in its commits.
+        sqlx::query("PRAGMA wal_autocheckpoint = 0")
+            .execute(&mut *conn)
+            .await?;
         sqlx::query("PRAGMA synchronous = FULL")
             .execute(&mut *conn)
             .await?;
@@ -146,8 +150,41 @@ async fn sqlite_pragmas(conn: &mut AnyConnection, writer: bool) -> Result<(), sq
 }
 
 enum Mode {
-    Sqlite { writer: Writer },
+    Sqlite {
+        writer: Writer,
+        /// Aborted when the store is dropped.
+        checkpointer: tokio::task::JoinHandle<()>,
+    },
     Postgres,
+}
+
+impl Drop for SqlStore {
+    fn drop(&mut self) {
+        if let Mode::Sqlite { checkpointer, .. } = &self.mode {
+            checkpointer.abort();
+        }
+    }
+}
+
+/// How often the SQLite WAL is copied back into the database file.
+const CHECKPOINT_WAL_EVERY: Duration = Duration::from_secs(1);
+
+/// Copies committed pages from the WAL into the database file every second, on a read
+/// connection: the writer never pays for a checkpoint in a commit, and a passive
+/// checkpoint never waits for the writer.
+fn spawn_checkpointer(pool: AnyPool) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(CHECKPOINT_WAL_EVERY);
+        loop {
+            tick.tick().await;
+            if let Err(err) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(&pool)
+                .await
+            {
+                tracing::debug!(error = %err, "SQLite WAL checkpoint failed; retrying");
+            }
+        }
+    })
 }
 
 /// A durable [`Store`]: SQLite or PostgreSQL.
@@ -195,10 +232,14 @@ impl SqlStore {
                     .await
                     .map_err(|err| anyhow::anyhow!("opening the SQLite store {what}: {err}"))?;
                 let writer = Writer::spawn(conn, replica.clone(), observer);
+                let checkpointer = spawn_checkpointer(pool.clone());
                 Ok(SqlStore {
                     location,
                     replica,
-                    mode: Mode::Sqlite { writer },
+                    mode: Mode::Sqlite {
+                        writer,
+                        checkpointer,
+                    },
                     pool,
                 })
             }
@@ -248,7 +289,7 @@ impl SqlStore {
 
     async fn run(&self, op: Op, now: OffsetDateTime) -> Result<Answer, StoreError> {
         match &self.mode {
-            Mode::Sqlite { writer } => writer.submit(op, now).await,
+            Mode::Sqlite { writer, .. } => writer.submit(op, now).await,
             Mode::Postgres => {
                 let mut tx = self.pool.begin().await.map_err(write_error)?;
                 let mut chain = ChainCursor::new(self.replica.clone(), Backend::Postgres);
@@ -482,7 +523,7 @@ impl Store for SqlStore {
 
     async fn healthy(&self) -> bool {
         match &self.mode {
-            Mode::Sqlite { writer } => {
+            Mode::Sqlite { writer, .. } => {
                 writer.last_commit_ok()
                     || matches!(
                         writer.submit(Op::Probe, OffsetDateTime::now_utc()).await,

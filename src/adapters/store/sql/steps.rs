@@ -205,13 +205,79 @@ const ROWS_PER_INSERT: usize = 64;
 
 impl<'r> ChainCursor<'r> {
     pub(super) fn new(replica: String, backend: Backend) -> Self {
+        Self::starting_at(replica, backend, None)
+    }
+
+    /// A cursor that trusts `head` (the writer's own, from its last commit) instead of
+    /// reading it. Should another process have appended meanwhile, the first insert
+    /// collides with its record on (replica_id, seq) and the transaction fails whole.
+    pub(super) fn starting_at(
+        replica: String,
+        backend: Backend,
+        head: Option<(u64, String)>,
+    ) -> Self {
         Self {
             replica,
             backend,
-            head: None,
+            head,
             appended: 0,
             unwritten: Vec::new(),
         }
+    }
+
+    /// The chain head after this transaction's appends (or as it started).
+    pub(super) fn head(&self) -> Option<(u64, String)> {
+        self.head.clone()
+    }
+
+    /// SQLite only: inserts the appended rows, writes the chain head and runs `trailer`
+    /// (`COMMIT`), all in one call to the database.
+    pub(super) async fn write_all_then(
+        &mut self,
+        conn: &mut AnyConnection,
+        trailer: &str,
+    ) -> Result<(), sqlx::Error> {
+        let rows = std::mem::take(&mut self.unwritten);
+        let mut sql = String::new();
+        for chunk in rows.chunks(ROWS_PER_INSERT) {
+            sql.push_str(
+                "INSERT INTO audit_records (replica_id, seq, prev_hash, hash, time_us, request_id, \
+                 outcome, reason, repository, policy, target, token_sha256, token_jti, record) VALUES ",
+            );
+            sql.push_str(
+                &vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", "),
+            );
+            sql.push_str("; ");
+        }
+        let head = self.head.as_ref().filter(|_| self.appended > 0);
+        if head.is_some() {
+            sql.push_str("UPDATE replicas SET last_seq = ?, last_hash = ? WHERE replica_id = ?; ");
+        }
+        sql.push_str(trailer);
+        let mut query = sqlx::query(&sql);
+        for row in &rows {
+            let record = row.record;
+            query = query
+                .bind(&self.replica)
+                .bind(row.seq)
+                .bind(&row.prev_hash)
+                .bind(&row.hash)
+                .bind(record.time_us)
+                .bind(&record.request_id)
+                .bind(record.outcome)
+                .bind(record.reason)
+                .bind(&record.repository)
+                .bind(&record.policy)
+                .bind(&record.target)
+                .bind(&record.token_sha256)
+                .bind(&record.token_jti)
+                .bind(&record.json);
+        }
+        if let Some((seq, hash)) = head {
+            query = query.bind(*seq as i64).bind(hash).bind(&self.replica);
+        }
+        query.execute(&mut *conn).await?;
+        Ok(())
     }
 
     /// Appends `record` after the chain's tail. The first append of a transaction reads
@@ -501,13 +567,24 @@ pub(super) fn key_of(op: &Op) -> Option<&str> {
 /// parameters), and returns the keys inserted. The caller passes only claims on rows
 /// no earlier step of its transaction touches, so for those steps the insert is exactly
 /// what their own [`take`] would have done first.
+///
+/// `leader` (`BEGIN IMMEDIATE`) runs first, in the same call to the database.
 pub(super) async fn take_fresh(
     conn: &mut AnyConnection,
+    leader: &str,
     claims: &[&Claim],
 ) -> Result<std::collections::HashSet<String>, sqlx::Error> {
     let mut inserted = std::collections::HashSet::new();
-    for chunk in claims.chunks(ROWS_PER_INSERT) {
-        let mut sql = String::from(
+    if claims.is_empty() {
+        sqlx::query(leader).execute(&mut *conn).await?;
+    }
+    for (index, chunk) in claims.chunks(ROWS_PER_INSERT).enumerate() {
+        let mut sql = String::new();
+        if index == 0 {
+            sql.push_str(leader);
+            sql.push_str("; ");
+        }
+        sql.push_str(
             "INSERT INTO replay (key_hash, used, holder, lease_until_us, keep_until_us) VALUES ",
         );
         sql.push_str(&vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", "));
@@ -616,8 +693,13 @@ pub(super) async fn apply<'r>(
             // Records appended earlier in this transaction count too.
             chain.flush(conn).await?;
             let outcomes: Vec<String> =
-                sqlx::query_scalar("SELECT outcome FROM audit_records WHERE request_id = $1")
-                    .bind(request_id)
+                // All records of a request carry the request's time, so the time index
+                // finds them (SQLite keeps no index on request ids).
+                sqlx::query_scalar(
+                    "SELECT outcome FROM audit_records WHERE time_us = $1 AND request_id = $2",
+                )
+                .bind(record.time_us)
+                .bind(request_id)
                     .fetch_all(&mut *conn)
                     .await?;
             let pending = outcomes.iter().any(|o| o == "pending");

@@ -76,6 +76,9 @@ async fn run(
     healthy: Arc<AtomicBool>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    // The chain head as this writer last committed it; `None` after a failure, so the
+    // next transaction reads it again.
+    let mut head = None;
     while let Some(first) = jobs.recv().await {
         batch.push(first);
         // Let tasks that are already running enqueue their steps (a scheduler round,
@@ -88,8 +91,17 @@ async fn run(
             }
         }
         let started = std::time::Instant::now();
-        match commit(&mut conn, &replica, &batch).await {
-            Ok((answers, records)) => {
+        let cached = head.take();
+        let mut result = commit(&mut conn, &replica, cached.clone(), &batch).await;
+        if result.is_err() && cached.is_some() {
+            // Perhaps another process appended to this chain since our last commit (its
+            // record took our next seq): read the head again and retry once.
+            let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
+            result = commit(&mut conn, &replica, None, &batch).await;
+        }
+        match result {
+            Ok((answers, records, committed_head)) => {
+                head = committed_head;
                 healthy.store(true, Ordering::Release);
                 if records > 0 {
                     observer.committed(records, started.elapsed());
@@ -112,15 +124,18 @@ async fn run(
 }
 
 /// One transaction for the whole batch: every step's writes, then the chain head.
+///
+/// Each call into sqlx's SQLite thread is a round trip between threads, which costs more
+/// than the statements themselves, so a batch makes two: `BEGIN IMMEDIATE` with the
+/// taking of fresh CI tokens, and the records, the chain head and `COMMIT`. Steps that
+/// need more (a second step on one token, a remote exchange's reservation) add theirs.
 async fn commit(
     conn: &mut AnyConnection,
     replica: &str,
+    head: Option<(u64, String)>,
     batch: &[Job],
-) -> Result<(Vec<Answer>, usize), sqlx::Error> {
-    // IMMEDIATE takes the write lock now, so a second process on the same file waits
-    // (busy_timeout) instead of failing half way.
-    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-    let mut chain = ChainCursor::new(replica.to_owned(), Backend::Sqlite);
+) -> Result<(Vec<Answer>, usize, Option<(u64, String)>), sqlx::Error> {
+    let mut chain = ChainCursor::starting_at(replica.to_owned(), Backend::Sqlite, head);
     // The first step on each CI token takes it with one multi-row insert for the whole
     // batch; later steps on the same token (rare) and conflicts take the one-by-one path.
     let mut seen = HashSet::new();
@@ -136,15 +151,16 @@ async fn commit(
         .filter(|(_, first)| **first)
         .filter_map(|(job, _)| claim_of(&job.op))
         .collect();
-    let inserted = take_fresh(conn, &fresh).await?;
+    // IMMEDIATE takes the write lock now, so a second process on the same file waits
+    // (busy_timeout) instead of failing half way.
+    let inserted = take_fresh(conn, "BEGIN IMMEDIATE", &fresh).await?;
     let mut answers = Vec::with_capacity(batch.len());
     for (job, first) in batch.iter().zip(first) {
         let taken = first && claim_of(&job.op).is_some_and(|claim| inserted.contains(&claim.key));
         answers.push(apply(conn, &mut chain, &job.op, job.now, taken).await?);
     }
-    chain.write_head(conn).await?;
-    sqlx::query("COMMIT").execute(&mut *conn).await?;
-    Ok((answers, chain.appended))
+    chain.write_all_then(conn, "COMMIT").await?;
+    Ok((answers, chain.appended, chain.head()))
 }
 
 #[cfg(test)]
