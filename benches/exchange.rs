@@ -55,6 +55,13 @@ impl StoreKind {
     }
 }
 
+/// 32 random bytes (two v4 UUIDs' worth of randomness is plenty for a bench's KEK).
+fn rand_bytes() -> Vec<u8> {
+    let mut bytes = uuid::Uuid::new_v4().as_bytes().to_vec();
+    bytes.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+    bytes
+}
+
 struct Bench {
     _dir: tempfile::TempDir,
     service: Service,
@@ -107,7 +114,22 @@ max_ttl = "15m"
 "#,
             data = dir.path().join("data").display(),
             database_url = database_url
-                .map(|url| format!("database_url = \"{url}\""))
+                .map(|url| {
+                    // Replicas on PostgreSQL share sealed signing keys: a 32-byte, 0600 KEK.
+                    use std::os::unix::fs::OpenOptionsExt as _;
+                    let kek = dir.path().join("kek");
+                    let mut file = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&kek)
+                        .expect("kek");
+                    std::io::Write::write_all(&mut file, &rand_bytes()).expect("kek");
+                    format!(
+                        "database_url = \"{url}\"\nkey_encryption_key_file = \"{}\"",
+                        kek.display()
+                    )
+                })
                 .unwrap_or_default(),
             policies = policies.display(),
             jwks = jwks.display(),

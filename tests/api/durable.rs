@@ -532,3 +532,112 @@ async fn the_metrics_show_records_per_commit() {
     assert_eq!(sum.parse::<f64>().expect("a number"), 8.0, "{metrics}");
     assert!(metrics.contains("tokenmint_store_commit_duration_seconds_count"));
 }
+
+#[tokio::test]
+async fn retention_purges_the_oldest_records_and_the_chain_still_verifies() {
+    use tokenmint::trust::audit::{AuditRecord, Reason};
+    use tokenmint::trust::store::{Finish, Settle, Store};
+    for shared in Shared::each().await {
+        let store = SqlStore::open(shared.location(), Arc::new(NoCommitObserver))
+            .await
+            .expect("store");
+        let now = OffsetDateTime::now_utc();
+        let times = [500, 450, 401, 10, 1].map(|days| now - time::Duration::days(days));
+        for (n, at) in times.iter().enumerate() {
+            let record = Arc::new(AuditRecord::new(&format!("r{n}"), *at, Reason::Allowed));
+            store
+                .finish(
+                    Finish {
+                        record,
+                        settle: Settle::Nothing,
+                    },
+                    *at,
+                )
+                .await
+                .expect("finish");
+        }
+        let checkpoint = store.checkpoint().await.expect("checkpoint");
+        let before = now - time::Duration::days(400);
+        // Two per batch: the first batch takes two records, the second the third.
+        assert_eq!(store.purge_audit(before, 2).await.expect("purge"), 2);
+        assert_eq!(store.purge_audit(before, 2).await.expect("purge"), 1);
+        assert_eq!(store.purge_audit(before, 2).await.expect("purge"), 0);
+        let reader = shared.reader().await;
+        let left: Vec<String> = reader
+            .records(&Default::default())
+            .await
+            .expect("records")
+            .into_iter()
+            .map(|r| r.record.request_id)
+            .collect();
+        assert_eq!(left, ["r3", "r4"], "{:?}", shared.kind);
+        let report = reader
+            .verify(std::slice::from_ref(&checkpoint))
+            .await
+            .expect("read")
+            .expect("the chain verifies from its anchor");
+        assert_eq!(
+            report.chains[0].1, 2,
+            "two records checked after the anchor"
+        );
+        assert_eq!(report.checkpoints, 1);
+    }
+}
+
+#[tokio::test]
+async fn audit_correlate_names_the_job_through_the_binary() {
+    let shared = Shared {
+        kind: TestStore::Sqlite,
+        dir: tempfile::tempdir().expect("tempdir"),
+        url: None,
+    };
+    let fake = FakeIssuer::start(Shape::Github).await;
+    let tenant = crate::fake_auth0::FakeTenant::start(crate::remote::pkjwt()).await;
+    let app = shared
+        .app(crate::remote::tenant_builder(&fake, &tenant, ""))
+        .await;
+    let answer = app
+        .exchange(&fake.token("github-push-main"), "tenant-prod", &[])
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let record = app.last_audit().await;
+    let issued = tenant.issued().pop().expect("the tenant issued a token");
+    let event = serde_json::json!({
+        "log_id": "90020250101000000000000000000000000000000000000000000001",
+        "type": "seccft",
+        "date": time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .expect("date"),
+        "client_id": issued.client_id,
+        "user_agent": issued.user_agent,
+        "details": { "access_token_jti": issued.access_token_jti },
+    });
+    let export = shared.dir.path().join("export.jsonl");
+    std::fs::write(
+        &export,
+        format!("{event}\n{{\"type\":\"s\",\"log_id\":\"x\"}}\n"),
+    )
+    .expect("export");
+    let output = tokenmint()
+        .args(["audit", "correlate", "--format", "json", "--config"])
+        .arg(&app.config_file)
+        .arg(&export)
+        .output()
+        .expect("run");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let found: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(found.as_array().map(Vec::len), Some(2));
+    assert_eq!(found[0]["request_id"], record.request_id.as_str());
+    assert_eq!(found[0]["repository"], "acme/identity-config");
+    assert_eq!(found[0]["target"], "tenant-prod");
+    assert_eq!(
+        found[0]["joined_by"],
+        serde_json::json!(["user_agent.request_id", "client_id", "date"])
+    );
+    assert_eq!(found[1]["request_id"], serde_json::Value::Null);
+    assert_eq!(found[1]["joined_by"], serde_json::json!([]));
+}

@@ -142,6 +142,10 @@ async fn sqlite_pragmas(conn: &mut AnyConnection, writer: bool) -> Result<(), sq
         sqlx::query("PRAGMA wal_autocheckpoint = 0")
             .execute(&mut *conn)
             .await?;
+        // A WAL file that grew during a burst is cut back to 64 MiB once checkpointed.
+        sqlx::query("PRAGMA journal_size_limit = 67108864")
+            .execute(&mut *conn)
+            .await?;
         sqlx::query("PRAGMA synchronous = FULL")
             .execute(&mut *conn)
             .await?;

@@ -200,8 +200,24 @@ struct AuditRow<'r> {
     record: &'r Prepared,
 }
 
-/// Rows per insert statement: 14 parameters each, well under every database's limit.
+/// The most rows one insert statement takes: 14 parameters each, well under every
+/// database's limit.
 const ROWS_PER_INSERT: usize = 64;
+
+/// `items` cut into runs of 64, 32, ..., 2, 1 (largest first): multi-row statements come in
+/// seven shapes only, so the connection's statement cache keeps every one prepared (a
+/// statement per batch size would evict each other and be compiled again and again).
+fn power_of_two_chunks<T>(items: &[T]) -> Vec<&[T]> {
+    let mut chunks = Vec::new();
+    let mut rest = items;
+    while !rest.is_empty() {
+        let size = ROWS_PER_INSERT.min(1 << rest.len().ilog2());
+        let (chunk, tail) = rest.split_at(size);
+        chunks.push(chunk);
+        rest = tail;
+    }
+    chunks
+}
 
 impl<'r> ChainCursor<'r> {
     pub(super) fn new(replica: String, backend: Backend) -> Self {
@@ -230,53 +246,29 @@ impl<'r> ChainCursor<'r> {
         self.head.clone()
     }
 
-    /// SQLite only: inserts the appended rows, writes the chain head and runs `trailer`
-    /// (`COMMIT`), all in one call to the database.
+    /// SQLite only: inserts the appended rows, then writes the chain head and runs
+    /// `trailer` (`COMMIT`) in one call to the database.
     pub(super) async fn write_all_then(
         &mut self,
         conn: &mut AnyConnection,
         trailer: &str,
     ) -> Result<(), sqlx::Error> {
-        let rows = std::mem::take(&mut self.unwritten);
-        let mut sql = String::new();
-        for chunk in rows.chunks(ROWS_PER_INSERT) {
-            sql.push_str(
-                "INSERT INTO audit_records (replica_id, seq, prev_hash, hash, time_us, request_id, \
-                 outcome, reason, repository, policy, target, token_sha256, token_jti, record) VALUES ",
-            );
-            sql.push_str(
-                &vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", "),
-            );
-            sql.push_str("; ");
-        }
-        let head = self.head.as_ref().filter(|_| self.appended > 0);
-        if head.is_some() {
-            sql.push_str("UPDATE replicas SET last_seq = ?, last_hash = ? WHERE replica_id = ?; ");
-        }
-        sql.push_str(trailer);
-        let mut query = sqlx::query(&sql);
-        for row in &rows {
-            let record = row.record;
-            query = query
+        self.flush(conn).await?;
+        match self.head.as_ref().filter(|_| self.appended > 0) {
+            Some((seq, hash)) => {
+                sqlx::query(&format!(
+                    "UPDATE replicas SET last_seq = ?, last_hash = ? WHERE replica_id = ?; {trailer}"
+                ))
+                .bind(*seq as i64)
+                .bind(hash)
                 .bind(&self.replica)
-                .bind(row.seq)
-                .bind(&row.prev_hash)
-                .bind(&row.hash)
-                .bind(record.time_us)
-                .bind(&record.request_id)
-                .bind(record.outcome)
-                .bind(record.reason)
-                .bind(&record.repository)
-                .bind(&record.policy)
-                .bind(&record.target)
-                .bind(&record.token_sha256)
-                .bind(&record.token_jti)
-                .bind(&record.json);
+                .execute(&mut *conn)
+                .await?;
+            }
+            None => {
+                sqlx::query(trailer).execute(&mut *conn).await?;
+            }
         }
-        if let Some((seq, hash)) = head {
-            query = query.bind(*seq as i64).bind(hash).bind(&self.replica);
-        }
-        query.execute(&mut *conn).await?;
         Ok(())
     }
 
@@ -324,7 +316,7 @@ impl<'r> ChainCursor<'r> {
     /// Inserts the rows appended so far.
     pub(super) async fn flush(&mut self, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
         let rows = std::mem::take(&mut self.unwritten);
-        for chunk in rows.chunks(ROWS_PER_INSERT) {
+        for chunk in power_of_two_chunks(&rows) {
             let mut sql = String::from(
                 "INSERT INTO audit_records (replica_id, seq, prev_hash, hash, time_us, request_id, \
                  outcome, reason, repository, policy, target, token_sha256, token_jti, record) VALUES ",
@@ -575,16 +567,9 @@ pub(super) async fn take_fresh(
     claims: &[&Claim],
 ) -> Result<std::collections::HashSet<String>, sqlx::Error> {
     let mut inserted = std::collections::HashSet::new();
-    if claims.is_empty() {
-        sqlx::query(leader).execute(&mut *conn).await?;
-    }
-    for (index, chunk) in claims.chunks(ROWS_PER_INSERT).enumerate() {
-        let mut sql = String::new();
-        if index == 0 {
-            sql.push_str(leader);
-            sql.push_str("; ");
-        }
-        sql.push_str(
+    sqlx::query(leader).execute(&mut *conn).await?;
+    for chunk in power_of_two_chunks(claims) {
+        let mut sql = String::from(
             "INSERT INTO replay (key_hash, used, holder, lease_until_us, keep_until_us) VALUES ",
         );
         sql.push_str(&vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", "));
@@ -791,4 +776,24 @@ async fn purge_audit(
             .await?;
     }
     Ok(purged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::power_of_two_chunks;
+
+    #[test]
+    fn batches_are_cut_into_seven_statement_shapes() {
+        let sizes = |n: usize| -> Vec<usize> {
+            power_of_two_chunks(&vec![0u8; n])
+                .iter()
+                .map(|c| c.len())
+                .collect()
+        };
+        assert_eq!(sizes(0), Vec::<usize>::new());
+        assert_eq!(sizes(1), [1]);
+        assert_eq!(sizes(46), [32, 8, 4, 2]);
+        assert_eq!(sizes(64), [64]);
+        assert_eq!(sizes(200), [64, 64, 64, 8]);
+    }
 }
