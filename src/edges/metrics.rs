@@ -49,7 +49,13 @@ pub struct Metrics {
     commit_latency: Histogram,
     /// Issuer and target names as shared label values, made once per name.
     names: RwLock<HashMap<String, Arc<str>>>,
+    /// Per reason of a request refused before verification: when one was last logged,
+    /// and how many since were not.
+    rejection_log: Mutex<HashMap<&'static str, (Option<std::time::Instant>, u64)>>,
 }
+
+/// At most one log line per reason of refusal before verification this often.
+pub const REJECTION_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -119,12 +125,29 @@ impl Metrics {
             upstream,
             upstream_latency,
             names: RwLock::new(HashMap::new()),
+            rejection_log: Mutex::new(HashMap::new()),
         }
     }
 
     /// Counts one request refused before verification (rows 2–5): outcome `rejected`.
-    pub fn rejected(&self, reason: &'static str, seconds: f64) {
+    /// Such requests are never stored; they are logged by sample: returns `Some(n)` when
+    /// this one should be logged, `n` being how many of its reason went unlogged since the
+    /// last logged one (at most one line per reason every [`REJECTION_LOG_EVERY`]).
+    pub fn rejected(&self, reason: &'static str, seconds: f64) -> Option<u64> {
         self.count_exchange("rejected", reason, seconds);
+        let now = std::time::Instant::now();
+        let mut log = self.rejection_log.lock().ok()?;
+        let (last, unlogged) = log.entry(reason).or_insert((None, 0));
+        match last {
+            Some(at) if now.duration_since(*at) < REJECTION_LOG_EVERY => {
+                *unlogged += 1;
+                None
+            }
+            _ => {
+                *last = Some(now);
+                Some(std::mem::take(unlogged))
+            }
+        }
     }
 
     fn count_exchange(&self, outcome: &'static str, reason: &'static str, seconds: f64) {
@@ -202,5 +225,27 @@ impl UpstreamObserver for Metrics {
         self.upstream_latency
             .get_or_create(&labels)
             .observe(seconds);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_before_verification_are_logged_by_sample() {
+        let metrics = Metrics::new();
+        assert_eq!(metrics.rejected("unsupported_grant_type", 0.0), Some(0));
+        assert_eq!(metrics.rejected("unsupported_grant_type", 0.0), None);
+        assert_eq!(metrics.rejected("unsupported_grant_type", 0.0), None);
+        // Another reason has its own sample.
+        assert_eq!(metrics.rejected("invalid_request", 0.0), Some(0));
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                "tokenmint_exchanges_total{outcome=\"rejected\",reason=\"unsupported_grant_type\"} 3"
+            ),
+            "every refusal is counted: {text}"
+        );
     }
 }

@@ -47,18 +47,25 @@ pub async fn token(State(app): State<AppState>, request: Request) -> Response {
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(|ua| ua.chars().take(256).collect::<String>());
+    let peer = client_ip.clone();
     let parsed = parse(request, &request_id, client_ip, user_agent).await;
     let exchange_request = match parsed {
         Ok(req) => req,
         Err(err) => {
-            tracing::debug!(
-                request_id,
-                error = err.error,
-                reason = err.reason,
-                "request refused before verification"
-            );
-            app.metrics
-                .rejected(err.reason, started.elapsed().as_secs_f64());
+            // Never stored (garbage cannot fill the disk); counted, and logged by sample.
+            if let Some(unlogged) = app
+                .metrics
+                .rejected(err.reason, started.elapsed().as_secs_f64())
+            {
+                tracing::info!(
+                    request_id,
+                    error = err.error,
+                    reason = err.reason,
+                    client_ip = peer.as_deref().unwrap_or(""),
+                    unlogged_since_last = unlogged,
+                    "request refused before verification (logged by sample; every one is counted in tokenmint_exchanges_total)"
+                );
+            }
             return err.into_response_with_id(&request_id);
         }
     };

@@ -106,7 +106,7 @@ impl CommitObserver for NoCommitObserver {
 
 /// Microseconds since the Unix epoch: how times are stored.
 pub(crate) fn micros(at: OffsetDateTime) -> i64 {
-    (at.unix_timestamp_nanos() / 1000) as i64
+    i64::try_from(at.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
 }
 
 /// The inverse of [`micros`].
