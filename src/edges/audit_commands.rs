@@ -121,12 +121,21 @@ pub async fn verify(
                 );
             }
             text.push('\n');
-            for (replica, checked, last) in &report.chains {
-                let _ = writeln!(
+            for (replica, checked, last, anchor) in &report.chains {
+                let _ = write!(
                     text,
                     "  replica {replica}: {} checked, up to record {last}",
                     plural(*checked as usize, "record")
                 );
+                // Retention's cut is shown, never silently trusted: whoever can write the
+                // database could make a deletion look like one.
+                if *anchor > 0 {
+                    let _ = write!(
+                        text,
+                        "; records 1 to {anchor} were purged (storage.audit_retention)"
+                    );
+                }
+                text.push('\n');
             }
             (true, text)
         }

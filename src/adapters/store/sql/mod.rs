@@ -534,7 +534,14 @@ impl Store for SqlStore {
                         Ok(Answer::Probed)
                     )
             }
-            Mode::Postgres => sqlx::query("SELECT 1").execute(&self.pool).await.is_ok(),
+            // Writable, not merely reachable: a standby after a failover answers reads.
+            Mode::Postgres => sqlx::query_scalar::<_, i64>(
+                "SELECT CASE WHEN pg_is_in_recovery() \
+                 OR current_setting('transaction_read_only') = 'on' THEN 0 ELSE 1 END::BIGINT",
+            )
+            .fetch_one(&self.pool)
+            .await
+            .is_ok_and(|writable| writable == 1),
         }
     }
 }

@@ -42,7 +42,9 @@ pub struct AuditFilter {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifyReport {
     /// (replica, records checked, last seq) per chain.
-    pub chains: Vec<(String, u64, u64)>,
+    /// (replica, records checked, last seq, anchor seq: records up to it were purged)
+    /// per chain.
+    pub chains: Vec<(String, u64, u64, u64)>,
     pub checkpoints: usize,
 }
 
@@ -245,12 +247,31 @@ impl AuditReader {
         &self,
         checkpoints: &[Checkpoint],
     ) -> anyhow::Result<Result<VerifyReport, ChainBreak>> {
-        let heads = self.heads().await?;
+        // One snapshot for the whole walk: a service appending or purging meanwhile must
+        // not look like tampering.
+        let mut conn = self.pool.acquire().await?;
+        let snapshot = if conn.backend_name() == "PostgreSQL" {
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+        } else {
+            "BEGIN"
+        };
+        sqlx::query(snapshot).execute(&mut *conn).await?;
+        let verdict = self.verify_in(&mut conn, checkpoints).await;
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        verdict
+    }
+
+    async fn verify_in(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        checkpoints: &[Checkpoint],
+    ) -> anyhow::Result<Result<VerifyReport, ChainBreak>> {
+        let heads = heads(&mut *conn).await?;
         let orphans: Vec<(String, i64)> = sqlx::query(
             "SELECT replica_id, MIN(seq) FROM audit_records \
              WHERE replica_id NOT IN (SELECT replica_id FROM replicas) GROUP BY replica_id",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *conn)
         .await?
         .iter()
         .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
@@ -280,7 +301,7 @@ impl AuditReader {
                 .bind(&head.replica)
                 .bind(after)
                 .bind(PAGE)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *conn)
                 .await?;
                 let count = rows.len();
                 for row in rows {
@@ -295,7 +316,12 @@ impl AuditReader {
                 }
             }
             match walk.finish() {
-                Ok(checked) => chains.push((head.replica.clone(), checked, head.last_seq)),
+                Ok(checked) => chains.push((
+                    head.replica.clone(),
+                    checked,
+                    head.last_seq,
+                    head.anchor_seq,
+                )),
                 Err(err) => return Ok(Err(err)),
             }
         }
@@ -306,7 +332,7 @@ impl AuditReader {
             )
             .bind(&checkpoint.replica)
             .bind(checkpoint.seq as i64)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *conn)
             .await?;
             if let Some(hash) = hash {
                 hashes.insert((checkpoint.replica.clone(), checkpoint.seq), hash);
@@ -320,27 +346,28 @@ impl AuditReader {
             checkpoints,
         }))
     }
+}
 
-    async fn heads(&self) -> anyhow::Result<Vec<ChainHead>> {
-        let rows = sqlx::query(
-            "SELECT replica_id, last_seq, last_hash, anchor_seq, anchor_hash FROM replicas \
+/// Every chain's head.
+async fn heads(conn: &mut sqlx::AnyConnection) -> anyhow::Result<Vec<ChainHead>> {
+    let rows = sqlx::query(
+        "SELECT replica_id, last_seq, last_hash, anchor_seq, anchor_hash FROM replicas \
              ORDER BY created_us, replica_id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(ChainHead {
-                    replica: row.try_get(0)?,
-                    last_seq: row.try_get::<i64, _>(1)? as u64,
-                    last_hash: row.try_get(2)?,
-                    anchor_seq: row.try_get::<i64, _>(3)? as u64,
-                    anchor_hash: row.try_get(4)?,
-                })
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(ChainHead {
+                replica: row.try_get(0)?,
+                last_seq: row.try_get::<i64, _>(1)? as u64,
+                last_hash: row.try_get(2)?,
+                anchor_seq: row.try_get::<i64, _>(3)? as u64,
+                anchor_hash: row.try_get(4)?,
             })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(Into::into)
-    }
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(Into::into)
 }
 
 fn stored_record(row: &sqlx::any::AnyRow) -> anyhow::Result<StoredRecord> {
