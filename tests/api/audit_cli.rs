@@ -316,14 +316,6 @@ async fn exchange_as(app: &TestApp, token: &str, audience: &str, scope: Option<&
     .await
 }
 
-fn sqlite_shared() -> Shared {
-    Shared {
-        kind: TestStore::Sqlite,
-        dir: tempfile::tempdir().expect("tempdir"),
-        url: None,
-    }
-}
-
 /// A SQLite store with records made through an app: an allowed exchange (scope `deploy`),
 /// a denied one (scope `admin`, which the policy does not grant), then `more` allowed
 /// ones: records 1, 2, 3, ... of the file's one chain.
@@ -342,7 +334,7 @@ struct Trail {
 impl Trail {
     async fn new(more: usize) -> Trail {
         let started = OffsetDateTime::now_utc();
-        let shared = sqlite_shared();
+        let shared = Shared::sqlite();
         let fake = FakeIssuer::start(Shape::Github).await;
         let app = shared.app(deploy_builder(&fake, "")).await;
         let allowed_claims = fake.claims("github-push-main");
@@ -734,7 +726,7 @@ async fn audit_list_filters_by_outcome_repository_policy_target_and_time() {
 
 #[tokio::test]
 async fn audit_list_shows_a_remote_request_once_and_both_its_records_with_records() {
-    let shared = sqlite_shared();
+    let shared = Shared::sqlite();
     let fake = FakeIssuer::start(Shape::Github).await;
     let tenant = FakeTenant::start(pkjwt()).await;
     let app = shared.app(tenant_builder(&fake, &tenant, "")).await;

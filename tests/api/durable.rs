@@ -29,13 +29,18 @@ pub struct Shared {
 pub const SHARED_KEK: &str = "kek";
 
 impl Shared {
-    /// SQLite always; PostgreSQL too when it is configured.
-    pub async fn each() -> Vec<Shared> {
-        let mut all = vec![Shared {
+    /// A new SQLite store in a temporary directory.
+    pub fn sqlite() -> Shared {
+        Shared {
             kind: TestStore::Sqlite,
             dir: tempfile::tempdir().expect("tempdir"),
             url: None,
-        }];
+        }
+    }
+
+    /// SQLite always; PostgreSQL too when it is configured.
+    pub async fn each() -> Vec<Shared> {
+        let mut all = vec![Shared::sqlite()];
         if let Some(url) = postgres_url().await {
             all.push(Shared {
                 kind: TestStore::Postgres,
@@ -279,11 +284,7 @@ async fn lock_sqlite(dir: &Path) -> sqlx::AnyConnection {
 
 #[tokio::test]
 async fn a_store_that_cannot_write_answers_503_and_recovers_without_restart() {
-    let shared = Shared {
-        kind: TestStore::Sqlite,
-        dir: tempfile::tempdir().expect("tempdir"),
-        url: None,
-    };
+    let shared = Shared::sqlite();
     let fake = FakeIssuer::start(Shape::Github).await;
     let app = shared.app(deploy_builder(&fake, "")).await;
     let token = fake.token("github-push-main");
@@ -465,11 +466,7 @@ async fn a_store_migrated_by_a_newer_binary_is_refused() {
 
 #[tokio::test]
 async fn requests_with_long_fields_make_records_of_a_few_kib_at_most() {
-    let shared = Shared {
-        kind: TestStore::Sqlite,
-        dir: tempfile::tempdir().expect("tempdir"),
-        url: None,
-    };
+    let shared = Shared::sqlite();
     let fake = FakeIssuer::start(Shape::Github).await;
     let app = shared.app(deploy_builder(&fake, "")).await;
     let long = "x".repeat(20_000);
@@ -512,11 +509,7 @@ async fn requests_with_long_fields_make_records_of_a_few_kib_at_most() {
 
 #[tokio::test]
 async fn the_metrics_show_records_per_commit() {
-    let shared = Shared {
-        kind: TestStore::Sqlite,
-        dir: tempfile::tempdir().expect("tempdir"),
-        url: None,
-    };
+    let shared = Shared::sqlite();
     let fake = FakeIssuer::start(Shape::Github).await;
     let app = shared.app(deploy_builder(&fake, "")).await;
     let tokens: Vec<String> = (0..8).map(|_| fake.token("github-push-main")).collect();
@@ -586,11 +579,7 @@ async fn retention_purges_the_oldest_records_and_the_chain_still_verifies() {
 
 #[tokio::test]
 async fn audit_correlate_names_the_job_through_the_binary() {
-    let shared = Shared {
-        kind: TestStore::Sqlite,
-        dir: tempfile::tempdir().expect("tempdir"),
-        url: None,
-    };
+    let shared = Shared::sqlite();
     let fake = FakeIssuer::start(Shape::Github).await;
     let tenant = crate::fake_auth0::FakeTenant::start(crate::remote::pkjwt()).await;
     let app = shared

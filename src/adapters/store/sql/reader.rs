@@ -10,7 +10,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
 use time::OffsetDateTime;
 
-use super::steps::{QUERY_COLUMNS, QueryColumns};
+use super::steps::{QUERY_COLUMN_NAMES, QueryColumns};
 use super::{Location, SQLITE_FILE, micros, migrate, sqlite_url};
 use crate::adapters::store::chain::{
     ChainBreak, ChainHead, ChainWalk, Checkpoint, StoredLink, verify_checkpoints,
@@ -289,20 +289,22 @@ impl AuditReader {
                 .map_err(|err| format!("is not an audit record ({err})"))?;
             Ok(QueryColumns::of(&record).as_text())
         };
+        let page = format!(
+            "SELECT seq, prev_hash, hash, record, {} FROM audit_records \
+             WHERE replica_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            QUERY_COLUMN_NAMES.join(", ")
+        );
         let mut chains = Vec::new();
         for head in &heads {
             let mut walk = ChainWalk::new(head, &columns);
             let mut after = i64::MIN;
             loop {
-                let rows = sqlx::query(&format!(
-                    "SELECT seq, prev_hash, hash, record, {QUERY_COLUMNS} FROM audit_records \
-                     WHERE replica_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
-                ))
-                .bind(&head.replica)
-                .bind(after)
-                .bind(PAGE)
-                .fetch_all(&mut *conn)
-                .await?;
+                let rows = sqlx::query(&page)
+                    .bind(&head.replica)
+                    .bind(after)
+                    .bind(PAGE)
+                    .fetch_all(&mut *conn)
+                    .await?;
                 let count = rows.len();
                 for row in rows {
                     let link = stored_link(&row)?;
@@ -391,16 +393,14 @@ fn stored_link(row: &sqlx::any::AnyRow) -> Result<StoredLink, sqlx::Error> {
         prev_hash: row.try_get(1)?,
         hash: row.try_get(2)?,
         record_json: row.try_get(3)?,
-        columns: vec![
-            ("time_us", Some(row.try_get::<i64, _>(4)?.to_string())),
-            ("request_id", text(5)?),
-            ("outcome", text(6)?),
-            ("reason", text(7)?),
-            ("repository", text(8)?),
-            ("policy", text(9)?),
-            ("target", text(10)?),
-            ("token_sha256", text(11)?),
-            ("token_jti", text(12)?),
-        ],
+        // Selected after the first four: `time_us` (a number), then the texts.
+        columns: QUERY_COLUMN_NAMES
+            .into_iter()
+            .enumerate()
+            .map(|(index, name)| match index {
+                0 => Ok((name, Some(row.try_get::<i64, _>(4)?.to_string()))),
+                _ => Ok((name, text(4 + index)?)),
+            })
+            .collect::<Result<_, sqlx::Error>>()?,
     })
 }

@@ -50,6 +50,13 @@ pub(super) struct Claim {
     pub keep_until: i64,
 }
 
+impl Claim {
+    /// The `used` column: 1 for a use, 0 for a reservation (which has a holder).
+    fn used(&self) -> i64 {
+        i64::from(self.holder.is_none())
+    }
+}
+
 #[derive(Debug)]
 pub(super) enum OwnedSettle {
     Nothing,
@@ -411,23 +418,33 @@ impl<'a> QueryColumns<'a> {
     /// As (column, text) pairs, in table order.
     pub(crate) fn as_text(&self) -> Vec<(&'static str, Option<String>)> {
         let own = |value: Option<&str>| value.map(str::to_owned);
-        vec![
-            ("time_us", Some(self.time_us.to_string())),
-            ("request_id", Some(self.request_id.to_owned())),
-            ("outcome", Some(self.outcome.to_owned())),
-            ("reason", Some(self.reason.to_owned())),
-            ("repository", own(self.repository)),
-            ("policy", own(self.policy)),
-            ("target", own(self.target)),
-            ("token_sha256", own(self.token_sha256)),
-            ("token_jti", own(self.token_jti)),
-        ]
+        let values = [
+            Some(self.time_us.to_string()),
+            Some(self.request_id.to_owned()),
+            Some(self.outcome.to_owned()),
+            Some(self.reason.to_owned()),
+            own(self.repository),
+            own(self.policy),
+            own(self.target),
+            own(self.token_sha256),
+            own(self.token_jti),
+        ];
+        QUERY_COLUMN_NAMES.into_iter().zip(values).collect()
     }
 }
 
 /// The query columns' names, in the order [`QueryColumns::as_text`] gives them.
-pub(crate) const QUERY_COLUMNS: &str =
-    "time_us, request_id, outcome, reason, repository, policy, target, token_sha256, token_jti";
+pub(crate) const QUERY_COLUMN_NAMES: [&str; 9] = [
+    "time_us",
+    "request_id",
+    "outcome",
+    "reason",
+    "repository",
+    "policy",
+    "target",
+    "token_sha256",
+    "token_jti",
+];
 
 async fn standing(
     conn: &mut AnyConnection,
@@ -480,22 +497,17 @@ async fn take(
         // Inserted fresh by `take_fresh` in this transaction.
         return Ok(Standing::Free);
     }
-    let used = i64::from(claim.holder.is_none());
     // A row that disappears between the insert and the read (released by an earlier step
     // of this transaction, or by another replica) is inserted again.
     for _ in 0..3 {
-        let inserted = sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO replay (key_hash, used, holder, lease_until_us, keep_until_us) \
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key_hash) DO NOTHING",
-        )
-        .bind(&claim.key)
-        .bind(used)
-        .bind(claim.holder.as_deref())
-        .bind(claim.lease_until)
-        .bind(claim.keep_until)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
+        );
+        let inserted = bind_claim(insert, claim)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
         if inserted == 1 {
             return Ok(Standing::Free);
         }
@@ -505,23 +517,30 @@ async fn take(
             continue;
         };
         if allowed(&before) {
-            sqlx::query(
+            let update = sqlx::query(
                 "UPDATE replay SET used = $2, holder = $3, lease_until_us = $4, keep_until_us = $5 \
                  WHERE key_hash = $1",
-            )
-            .bind(&claim.key)
-            .bind(used)
-            .bind(claim.holder.as_deref())
-            .bind(claim.lease_until)
-            .bind(claim.keep_until)
-            .execute(&mut *conn)
-            .await?;
+            );
+            bind_claim(update, claim).execute(&mut *conn).await?;
         }
         return Ok(before);
     }
     Err(sqlx::Error::Protocol(
         "the CI token's replay row kept disappearing while it was taken".to_owned(),
     ))
+}
+
+/// Binds `claim` as (key_hash, used, holder, lease_until_us, keep_until_us).
+fn bind_claim<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    claim: &'q Claim,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    query
+        .bind(&claim.key)
+        .bind(claim.used())
+        .bind(claim.holder.as_deref())
+        .bind(claim.lease_until)
+        .bind(claim.keep_until)
 }
 
 /// The claim a step would write into a CI token's replay row, if any.
@@ -578,7 +597,7 @@ pub(super) async fn take_fresh(
         for claim in chunk {
             query = query
                 .bind(&claim.key)
-                .bind(i64::from(claim.holder.is_none()))
+                .bind(claim.used())
                 .bind(claim.holder.as_deref())
                 .bind(claim.lease_until)
                 .bind(claim.keep_until);
