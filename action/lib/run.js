@@ -9,6 +9,7 @@ const { requestOidcToken, exchange } = require('./http');
 
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const MAX_RETRIES = 10;
+const AUDITED_DENIALS = new Set(['invalid_grant', 'invalid_target', 'access_denied', 'invalid_scope']);
 
 /** A failure the action reports as one `::error::` line. */
 class ActionError extends Error {
@@ -176,7 +177,11 @@ async function main(env, log) {
     } else {
       log.error(what, 'tokenmint denied the exchange');
     }
-    if (fail.request_id) log.info(`The decision is in the audit trail: tokenmint audit show ${fail.request_id}`);
+    // These come after verification, so tokenmint audited the decision (contract: "Audit
+    // trail"); earlier refusals and failures are only in its log and metrics.
+    if (!result.exhausted && fail.request_id && AUDITED_DENIALS.has(fail.error)) {
+      log.info(`The decision is in the audit trail: tokenmint audit show ${fail.request_id}`);
+    }
     return 1;
   }
 
