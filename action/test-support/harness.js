@@ -54,7 +54,7 @@ function actionDefaults() {
 }
 
 function tokenmintBin() {
-  const bin = process.env.TOKENMINT_BIN || path.join(REPO, 'target', 'debug', 'tokenmint');
+  const bin = path.resolve(process.env.TOKENMINT_BIN || path.join(REPO, 'target', 'debug', 'tokenmint'));
   if (!fs.existsSync(bin)) {
     throw new Error(
       `the tokenmint binary is missing at ${bin}: build it with \`cargo build --locked\` in ${REPO}, ` +

@@ -301,6 +301,22 @@ describe('the action', { concurrency: true }, () => {
     assert.equal(r.output, '');
   });
 
+  test('fails when the runner refuses the OIDC token request', async (t) => {
+    const oidc = await h.startOidc(tokenmint.base, CLAIMS);
+    const proxy = await h.startProxy(tokenmint.base);
+    t.after(oidc.close);
+    t.after(proxy.close);
+    const wrong = { ...oidc, requestToken: 'not-the-request-token' };
+    const r = await h.runAction({ inputs: { url: proxy.base, audience: 'dev-api' }, oidc: wrong });
+    assert.equal(r.code, 1);
+    assert.deepEqual(nonDebug(r.lines), [
+      `::error title=tokenmint%3A no OIDC token::The runner issued no OIDC token for audience ${proxy.base}: ` +
+        'HTTP 401: {"message":"bad request token"}',
+    ]);
+    assert.equal(oidc.requests.length, 1, 'a 401 is not retried');
+    assert.equal(proxy.requests.length, 0, 'no exchange');
+  });
+
   for (const name of ['1BAD', 'A-B']) {
     test(`refuses export-env ${name} before any network call`, async (t) => {
       const oidc = await h.startOidc(tokenmint.base, CLAIMS);
