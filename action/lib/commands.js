@@ -20,6 +20,11 @@ function escapeProperty(value) {
   return escapeData(value).replace(/:/g, '%3A').replace(/,/g, '%2C');
 }
 
+/** `text` with control characters written as \xNN. */
+function showControls(text) {
+  return String(text).replace(/[\u0000-\u001f\u007f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+}
+
 class Log {
   /** @param {(text: string) => void} write where lines go (stdout by default) */
   constructor(write = (text) => process.stdout.write(text)) {
@@ -45,8 +50,12 @@ class Log {
     return scrub(out);
   }
 
+  /**
+   * One plain line. Control characters are shown escaped, so that text from elsewhere (a
+   * server's error) cannot start a line of its own and so a workflow command.
+   */
   info(text) {
-    for (const line of this.clean(text).split(/\r?\n/)) this.write(`${line}${os.EOL}`);
+    this.write(`${showControls(this.clean(text))}${os.EOL}`);
   }
 
   debug(text) {
@@ -82,4 +91,4 @@ function appendFileCommand(fileVar, entries) {
   fs.appendFileSync(path, text, { encoding: 'utf8' });
 }
 
-module.exports = { Log, escapeData, escapeProperty, fileCommandEntry, appendFileCommand };
+module.exports = { Log, showControls, escapeData, escapeProperty, fileCommandEntry, appendFileCommand };

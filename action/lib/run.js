@@ -3,7 +3,7 @@
 // tokenmint, hand the access token to later steps, and say in the log what happened.
 
 const crypto = require('node:crypto');
-const { Log, appendFileCommand } = require('./commands');
+const { Log, appendFileCommand, showControls } = require('./commands');
 const { decodePayloadUnverified } = require('./jwt');
 const { requestOidcToken, exchange } = require('./http');
 
@@ -92,11 +92,10 @@ function readInputs(env) {
   };
 }
 
-/** A claim's value for one log line: control characters shown escaped, absent said so. */
+/** A claim's value for one log line; absent said so. */
 function shown(value) {
   if (value === undefined || value === null) return '(not in the token)';
-  const text = typeof value === 'string' ? value : JSON.stringify(value);
-  return text.replace(/[\u0000-\u001f\u007f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+  return showControls(typeof value === 'string' ? value : JSON.stringify(value));
 }
 
 function printIdentity(log, token) {

@@ -72,11 +72,13 @@ test('the log hides secrets in debug, info and error lines', () => {
   log.debug(`got ${JWT} with s3cret-request-token`);
   log.info(`value ${JWT.slice(0, -2)}`);
   log.error(`denied: ${JWT}\nline two`, 'title: x, y');
+  log.info('from a server\n::warning::injected');
   assert.deepEqual(lines, [
     `::add-mask::${JWT}\n`,
     '::debug::got *** with ***\n',
     'value [token removed]\n',
     '::error title=title%3A x%2C y::denied: ***%0Aline two\n',
+    'from a server\\x0a::warning::injected\n',
   ]);
 });
 
