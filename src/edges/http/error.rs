@@ -2,8 +2,8 @@
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
 
+use super::wire::{ErrorResponse, FailedCondition};
 use crate::trust::exchange::{Denial, ExchangeError};
 
 /// An error answer of `POST /token`.
@@ -13,8 +13,8 @@ pub struct TokenError {
     pub error: &'static str,
     pub description: String,
     pub retry_after: Option<u64>,
-    /// Extra members for bound callers (nearest policy and failing conditions).
-    pub extra: Option<Box<Value>>,
+    /// For bound callers: the nearest policy and its failing conditions.
+    pub nearest: Option<Box<(String, Vec<FailedCondition>)>>,
     /// The metrics reason for errors answered before verification.
     pub reason: &'static str,
 }
@@ -31,7 +31,7 @@ impl TokenError {
             error,
             description: description.into(),
             retry_after: None,
-            extra: None,
+            nearest: None,
             reason,
         }
     }
@@ -47,16 +47,20 @@ impl TokenError {
     }
 
     pub fn into_response_with_id(self, request_id: &str) -> Response {
-        let mut body = json!({
-            "error": self.error,
-            "error_description": self.description,
-            "request_id": request_id,
-        });
-        if let (Some(extra), Some(object)) = (self.extra, body.as_object_mut())
-            && let Value::Object(extra) = *extra
-        {
-            object.extend(extra);
-        }
+        let (policy, failed_conditions) = match self.nearest {
+            Some(nearest) => {
+                let (policy, failed) = *nearest;
+                (Some(policy), Some(failed))
+            }
+            None => (None, None),
+        };
+        let body = ErrorResponse {
+            error: self.error.to_owned(),
+            error_description: self.description,
+            request_id: request_id.to_owned(),
+            policy,
+            failed_conditions,
+        };
         let mut headers = no_store_headers(request_id);
         if let Some(seconds) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
@@ -92,13 +96,15 @@ impl From<ExchangeError> for TokenError {
                     "access_denied",
                 );
                 if let Some((policy, failures)) = nearest {
-                    let failed: Vec<Value> = failures
-                        .iter()
-                        .map(|c| json!({"claim": c.claim, "expected": c.expected, "actual": c.actual}))
+                    let failed = failures
+                        .into_iter()
+                        .map(|c| FailedCondition {
+                            claim: c.claim.to_string(),
+                            expected: c.expected.to_string(),
+                            actual: c.actual,
+                        })
                         .collect();
-                    error.extra = Some(Box::new(
-                        json!({"policy": policy, "failed_conditions": failed}),
-                    ));
+                    error.nearest = Some(Box::new((policy, failed)));
                 }
                 error
             }

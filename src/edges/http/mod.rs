@@ -5,6 +5,7 @@ pub mod error;
 mod ops;
 pub mod token;
 mod wellknown;
+pub mod wire;
 
 pub use wellknown::Published;
 

@@ -8,12 +8,13 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use secrecy::{ExposeSecret as _, SecretString};
-use serde_json::{Value, json};
+use secrecy::SecretString;
+use serde_json::Value;
 use time::OffsetDateTime;
 
 use super::AppState;
 use super::error::{TokenError, no_store_headers};
+use super::wire::{AccessToken, TokenResponse};
 use crate::trust::exchange::{ExchangeRequest, Issued, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT};
 use crate::trust::json::{ObjectDefect, parse_unique_object};
 
@@ -81,16 +82,16 @@ pub async fn token(State(app): State<AppState>, request: Request) -> Response {
 }
 
 fn success(issued: Issued, request_id: &str) -> Response {
-    let body = json!({
-        "access_token": issued.access_token.expose_secret(),
-        "issued_token_type": issued.issued_token_type,
-        "token_type": "Bearer",
-        "expires_in": issued.expires_in,
-        "scope": issued.scope,
-        "target": issued.target,
-        "policy": issued.policy,
-        "request_id": request_id,
-    });
+    let body = TokenResponse {
+        access_token: AccessToken::new(issued.access_token),
+        issued_token_type: issued.issued_token_type.to_owned(),
+        token_type: "Bearer".to_owned(),
+        expires_in: issued.expires_in,
+        scope: issued.scope,
+        target: issued.target,
+        policy: issued.policy,
+        request_id: request_id.to_owned(),
+    };
     (
         StatusCode::OK,
         no_store_headers(request_id),
