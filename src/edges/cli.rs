@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 use crate::adapters::store::sql::reader::AuditFilter;
 use crate::config::{Config, ConfigSource, config_env_vars_present};
 use crate::edges::audit_commands;
+use crate::edges::exchange_client;
 use crate::edges::metrics::Metrics;
 use crate::edges::service::{self, Service};
 use crate::edges::telemetry::{self, LogFormat};
@@ -43,6 +44,8 @@ enum Command {
     /// Query and verify the audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Exchange this CI job's OIDC token for a short-lived access token and print it.
+    Exchange(ExchangeArgs),
     /// Check every issuer, the policies and every target; exit 1 on any failure.
     Doctor {
         /// Configuration file (default: ./tokenmint.toml if present).
@@ -65,6 +68,56 @@ struct ServeArgs {
     /// A self-contained local playground with a dev CI issuer; never touches real targets.
     #[arg(long)]
     dev: bool,
+}
+
+const EXCHANGE_HELP: &str = "\
+The CI token is read from the first of: --token-file; the GitHub Actions runner
+($ACTIONS_ID_TOKEN_REQUEST_URL and $ACTIONS_ID_TOKEN_REQUEST_TOKEN, with --oidc-audience);
+$TOKENMINT_ID_TOKEN; $TFC_WORKLOAD_IDENTITY_TOKEN (HCP Terraform). Never from an argument.
+
+stdout gets the result only; stderr names the token's source, the request id and the
+access token's SHA-256 (to find the audit record: tokenmint audit show ID), never a token.
+
+Exit status: 0 printed; 1 the exchange failed (the service's error, its description and
+the request id are on stderr); 2 refused (bad usage, an --export name or a token outside
+the allowed characters, http:// to a host that is not loopback, no CI token).";
+
+#[derive(Debug, Args)]
+#[command(after_help = EXCHANGE_HELP)]
+struct ExchangeArgs {
+    /// The service's base URL: https://, or http:// to a loopback host only.
+    #[arg(long, value_name = "URL")]
+    url: String,
+    /// The target name, or a target's audience URL.
+    #[arg(long, value_name = "T")]
+    audience: String,
+    /// Space-separated scopes to request (default: what the policy grants).
+    #[arg(long, value_name = "S")]
+    scope: Option<String>,
+    /// Pin the trust policy to use.
+    #[arg(long, value_name = "P")]
+    policy: Option<String>,
+    /// Read the CI token from this file ("-": standard input); one trailing newline is
+    /// dropped.
+    #[arg(long, value_name = "F")]
+    token_file: Option<PathBuf>,
+    /// The audience of the OIDC token requested from the GitHub Actions runner (default:
+    /// --url without a trailing slash).
+    #[arg(long, value_name = "A")]
+    oidc_audience: Option<String>,
+    /// What to print on stdout [default: env with --export, else json].
+    #[arg(long, value_enum)]
+    format: Option<exchange_client::Format>,
+    /// The variable that --format env exports: [A-Za-z_][A-Za-z0-9_]*.
+    #[arg(long, value_name = "NAME")]
+    export: Option<String>,
+    /// Retries after 429, 5xx and connection failures (0 to 10).
+    #[arg(long, value_name = "N", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(exchange_client::MAX_RETRIES)))]
+    retries: u32,
+    /// Anything else: refused without being shown, as it may be a token.
+    #[arg(hide = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    stray: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -218,7 +271,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }) => keys_reseal(config, &new_key_file),
         Command::Audit(command) => audit(command),
         Command::Doctor { config, no_mint } => doctor(config, no_mint),
+        Command::Exchange(args) => Ok(exchange(args)),
     }
+}
+
+fn exchange(args: ExchangeArgs) -> ExitCode {
+    if !args.stray.is_empty() {
+        eprintln!(
+            "tokenmint exchange: unexpected argument (not shown); the CI token is read from \
+             --token-file or the environment, never from the command line (see --help)"
+        );
+        return ExitCode::from(2);
+    }
+    exchange_client::main(exchange_client::Options {
+        url: args.url,
+        audience: args.audience,
+        scope: args.scope,
+        policy: args.policy,
+        token_file: args.token_file,
+        oidc_audience: args.oidc_audience,
+        format: args.format,
+        export: args.export,
+        retries: args.retries,
+    })
 }
 
 fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {

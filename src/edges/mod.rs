@@ -5,6 +5,7 @@ pub mod cli;
 pub mod correlate;
 pub mod dev;
 pub mod doctor;
+pub mod exchange_client;
 pub mod http;
 pub mod metrics;
 pub mod service;

@@ -10,6 +10,7 @@ mod doctor;
 mod durable;
 mod errors;
 mod exchange;
+mod exchange_cli;
 mod fake_auth0;
 mod helpers;
 mod issuer_keys;
