@@ -237,9 +237,12 @@ fn exchange(c: &mut Criterion) {
             if kind == StoreKind::Sqlite {
                 let after = group_commit(&bench.service.state.metrics.render());
                 let (records, commits) = (after.0 - before.0, after.1 - before.1);
+                let committing = after.2 - before.2;
                 eprintln!(
-                    "exchange/local_es256/sqlite/{callers}: {records} records in {commits} commits, {:.1} per commit",
-                    records / commits.max(1.0)
+                    "exchange/local_es256/sqlite/{callers}: {records} records in {commits} commits, \
+                     {:.1} per commit, {:.2} ms per commit",
+                    records / commits.max(1.0),
+                    committing * 1000.0 / commits.max(1.0)
                 );
             }
         }
@@ -247,8 +250,9 @@ fn exchange(c: &mut Criterion) {
     group.finish();
 }
 
-/// The SQLite writer's (records, commits) so far, read from `/metrics`.
-fn group_commit(metrics: &str) -> (f64, f64) {
+/// The SQLite writer's (records, commits, seconds spent committing) so far, read from
+/// `/metrics`.
+fn group_commit(metrics: &str) -> (f64, f64, f64) {
     let value = |name: &str| {
         metrics
             .lines()
@@ -258,6 +262,7 @@ fn group_commit(metrics: &str) -> (f64, f64) {
     (
         value("tokenmint_store_records_per_commit_sum "),
         value("tokenmint_store_records_per_commit_count "),
+        value("tokenmint_store_commit_duration_seconds_sum "),
     )
 }
 

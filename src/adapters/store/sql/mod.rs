@@ -149,6 +149,12 @@ async fn sqlite_pragmas(conn: &mut AnyConnection, writer: bool) -> Result<(), sq
         sqlx::query("PRAGMA synchronous = FULL")
             .execute(&mut *conn)
             .await?;
+        // A multi-row insert keeps a statement journal (to undo itself alone); past 64 KiB
+        // SQLite spills it to a temporary file, created, written and deleted per batch.
+        // In memory it costs a few hundred KiB at most.
+        sqlx::query("PRAGMA temp_store = MEMORY")
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(())
 }

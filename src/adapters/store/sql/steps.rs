@@ -226,6 +226,92 @@ fn power_of_two_chunks<T>(items: &[T]) -> Vec<&[T]> {
     chunks
 }
 
+/// `audit_records`' columns, in the order [`bind_audit_row`] binds them.
+const AUDIT_COLUMNS: [&str; 14] = [
+    "replica_id",
+    "seq",
+    "prev_hash",
+    "hash",
+    "time_us",
+    "request_id",
+    "outcome",
+    "reason",
+    "repository",
+    "policy",
+    "target",
+    "token_sha256",
+    "token_jti",
+    "record",
+];
+
+/// `replay`'s columns, in the order [`bind_claim`] binds them.
+const REPLAY_COLUMNS: [&str; 5] = [
+    "key_hash",
+    "used",
+    "holder",
+    "lease_until_us",
+    "keep_until_us",
+];
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+fn bind_audit_row<'q>(
+    query: AnyQuery<'q>,
+    replica: &'q str,
+    row: &'q AuditRow<'_>,
+) -> AnyQuery<'q> {
+    let record = row.record;
+    query
+        .bind(replica)
+        .bind(row.seq)
+        .bind(&row.prev_hash)
+        .bind(&row.hash)
+        .bind(record.time_us)
+        .bind(&record.request_id)
+        .bind(record.outcome)
+        .bind(record.reason)
+        .bind(&record.repository)
+        .bind(&record.policy)
+        .bind(&record.target)
+        .bind(&record.token_sha256)
+        .bind(&record.token_jti)
+        .bind(&record.json)
+}
+
+/// Binds `count` NULLs: the unused slots of a padded statement.
+fn bind_nulls(query: AnyQuery<'_>, count: usize) -> AnyQuery<'_> {
+    (0..count).fold(query, |query, _| query.bind(None::<String>))
+}
+
+/// SQLite's writer sends a whole batch in two calls to sqlx's SQLite thread, because each
+/// call is a round trip between threads that costs more than the statements in it. A
+/// call holds several statements, so their text must not depend on the batch's size
+/// (each distinct text is prepared again): rows go in fixed statements of
+/// [`ROWS_PER_INSERT`] slots, the unused slots bound to NULL and skipped by a `WHERE`.
+/// A batch of up to 512 steps needs at most eight such statements of each kind.
+fn padded_chunks<T>(items: &[T]) -> Vec<Vec<Option<&T>>> {
+    items
+        .chunks(ROWS_PER_INSERT)
+        .map(|chunk| {
+            let mut slots: Vec<Option<&T>> = chunk.iter().map(Some).collect();
+            slots.resize(ROWS_PER_INSERT, None);
+            slots
+        })
+        .collect()
+}
+
+/// `INSERT INTO table (columns) SELECT * FROM (VALUES (?, ...), ...) WHERE column1 IS
+/// NOT NULL` with [`ROWS_PER_INSERT`] rows of one parameter per column; `tail` follows it
+/// (an `ON CONFLICT` clause, which SQLite parses after a `WHERE` only).
+fn padded_insert(table: &str, columns: &[&str], tail: &str) -> String {
+    let row = format!("({})", vec!["?"; columns.len()].join(", "));
+    format!(
+        "INSERT INTO {table} ({}) SELECT * FROM (VALUES {}) WHERE column1 IS NOT NULL{tail}",
+        columns.join(", "),
+        vec![row; ROWS_PER_INSERT].join(", ")
+    )
+}
+
 impl<'r> ChainCursor<'r> {
     pub(super) fn new(replica: String, backend: Backend) -> Self {
         Self::starting_at(replica, backend, None)
@@ -253,29 +339,38 @@ impl<'r> ChainCursor<'r> {
         self.head.clone()
     }
 
-    /// SQLite only: inserts the appended rows, then writes the chain head and runs
-    /// `trailer` (`COMMIT`) in one call to the database.
+    /// SQLite only: inserts the appended rows, writes the chain head and runs `trailer`
+    /// (`COMMIT`), all in one call to the database (see [`padded_chunks`]).
     pub(super) async fn write_all_then(
         &mut self,
         conn: &mut AnyConnection,
         trailer: &str,
     ) -> Result<(), sqlx::Error> {
-        self.flush(conn).await?;
-        match self.head.as_ref().filter(|_| self.appended > 0) {
-            Some((seq, hash)) => {
-                sqlx::query(&format!(
-                    "UPDATE replicas SET last_seq = ?, last_hash = ? WHERE replica_id = ?; {trailer}"
-                ))
-                .bind(*seq as i64)
-                .bind(hash)
-                .bind(&self.replica)
-                .execute(&mut *conn)
-                .await?;
-            }
-            None => {
-                sqlx::query(trailer).execute(&mut *conn).await?;
+        let rows = std::mem::take(&mut self.unwritten);
+        let chunks = padded_chunks(&rows);
+        let mut sql = String::new();
+        for _ in &chunks {
+            sql.push_str(&padded_insert("audit_records", &AUDIT_COLUMNS, ""));
+            sql.push_str("; ");
+        }
+        let head = self.head.as_ref().filter(|_| self.appended > 0);
+        if head.is_some() {
+            sql.push_str("UPDATE replicas SET last_seq = ?, last_hash = ? WHERE replica_id = ?; ");
+        }
+        sql.push_str(trailer);
+        let mut query = sqlx::query(&sql);
+        for chunk in chunks {
+            for slot in chunk {
+                query = match slot {
+                    Some(row) => bind_audit_row(query, &self.replica, row),
+                    None => bind_nulls(query, AUDIT_COLUMNS.len()),
+                };
             }
         }
+        if let Some((seq, hash)) = head {
+            query = query.bind(*seq as i64).bind(hash).bind(&self.replica);
+        }
+        query.execute(&mut *conn).await?;
         Ok(())
     }
 
@@ -323,18 +418,19 @@ impl<'r> ChainCursor<'r> {
     /// Inserts the rows appended so far.
     pub(super) async fn flush(&mut self, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
         let rows = std::mem::take(&mut self.unwritten);
+        let columns = AUDIT_COLUMNS.len();
         for chunk in power_of_two_chunks(&rows) {
-            let mut sql = String::from(
-                "INSERT INTO audit_records (replica_id, seq, prev_hash, hash, time_us, request_id, \
-                 outcome, reason, repository, policy, target, token_sha256, token_jti, record) VALUES ",
+            let mut sql = format!(
+                "INSERT INTO audit_records ({}) VALUES ",
+                AUDIT_COLUMNS.join(", ")
             );
             for index in 0..chunk.len() {
-                let first = index * 14;
+                let first = index * columns;
                 if index > 0 {
                     sql.push_str(", ");
                 }
                 sql.push('(');
-                for column in 1..=14 {
+                for column in 1..=columns {
                     if column > 1 {
                         sql.push_str(", ");
                     }
@@ -348,22 +444,7 @@ impl<'r> ChainCursor<'r> {
             }
             let mut query = sqlx::query(&sql);
             for row in chunk {
-                let record = row.record;
-                query = query
-                    .bind(&self.replica)
-                    .bind(row.seq)
-                    .bind(&row.prev_hash)
-                    .bind(&row.hash)
-                    .bind(record.time_us)
-                    .bind(&record.request_id)
-                    .bind(record.outcome)
-                    .bind(record.reason)
-                    .bind(&record.repository)
-                    .bind(&record.policy)
-                    .bind(&record.target)
-                    .bind(&record.token_sha256)
-                    .bind(&record.token_jti)
-                    .bind(&record.json);
+                query = bind_audit_row(query, &self.replica, row);
             }
             query.execute(&mut *conn).await?;
         }
@@ -531,10 +612,7 @@ async fn take(
 }
 
 /// Binds `claim` as (key_hash, used, holder, lease_until_us, keep_until_us).
-fn bind_claim<'q>(
-    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
-    claim: &'q Claim,
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+fn bind_claim<'q>(query: AnyQuery<'q>, claim: &'q Claim) -> AnyQuery<'q> {
     query
         .bind(&claim.key)
         .bind(claim.used())
@@ -574,37 +652,58 @@ pub(super) fn key_of(op: &Op) -> Option<&str> {
     }
 }
 
-/// Inserts the rows of `claims` that are new, in one statement per 64 (SQLite's `?`
-/// parameters), and returns the keys inserted. The caller passes only claims on rows
-/// no earlier step of its transaction touches, so for those steps the insert is exactly
-/// what their own [`take`] would have done first.
+/// Inserts the rows of `claims` that are new and returns the keys inserted. The caller
+/// passes only claims on rows no earlier step of its transaction touches, so for those
+/// steps the insert is exactly what their own [`take`] would have done first.
 ///
-/// `leader` (`BEGIN IMMEDIATE`) runs first, in the same call to the database.
+/// SQLite only: `leader` (`BEGIN IMMEDIATE`), a query for which of the rows are already
+/// there and the insert of the others go in one call (see [`padded_chunks`]). Under the
+/// write lock `leader` takes, nothing else writes until the commit, so the rows the query
+/// finds are exactly those the insert skips. Asking which rows are *present* (almost
+/// never any) rather than `RETURNING` the inserted ones matters: sqlx hands each returned
+/// row from its SQLite thread to the caller separately, a round trip per CI token.
 pub(super) async fn take_fresh(
     conn: &mut AnyConnection,
     leader: &str,
     claims: &[&Claim],
 ) -> Result<std::collections::HashSet<String>, sqlx::Error> {
-    let mut inserted = std::collections::HashSet::new();
-    sqlx::query(leader).execute(&mut *conn).await?;
-    for chunk in power_of_two_chunks(claims) {
-        let mut sql = String::from(
-            "INSERT INTO replay (key_hash, used, holder, lease_until_us, keep_until_us) VALUES ",
-        );
-        sql.push_str(&vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", "));
-        sql.push_str(" ON CONFLICT (key_hash) DO NOTHING RETURNING key_hash");
-        let mut query = sqlx::query_scalar::<_, String>(&sql);
-        for claim in chunk {
-            query = query
-                .bind(&claim.key)
-                .bind(claim.used())
-                .bind(claim.holder.as_deref())
-                .bind(claim.lease_until)
-                .bind(claim.keep_until);
-        }
-        inserted.extend(query.fetch_all(&mut *conn).await?);
+    let chunks = padded_chunks(claims);
+    let mut statements = vec![leader.to_owned()];
+    for _ in &chunks {
+        statements.push(format!(
+            "SELECT key_hash FROM replay WHERE key_hash IN ({})",
+            vec!["?"; ROWS_PER_INSERT].join(", ")
+        ));
+        statements.push(padded_insert(
+            "replay",
+            &REPLAY_COLUMNS,
+            " ON CONFLICT (key_hash) DO NOTHING",
+        ));
     }
-    Ok(inserted)
+    let sql = statements.join("; ");
+    let mut query = sqlx::query(&sql);
+    for chunk in &chunks {
+        for slot in chunk {
+            query = query.bind(slot.map(|claim| claim.key.as_str()));
+        }
+        for slot in chunk {
+            query = match slot {
+                Some(claim) => bind_claim(query, claim),
+                None => bind_nulls(query, REPLAY_COLUMNS.len()),
+            };
+        }
+    }
+    let present = query
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|row| row.try_get::<String, _>(0))
+        .collect::<Result<std::collections::HashSet<String>, _>>()?;
+    Ok(claims
+        .iter()
+        .filter(|claim| !present.contains(&claim.key))
+        .map(|claim| claim.key.clone())
+        .collect())
 }
 
 /// Applies one step inside the caller's open transaction. A step that refuses (the CI

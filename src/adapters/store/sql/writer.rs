@@ -45,7 +45,29 @@ impl Writer {
     ) -> Writer {
         let (queue, jobs) = mpsc::channel(QUEUE);
         let healthy = Arc::new(AtomicBool::new(true));
-        tokio::spawn(run(conn, replica, jobs, observer, healthy.clone()));
+        let flag = healthy.clone();
+        // The writer runs on a thread of its own. Each statement is a round trip to sqlx's
+        // SQLite thread, and on the service's runtime the writer's wake-up from that thread
+        // waited in the global queue behind every exchange being computed, once per
+        // statement; here it is the only task, so a batch's statements follow each other.
+        let spawned = std::thread::Builder::new()
+            .name("tokenmint-sqlite-writer".to_owned())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime.block_on(run(conn, replica, jobs, observer, flag)),
+                    Err(err) => {
+                        flag.store(false, Ordering::Release);
+                        tracing::error!(error = %err, "the SQLite writer's runtime could not start");
+                    }
+                }
+            });
+        if let Err(err) = spawned {
+            healthy.store(false, Ordering::Release);
+            tracing::error!(error = %err, "the SQLite writer's thread could not start");
+        }
         Writer { queue, healthy }
     }
 
@@ -81,9 +103,8 @@ async fn run(
     let mut head = None;
     while let Some(first) = jobs.recv().await {
         batch.push(first);
-        // Let tasks that are already running enqueue their steps (a scheduler round,
-        // not a timer: nothing waits for steps that have not been made yet).
-        tokio::task::yield_now().await;
+        // Whatever queued up while the last transaction committed goes in this one;
+        // nothing waits for steps that have not been made yet.
         while batch.len() < MAX_BATCH {
             match jobs.try_recv() {
                 Ok(job) => batch.push(job),
