@@ -438,10 +438,9 @@ fn announce_dev_mode(public_url: &str) {
     let banner = format!(
         "\n  *** DEV MODE: the dev CI issuer is ON at {public_url}/dev ***\n  \
          Anyone who can reach this address can mint CI tokens for it. State and keys are in memory.\n  \
-         Try:\n    TOKEN=$(curl -s -X POST {public_url}/dev/ci-token -H 'content-type: application/json' \\\n      \
-         -d '{{\"repository\":\"acme/app\",\"ref\":\"refs/heads/main\"}}' | sed 's/.*\"token\":\"\\([^\"]*\\)\".*/\\1/')\n    \
-         curl -s -X POST {public_url}/token -d grant_type=urn:ietf:params:oauth:grant-type:token-exchange \\\n      \
-         -d subject_token_type=urn:ietf:params:oauth:token-type:id_token -d audience=dev-api -d subject_token=$TOKEN\n"
+         Try:\n    curl -sS --fail-with-body -X POST {public_url}/dev/ci-token -H 'content-type: application/json' \\\n      \
+         -d '{{\"repository\":\"acme/app\",\"ref\":\"refs/heads/main\"}}' | sed 's/.*\"token\":\"\\([^\"]*\\)\".*/\\1/' \\\n      \
+         | tokenmint exchange --url {public_url} --audience dev-api --token-file -\n"
     );
     eprintln!("{banner}");
     tracing::warn!(issuer = %format!("{public_url}/dev"), "dev mode: the dev CI issuer is on; never expose this listener");

@@ -40,7 +40,7 @@ async fn post_json(
 }
 
 #[tokio::test]
-async fn the_two_curl_calls_of_the_readme_complete_an_exchange() {
+async fn a_dev_ci_token_completes_an_exchange() {
     let config = dev_config(loopback(8080)).expect("dev config");
     assert_eq!(config.server.public_url, "http://127.0.0.1:8080");
     let service = Service::build(config, Arc::new(Metrics::new()))
@@ -217,4 +217,28 @@ async fn dev_mode_loads_only_dev_policies_from_the_policy_directory() {
     let mut names: Vec<&str> = loaded.iter().map(|p| p.name()).collect();
     names.sort_unstable();
     assert_eq!(names, ["dev-any-repository", "dev-main"]);
+}
+
+/// The start-up banner's suggestion uses `tokenmint exchange`, which fails loudly on a
+/// denial, not a hand-written curl call that puts the CI token on a command line.
+#[test]
+fn the_dev_banner_suggests_tokenmint_exchange() {
+    let service = crate::operations::ServiceProcess::dev();
+    let url = format!("http://{}", service.listen);
+    let (_, lines) = service.terminate();
+    let at = lines
+        .iter()
+        .position(|line| line.trim() == "Try:")
+        .expect("the banner's Try: line");
+    assert_eq!(
+        lines[at + 1..at + 4],
+        [
+            format!(
+                "    curl -sS --fail-with-body -X POST {url}/dev/ci-token -H 'content-type: application/json' \\"
+            ),
+            r#"      -d '{"repository":"acme/app","ref":"refs/heads/main"}' | sed 's/.*"token":"\([^"]*\)".*/\1/' \"#
+                .to_owned(),
+            format!("      | tokenmint exchange --url {url} --audience dev-api --token-file -"),
+        ]
+    );
 }
