@@ -630,3 +630,145 @@ async fn audit_correlate_names_the_job_through_the_binary() {
     assert_eq!(found[1]["request_id"], serde_json::Value::Null);
     assert_eq!(found[1]["joined_by"], serde_json::json!([]));
 }
+
+/// Waits until `count` connections named `application` wait on a lock.
+async fn wait_for_lock_waiters(admin: &mut sqlx::AnyConnection, application: &str, count: i64) {
+    for _ in 0..500 {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE application_name = $1 AND wait_event_type = 'Lock'",
+        )
+        .bind(application)
+        .fetch_one(&mut *admin)
+        .await
+        .expect("pg_stat_activity");
+        if waiting >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{count} connections of {application} never waited on a lock");
+}
+
+/// A request dropped while its last step commits on another connection (PostgreSQL): the
+/// background `abandon` waits for that commit, then sees the request ended and records
+/// nothing. Read before the commit, it recorded `cancelled` after `allowed`. (SQLite's
+/// single writer orders the two steps anyway.)
+#[tokio::test]
+async fn an_abandon_racing_the_requests_last_commit_records_nothing() {
+    use sqlx::Connection as _;
+    use tokenmint::trust::audit::{AuditRecord, Reason};
+    use tokenmint::trust::store::{
+        Abandon, Begin, Begun, Finish, Finished, ReservationId, Reserve, Settle, Store,
+    };
+    let Some(url) = postgres_url().await else {
+        return;
+    };
+    let application = format!("tm_race_{}", uuid::Uuid::new_v4().simple());
+    let url = format!("{url}&application_name={application}");
+    let store = Arc::new(
+        SqlStore::open(Location::Postgres(url.clone()), Arc::new(NoCommitObserver))
+            .await
+            .expect("store"),
+    );
+    let key = ReplayKey {
+        issuer: "github".to_owned(),
+        id: "jti:race".to_owned(),
+    };
+    let holder = ReservationId::new();
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let now = OffsetDateTime::now_utc();
+    let record = |reason| Arc::new(AuditRecord::new(&request_id, now, reason));
+    let begun = store
+        .begin(
+            Begin {
+                record: record(Reason::Pending),
+                reserve: Some(Reserve {
+                    key: &key,
+                    holder: &holder,
+                    lease_until: now + time::Duration::minutes(1),
+                    keep_until: now + time::Duration::minutes(10),
+                }),
+            },
+            now,
+        )
+        .await
+        .expect("begin");
+    assert!(matches!(begun, Begun::Reserved(_)), "{begun:?}");
+
+    // Another connection holds this replica's chain head, so the finish stops half way:
+    // the CI token's row is consumed (and locked), its record not yet appended.
+    let mut blocker = sqlx::AnyConnection::connect(&url).await.expect("blocker");
+    sqlx::query("BEGIN")
+        .execute(&mut blocker)
+        .await
+        .expect("begin");
+    sqlx::query("SELECT last_seq FROM replicas WHERE replica_id = $1 FOR UPDATE")
+        .bind(store.replica())
+        .fetch_one(&mut blocker)
+        .await
+        .expect("lock the chain head");
+    let mut admin = sqlx::AnyConnection::connect(&url).await.expect("admin");
+
+    let finish = tokio::spawn({
+        let (store, key, holder, allowed) = (
+            store.clone(),
+            key.clone(),
+            holder.clone(),
+            record(Reason::Allowed),
+        );
+        async move {
+            store
+                .finish(
+                    Finish {
+                        record: allowed,
+                        settle: Settle::Consume {
+                            key: &key,
+                            holder: &holder,
+                        },
+                    },
+                    now,
+                )
+                .await
+        }
+    });
+    wait_for_lock_waiters(&mut admin, &application, 1).await;
+    let abandon = tokio::spawn({
+        let (store, key, holder, cancelled, request_id) = (
+            store.clone(),
+            key.clone(),
+            holder.clone(),
+            record(Reason::Cancelled),
+            request_id.clone(),
+        );
+        async move {
+            store
+                .abandon(
+                    Abandon {
+                        request_id: &request_id,
+                        record: cancelled,
+                        reservation: Some((&key, &holder)),
+                    },
+                    now,
+                )
+                .await
+        }
+    });
+    wait_for_lock_waiters(&mut admin, &application, 2).await;
+    sqlx::query("COMMIT")
+        .execute(&mut blocker)
+        .await
+        .expect("commit");
+
+    let finished = finish.await.expect("finish task").expect("finish");
+    assert!(matches!(finished, Finished::Recorded(_)), "{finished:?}");
+    let abandoned = abandon.await.expect("abandon task").expect("abandon");
+    assert_eq!(abandoned, None, "the request had ended: nothing to cancel");
+    let outcomes: Vec<String> =
+        sqlx::query_scalar("SELECT outcome FROM audit_records WHERE request_id = $1 ORDER BY seq")
+            .bind(&request_id)
+            .fetch_all(&mut admin)
+            .await
+            .expect("records");
+    assert_eq!(outcomes, ["pending", "allow"]);
+}

@@ -374,6 +374,34 @@ impl<'r> ChainCursor<'r> {
         Ok(())
     }
 
+    /// Reads (with PostgreSQL: locks until the transaction ends) this replica's chain head.
+    async fn read_head(&self, conn: &mut AnyConnection) -> Result<(u64, String), sqlx::Error> {
+        let sql = match self.backend {
+            Backend::Sqlite => "SELECT last_seq, last_hash FROM replicas WHERE replica_id = $1",
+            Backend::Postgres => {
+                "SELECT last_seq, last_hash FROM replicas WHERE replica_id = $1 FOR UPDATE"
+            }
+        };
+        let row = sqlx::query(sql)
+            .bind(&self.replica)
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok((
+            row.try_get::<i64, _>(0)? as u64,
+            row.try_get::<String, _>(1)?,
+        ))
+    }
+
+    /// Holds the chain head from now until the transaction ends (PostgreSQL: its row lock),
+    /// so that what this transaction reads next cannot miss an append of this replica
+    /// whose commit is in flight on another connection.
+    async fn hold_head(&mut self, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+        if self.head.is_none() {
+            self.head = Some(self.read_head(conn).await?);
+        }
+        Ok(())
+    }
+
     /// Appends `record` after the chain's tail. The first append of a transaction reads
     /// (with PostgreSQL: locks) the chain head, so one replica's appends are serialised.
     async fn append(
@@ -383,24 +411,7 @@ impl<'r> ChainCursor<'r> {
     ) -> Result<Seq, sqlx::Error> {
         let (last_seq, last_hash) = match self.head.take() {
             Some(head) => head,
-            None => {
-                let sql = match self.backend {
-                    Backend::Sqlite => {
-                        "SELECT last_seq, last_hash FROM replicas WHERE replica_id = $1"
-                    }
-                    Backend::Postgres => {
-                        "SELECT last_seq, last_hash FROM replicas WHERE replica_id = $1 FOR UPDATE"
-                    }
-                };
-                let row = sqlx::query(sql)
-                    .bind(&self.replica)
-                    .fetch_one(&mut *conn)
-                    .await?;
-                (
-                    row.try_get::<i64, _>(0)? as u64,
-                    row.try_get::<String, _>(1)?,
-                )
-            }
+            None => self.read_head(conn).await?,
         };
         let seq = last_seq + 1;
         let hash = link_hash(&self.replica, seq, &last_hash, &record.json);
@@ -793,6 +804,18 @@ pub(super) async fn apply<'r>(
             record,
             reservation,
         } => {
+            // A `finish` of this request may be committing on another connection (PostgreSQL:
+            // the request was dropped while its last step was in flight). Take the locks in
+            // the order `finish` takes them, the reservation's replay row and then the chain
+            // head, so this waits for that commit and then sees its record; reading first
+            // would miss it and record `cancelled` after `allowed`.
+            if let (Backend::Postgres, Some((key, _))) = (backend, reservation) {
+                sqlx::query("SELECT key_hash FROM replay WHERE key_hash = $1 FOR UPDATE")
+                    .bind(key)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            }
+            chain.hold_head(conn).await?;
             // Records appended earlier in this transaction count too.
             chain.flush(conn).await?;
             let outcomes: Vec<String> =
