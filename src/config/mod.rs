@@ -1,6 +1,7 @@
 //! The typed configuration tree: loading (defaults, TOML file, `TOKENMINT_*__*` variables) and validation.
 
 mod duration;
+mod env;
 mod issuer;
 mod raw;
 mod target;
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
-use figment::providers::{Env, Format, Toml};
+use figment::providers::{Format, Toml};
 use url::Url;
 
 pub use duration::{HumanDuration, format_duration, parse_duration};
@@ -164,11 +165,15 @@ impl Config {
             None => Some(PathBuf::from(DEFAULT_CONFIG_FILE)).filter(|p| p.is_file()),
         };
         let mut figment = Figment::new();
+        let mut names = env::FileNames::default();
         if let Some(path) = &file {
             figment = figment.merge(Toml::file_exact(path));
+            names = file_names(&figment);
         }
-        figment = figment.merge(config_env());
-        Self::from_figment(figment, file.as_deref(), source.listen)
+        let env =
+            env::ConfigEnv::from_process(names, file.as_ref().map(|p| p.display().to_string()))?;
+        figment = figment.merge(&env);
+        Self::from_layers(figment, file.as_deref(), source.listen, &env)
     }
 
     /// Validates what a figment holds; `file` names the file in errors.
@@ -177,29 +182,48 @@ impl Config {
         file: Option<&Path>,
         listen_override: Option<SocketAddr>,
     ) -> Result<Config, ConfigError> {
+        Self::from_layers(figment, file, listen_override, &env::ConfigEnv::default())
+    }
+
+    fn from_layers(
+        figment: Figment,
+        file: Option<&Path>,
+        listen_override: Option<SocketAddr>,
+        env: &env::ConfigEnv,
+    ) -> Result<Config, ConfigError> {
         let raw: raw::RawConfig = figment
             .extract()
-            .map_err(|err| ConfigError(describe_figment_error(err, file)))?;
-        raw.validate(file, listen_override)
+            .map_err(|err| ConfigError(describe_figment_error(err, file, env)))?;
+        raw.validate(file, listen_override, env)
     }
 }
 
-/// The environment provider: `TOKENMINT_A__B` becomes `a.b`; names without `__` are ignored.
-pub fn config_env() -> Env {
-    Env::prefixed(ENV_PREFIX)
-        .filter(|key| key.as_str().contains("__"))
-        .split("__")
+/// The issuer and target names the file defines (none when it does not parse: extracting
+/// reports that).
+fn file_names(figment: &Figment) -> env::FileNames {
+    let keys = |section: &str| match figment.find_value(section) {
+        Ok(figment::value::Value::Dict(_, dict)) => dict.keys().cloned().collect(),
+        _ => Vec::new(),
+    };
+    env::FileNames {
+        issuers: keys("issuers"),
+        targets: keys("targets"),
+    }
 }
 
 /// Names of `TOKENMINT_*__*` variables that are set (dev mode refuses to start with any).
 pub fn config_env_vars_present() -> Vec<String> {
     std::env::vars_os()
         .filter_map(|(name, _)| name.into_string().ok())
-        .filter(|name| name.starts_with(ENV_PREFIX) && name.contains("__"))
+        .filter(|name| env::is_config_var(name.trim()))
         .collect()
 }
 
-fn describe_figment_error(err: figment::Error, file: Option<&Path>) -> String {
+fn describe_figment_error(
+    err: figment::Error,
+    file: Option<&Path>,
+    env: &env::ConfigEnv,
+) -> String {
     let mut lines = Vec::new();
     for error in err {
         let key = error.path.join(".");
@@ -207,14 +231,15 @@ fn describe_figment_error(err: figment::Error, file: Option<&Path>) -> String {
             Some(figment::Source::File(path)) => path.display().to_string(),
             Some(other) => other.to_string(),
             None => match (&error.metadata, file) {
-                (Some(meta), _) if meta.name.contains("environment") => {
-                    format!("{ENV_PREFIX}* environment variables")
-                }
+                (Some(meta), _) if meta.name == env::PROVIDER_NAME => match env.origin_of(&key) {
+                    Some(var) => format!("environment variable {var}"),
+                    None => format!("{ENV_PREFIX}* environment variables"),
+                },
                 (_, Some(path)) => path.display().to_string(),
                 _ => "configuration".to_owned(),
             },
         };
-        let what = match &error.kind {
+        let (full, what) = match &error.kind {
             figment::error::Kind::UnknownField(field, _) => {
                 // figment's path already ends with the unknown field.
                 let full = if key.is_empty() {
@@ -222,7 +247,8 @@ fn describe_figment_error(err: figment::Error, file: Option<&Path>) -> String {
                 } else {
                     key.clone()
                 };
-                format!("{origin}: unknown key `{full}`")
+                let what = format!("{origin}: unknown key `{full}`");
+                (full, what)
             }
             figment::error::Kind::MissingField(field) => {
                 let full = if key.is_empty() {
@@ -230,12 +256,16 @@ fn describe_figment_error(err: figment::Error, file: Option<&Path>) -> String {
                 } else {
                     format!("{key}.{field}")
                 };
-                format!("{origin}: missing required key `{full}`")
+                let what = format!("{origin}: missing required key `{full}`");
+                (full, what)
             }
-            kind if key.is_empty() => format!("{origin}: {kind}"),
-            kind => format!("{origin}: `{key}`: {kind}"),
+            kind if key.is_empty() => (key.clone(), format!("{origin}: {kind}")),
+            kind => (key.clone(), format!("{origin}: `{key}`: {kind}")),
         };
-        lines.push(what);
+        lines.push(match env.note_for(&full) {
+            Some(note) => format!("{what}{note}"),
+            None => what,
+        });
     }
     lines.join("; ")
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::env::ConfigEnv;
 use super::{
     Config, ConfigError, HumanDuration, IssuerConfig, IssuerKind, KeysConfig, PoliciesConfig,
     ReplayMode, ServerConfig, StorageConfig, check_https_url, infer_issuer_kind,
@@ -240,12 +241,21 @@ impl RawConfig {
         self,
         file: Option<&Path>,
         listen_override: Option<SocketAddr>,
+        env: &ConfigEnv,
     ) -> Result<Config, ConfigError> {
         let origin = file
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| format!("no {} here and no --config", super::DEFAULT_CONFIG_FILE));
-        let fail =
-            |key: &str, message: String| ConfigError(format!("{origin}: `{key}`: {message}"));
+        // An error names the variable that set the key, else the file; and, for an entry a
+        // variable made, that variable.
+        let fail = |key: &str, message: String| {
+            let origin = match env.origin_of(key) {
+                Some(var) => format!("environment variable {var}"),
+                None => origin.clone(),
+            };
+            let note = env.note_for(key).unwrap_or_default();
+            ConfigError(format!("{origin}: `{key}`: {message}{note}"))
+        };
 
         let listen = match listen_override {
             Some(addr) => addr,

@@ -153,3 +153,113 @@ fn behind_a_tls_proxy_a_non_loopback_listen_is_accepted() {
         Ok(())
     });
 }
+
+const TWO_TARGETS: &str = r#"
+[server]
+public_url = "https://sts.example.com"
+[issuers.github-enterprise]
+issuer = "https://ghe.acme.example/_services/token"
+kind = "github"
+[targets.tenant-prod]
+kind = "local"
+audience = "https://tenant.example"
+[targets.internal-api]
+kind = "local"
+audience = "https://api.internal.example"
+"#;
+
+/// A shell cannot export `TOKENMINT_TARGETS__tenant-prod__MAX_TTL`: the NAME segment
+/// matches the file's name ignoring ASCII case and `-`/`_`.
+#[test]
+fn a_variable_names_a_files_target_or_issuer_as_a_shell_can_write_it() {
+    Jail::expect_with(|jail| {
+        jail.create_file("a.toml", TWO_TARGETS)?;
+        jail.set_env("TOKENMINT_TARGETS__TENANT_PROD__MAX_TTL", "30m");
+        jail.set_env("TOKENMINT_TARGETS__Internal_Api__MAX_TTL", "5m");
+        jail.set_env("TOKENMINT_ISSUERS__GITHUB_ENTERPRISE__LEEWAY", "10s");
+        let config = load("a.toml")?;
+        assert_eq!(config.targets.len(), 2, "no new target was made");
+        assert_eq!(config.targets["tenant-prod"].max_ttl.as_secs(), 30 * 60);
+        assert_eq!(config.targets["internal-api"].max_ttl.as_secs(), 5 * 60);
+        assert_eq!(config.issuers.len(), 1);
+        assert_eq!(config.issuers["github-enterprise"].leeway.as_secs(), 10);
+        Ok(())
+    });
+}
+
+#[test]
+fn a_variable_that_could_mean_two_targets_is_refused() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "a.toml",
+            &format!(
+                "{TWO_TARGETS}[targets.tenant_prod]\nkind = \"local\"\naudience = \"https://other.example\"\n"
+            ),
+        )?;
+        jail.set_env("TOKENMINT_TARGETS__TENANT_PROD__MAX_TTL", "30m");
+        assert_eq!(
+            load("a.toml").expect_err("ambiguous"),
+            "environment variable TOKENMINT_TARGETS__TENANT_PROD__MAX_TTL: TENANT_PROD could mean \
+             targets.tenant-prod or targets.tenant_prod of a.toml (target names are matched \
+             ignoring case and -/_); rename one of them, or write the name exactly in the variable"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn a_variable_naming_no_target_of_the_file_says_it_made_a_new_one() {
+    Jail::expect_with(|jail| {
+        jail.create_file("a.toml", TWO_TARGETS)?;
+        jail.set_env("TOKENMINT_TARGETS__TENANT_STAGING__MAX_TTL", "30m");
+        assert_eq!(
+            load("a.toml").expect_err("a target without a kind"),
+            "environment variable TOKENMINT_TARGETS__TENANT_STAGING__MAX_TTL: missing required \
+             key `targets.tenant_staging.kind`; a.toml has no target \"tenant_staging\" (names \
+             match ignoring case and -/_), so this variable made a new one (a.toml's targets: \
+             internal-api, tenant-prod)"
+        );
+        jail.set_env("TOKENMINT_TARGETS__TENANT_STAGING__KIND", "local");
+        assert_eq!(
+            load("a.toml").expect_err("a local target without an audience"),
+            "environment variable TOKENMINT_TARGETS__TENANT_STAGING__KIND: \
+             `targets.tenant_staging.audience`: is required for local targets; a.toml has no \
+             target \"tenant_staging\" (names match ignoring case and -/_), so this variable \
+             made a new one (a.toml's targets: internal-api, tenant-prod)"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn a_target_made_entirely_of_variables_still_loads() {
+    Jail::expect_with(|jail| {
+        jail.create_file("a.toml", TWO_TARGETS)?;
+        jail.set_env("TOKENMINT_TARGETS__STAGING__KIND", "local");
+        jail.set_env(
+            "TOKENMINT_TARGETS__STAGING__AUDIENCE",
+            "https://staging.example",
+        );
+        let config = load("a.toml")?;
+        assert_eq!(
+            config.targets["staging"].audience,
+            "https://staging.example"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn an_error_in_a_value_from_a_variable_names_the_variable() {
+    Jail::expect_with(|jail| {
+        jail.create_file("a.toml", TWO_TARGETS)?;
+        jail.set_env("TOKENMINT_SERVER__LISTEN", "0.0.0.0:8080");
+        assert_eq!(
+            load("a.toml").expect_err("not loopback"),
+            "environment variable TOKENMINT_SERVER__LISTEN: `server.listen`: 0.0.0.0:8080 is not \
+             a loopback address and tokenmint serves plain HTTP; terminate TLS in a proxy and set \
+             server.behind_tls_proxy = true"
+        );
+        Ok(())
+    });
+}
