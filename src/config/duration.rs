@@ -43,12 +43,52 @@ impl fmt::Display for HumanDuration {
     }
 }
 
+/// The message for a duration written as a number (`max_ttl = 900`, `…__LEEWAY=60`).
+fn number_message(number: impl fmt::Display) -> String {
+    format!(
+        "duration {number} is a number without a unit; write it like \"90s\", \"15m\" or \"1h\" \
+         (in TOML, in quotes)"
+    )
+}
+
+struct DurationVisitor;
+
+impl serde::de::Visitor<'_> for DurationVisitor {
+    type Value = HumanDuration;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a duration like \"90s\", \"15m\" or \"1h\"")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+        parse_duration(text).map(HumanDuration).map_err(E::custom)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, number: i64) -> Result<Self::Value, E> {
+        Err(E::custom(number_message(number)))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, number: u64) -> Result<Self::Value, E> {
+        Err(E::custom(number_message(number)))
+    }
+
+    fn visit_i128<E: serde::de::Error>(self, number: i128) -> Result<Self::Value, E> {
+        Err(E::custom(number_message(number)))
+    }
+
+    fn visit_u128<E: serde::de::Error>(self, number: u128) -> Result<Self::Value, E> {
+        Err(E::custom(number_message(number)))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, number: f64) -> Result<Self::Value, E> {
+        Err(E::custom(number_message(number)))
+    }
+}
+
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        parse_duration(&text)
-            .map(HumanDuration)
-            .map_err(serde::de::Error::custom)
+        // A number is answered with how durations are written, not "invalid type".
+        deserializer.deserialize_str(DurationVisitor)
     }
 }
 

@@ -247,7 +247,13 @@ fn describe_figment_error(
                 } else {
                     key.clone()
                 };
-                let what = format!("{origin}: unknown key `{full}`");
+                let what = match inline_secret(&full) {
+                    Some(instead) => format!(
+                        "{origin}: `{full}`: secrets are never written inline, because \
+                         configuration files get committed, copied and logged; {instead}"
+                    ),
+                    None => format!("{origin}: unknown key `{full}`"),
+                };
                 (full, what)
             }
             figment::error::Kind::MissingField(field) => {
@@ -268,6 +274,29 @@ fn describe_figment_error(
         });
     }
     lines.join("; ")
+}
+
+/// For an inline secret (`targets.NAME.client_secret`, `private_key`, `signing_key`): the
+/// keys that name where it is kept instead.
+fn inline_secret(key: &str) -> Option<&'static str> {
+    let mut parts = key.split('.');
+    let (Some("targets"), Some(_), Some(field), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    Some(match field {
+        "client_secret" => {
+            "put the secret in a file and set client_secret_file to its path, or in an \
+             environment variable and set client_secret_env to its name"
+        }
+        "private_key" => {
+            "put the PEM key in a file and set private_key_file to its path, or in an \
+             environment variable and set private_key_env to its name"
+        }
+        "signing_key" => "put the PEM key in a file and set signing_key_file to its path",
+        _ => return None,
+    })
 }
 
 /// Whether an address is loopback (127.0.0.0/8 or ::1).

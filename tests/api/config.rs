@@ -263,3 +263,59 @@ fn an_error_in_a_value_from_a_variable_names_the_variable() {
         Ok(())
     });
 }
+
+#[test]
+fn a_duration_written_as_a_number_says_how_durations_are_written() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "a.toml",
+            &TWO_TARGETS.replace(
+                "audience = \"https://tenant.example\"\n",
+                "audience = \"https://tenant.example\"\nmax_ttl = 900\n",
+            ),
+        )?;
+        assert_eq!(
+            load("a.toml").expect_err("a number"),
+            "a.toml: `targets.tenant-prod.max_ttl`: duration 900 is a number without a unit; \
+             write it like \"90s\", \"15m\" or \"1h\" (in TOML, in quotes)"
+        );
+        jail.create_file("a.toml", TWO_TARGETS)?;
+        jail.set_env("TOKENMINT_ISSUERS__GITHUB_ENTERPRISE__LEEWAY", "60");
+        assert_eq!(
+            load("a.toml").expect_err("a number"),
+            "environment variable TOKENMINT_ISSUERS__GITHUB_ENTERPRISE__LEEWAY: \
+             `issuers.github-enterprise.leeway`: duration 60 is a number without a unit; write \
+             it like \"90s\", \"15m\" or \"1h\" (in TOML, in quotes)"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn an_inline_secret_names_the_keys_that_say_where_it_is_kept() {
+    Jail::expect_with(|jail| {
+        let remote = "[server]\npublic_url = \"https://a.example\"\n[targets.tenant-prod]\nkind = \"auth0\"\ndomain = \"acme.eu.auth0.com\"\nclient_id = \"abc\"\n";
+        jail.create_file("a.toml", &format!("{remote}client_secret = \"s3cr3t\"\n"))?;
+        let err = load("a.toml").expect_err("inline secret");
+        assert_eq!(
+            err,
+            "a.toml: `targets.tenant-prod.client_secret`: secrets are never written inline, \
+             because configuration files get committed, copied and logged; put the secret in a \
+             file and set client_secret_file to its path, or in an environment variable and set \
+             client_secret_env to its name"
+        );
+        assert!(!err.contains("s3cr3t"));
+        jail.create_file(
+            "a.toml",
+            &format!("{remote}private_key = \"-----BEGIN PRIVATE KEY-----\"\n"),
+        )?;
+        assert_eq!(
+            load("a.toml").expect_err("inline key"),
+            "a.toml: `targets.tenant-prod.private_key`: secrets are never written inline, \
+             because configuration files get committed, copied and logged; put the PEM key in a \
+             file and set private_key_file to its path, or in an environment variable and set \
+             private_key_env to its name"
+        );
+        Ok(())
+    });
+}
