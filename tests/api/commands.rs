@@ -70,6 +70,25 @@ fn policy_check_passes_good_policies_and_reports_unbound_ones() {
 }
 
 #[test]
+fn a_missing_bracket_is_reported_with_the_line_that_opened_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(
+        dir.path(),
+        &[(
+            "deploy.yaml",
+            "issuer: github\ntarget: internal-api\nscopes: [read, write\nclaims:\n  repository_id: \"1\"\n",
+        )],
+    );
+    let (code, _, stderr) = run(dir.path(), &["policy", "check"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        stderr,
+        "./policies/deploy.yaml:4: yaml: illegal placement of ':' indicator; the list opened \
+         with '[' on line 3 is not closed: end it with ']'\n"
+    );
+}
+
+#[test]
 fn policy_check_names_file_line_and_field_and_exits_1() {
     let dir = tempfile::tempdir().expect("tempdir");
     write_config(

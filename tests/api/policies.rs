@@ -314,6 +314,15 @@ claims:
     let token = fake.token("github-pull-request-target");
     let answer = app.exchange(&token, "internal-api", &[]).await;
     assert_eq!(answer.status, 403, "{}", answer.text);
+    // The denial says what to do; the audit reason stays the closed list's.
+    assert_eq!(
+        answer.body["error_description"],
+        "no trust policy for target \"internal-api\" matches this workload; nearest policy \
+         \"deploy-api\": claim \"event_name\" is \"pull_request_target\", expected the policy to \
+         name \"pull_request_target\" explicitly in event_name (a dangerous trigger: patterns and \
+         not never admit it)"
+    );
+    assert_eq!(app.last_audit().await.reason, "no_policy_matched");
 
     let (fake, app) = app_with(&[("explicit.yaml", explicit)]).await;
     let answer = app

@@ -254,9 +254,19 @@ fn dangerous_triggers(kind: IssuerKind, claims: &VerifiedClaims) -> Vec<&'static
         .collect()
 }
 
+/// The expectation of a dangerous trigger the policy does not name; it reads after
+/// `claim "event_name" is "pull_request_target", expected `.
 fn listed_explicitly(triggers: &[&str]) -> String {
     let quoted: Vec<String> = triggers.iter().map(|trigger| quote(trigger)).collect();
-    format!("{} listed explicitly", quoted.join(" and "))
+    let what = if triggers.len() == 1 {
+        "a dangerous trigger"
+    } else {
+        "dangerous triggers"
+    };
+    format!(
+        "the policy to name {} explicitly in event_name ({what}: patterns and not never admit it)",
+        quoted.join(" and ")
+    )
 }
 
 /// The file a policy is compiled from.
@@ -1156,7 +1166,9 @@ claims:
         assert!(!silent.allowed);
         assert_eq!(
             silent.describe_failures(),
-            "claim \"event_name\" is \"pull_request_target\", expected \"pull_request_target\" listed explicitly"
+            "claim \"event_name\" is \"pull_request_target\", expected the policy to name \
+             \"pull_request_target\" explicitly in event_name (a dangerous trigger: patterns and \
+             not never admit it)"
         );
         // Patterns and `not` never admit them.
         for matcher in [
@@ -1172,7 +1184,8 @@ claims:
             assert_eq!(&*failure.claim, "event_name");
             assert_eq!(
                 &*failure.expected,
-                "\"pull_request_target\" listed explicitly"
+                "the policy to name \"pull_request_target\" explicitly in event_name (a dangerous \
+                 trigger: patterns and not never admit it)"
             );
         }
         // Listed exactly: admitted.

@@ -694,7 +694,9 @@ mod tests {
                 ..
             } => assert_eq!(
                 nearest.describe_failures(),
-                "claim \"event_name\" is \"pull_request_target\", expected \"pull_request_target\" listed explicitly"
+                "claim \"event_name\" is \"pull_request_target\", expected the policy to name \
+                 \"pull_request_target\" explicitly in event_name (a dangerous trigger: patterns \
+                 and not never admit it)"
             ),
             other => panic!("expected a denial, got {other:?}"),
         }

@@ -82,7 +82,7 @@ pub(crate) fn parse(text: &str, diag: &mut Diagnostics) -> Option<Shape> {
     let node = match node {
         Ok(node) => node,
         Err(err) => {
-            report_load_error(&err, diag);
+            report_load_error(text, &err, diag);
             return None;
         }
     };
@@ -112,7 +112,7 @@ pub(crate) fn parse(text: &str, diag: &mut Diagnostics) -> Option<Shape> {
     }
 }
 
-fn report_load_error(err: &LoadError, diag: &mut Diagnostics) {
+fn report_load_error(text: &str, err: &LoadError, diag: &mut Diagnostics) {
     match err {
         LoadError::DuplicateKey(inner) => {
             let first = key_line(&inner.prev_key);
@@ -122,7 +122,22 @@ fn report_load_error(err: &LoadError, diag: &mut Diagnostics) {
                 format!("duplicate key (first defined on line {first})"),
             );
         }
-        LoadError::ScanError(mark, scan) => diag.push(mark.line(), FILE_FIELD, scan.info()),
+        LoadError::ScanError(mark, scan) => {
+            // The parser notices a missing `]` or `}` only on a later line; say where the
+            // collection opened, which is where it usually needs closing.
+            let message = match open_flow_collection(text, mark.character()) {
+                Some(open) if open.line < mark.line() => format!(
+                    "{}; the {} opened with {:?} on line {} is not closed: end it with {:?}",
+                    scan.info(),
+                    open.what(),
+                    open.opener,
+                    open.line,
+                    open.closer()
+                ),
+                _ => scan.info().to_owned(),
+            };
+            diag.push(mark.line(), FILE_FIELD, message);
+        }
         LoadError::TopLevelMustBeMapping(mark) | LoadError::TopLevelMustBeSequence(mark) => {
             diag.push(mark.line(), FILE_FIELD, SHAPE_MESSAGE);
         }
@@ -144,6 +159,120 @@ fn report_load_error(err: &LoadError, diag: &mut Diagnostics) {
             );
         }
     }
+}
+
+/// A flow collection (`[...]` or `{...}`) still open at some point of a file.
+#[derive(Debug, PartialEq, Eq)]
+struct OpenCollection {
+    opener: char,
+    /// 1-based.
+    line: usize,
+}
+
+impl OpenCollection {
+    fn what(&self) -> &'static str {
+        if self.opener == '[' {
+            "list"
+        } else {
+            "mapping"
+        }
+    }
+
+    fn closer(&self) -> char {
+        if self.opener == '[' { ']' } else { '}' }
+    }
+}
+
+/// The innermost flow collection open at character `until` of `text`, by a scan that
+/// knows just enough YAML for that: quoted scalars, comments, block scalars (`|`, `>`),
+/// and that `[` and `{` open a collection in block context only where a value starts
+/// (`a[0]` is a plain scalar). When unsure it may answer `None`, never a wrong line for a
+/// file whose brackets are balanced.
+fn open_flow_collection(text: &str, until: usize) -> Option<OpenCollection> {
+    let chars: Vec<char> = text.chars().take(until).collect();
+    let mut stack: Vec<OpenCollection> = Vec::new();
+    let mut line = 1;
+    let mut i = 0;
+    // The indentation of the line a block scalar started on, while inside one.
+    let mut block_scalar: Option<usize> = None;
+    let mut at_line_start = true;
+    while i < chars.len() {
+        let c = chars[i];
+        if at_line_start {
+            at_line_start = false;
+            let indent = chars[i..].iter().take_while(|c| **c == ' ').count();
+            let blank = chars
+                .get(i + indent)
+                .is_none_or(|next| *next == '\n' || *next == '#');
+            if let Some(scalar_indent) = block_scalar {
+                if blank || indent > scalar_indent {
+                    while i < chars.len() && chars[i] != '\n' {
+                        i += 1;
+                    }
+                    continue;
+                }
+                block_scalar = None;
+            }
+        }
+        // What comes before `c` on its line, ignoring spaces: where values start.
+        let previous = chars[..i]
+            .iter()
+            .rev()
+            .take_while(|c| **c != '\n')
+            .find(|c| !c.is_whitespace())
+            .copied();
+        let after_space = i == 0 || chars[i - 1].is_whitespace();
+        let value_starts = match previous {
+            None => true,
+            Some(',' | '[' | '{') => !stack.is_empty(),
+            Some(':' | '-' | '?') => after_space,
+            Some(_) => false,
+        };
+        match c {
+            '\n' => {
+                line += 1;
+                at_line_start = true;
+            }
+            '#' if after_space => {
+                while i + 1 < chars.len() && chars[i + 1] != '\n' {
+                    i += 1;
+                }
+            }
+            '"' | '\'' if value_starts => {
+                let quote = c;
+                i += 1;
+                while i < chars.len() {
+                    match chars[i] {
+                        '\\' if quote == '"' => i += 1,
+                        '\'' if quote == '\'' && chars.get(i + 1) == Some(&'\'') => i += 1,
+                        q if q == quote => break,
+                        '\n' => line += 1,
+                        _ => {}
+                    }
+                    i += 1;
+                }
+            }
+            '[' | '{' if value_starts || !stack.is_empty() => {
+                stack.push(OpenCollection { opener: c, line });
+            }
+            ']' | '}' if !stack.is_empty() => {
+                stack.pop();
+            }
+            '|' | '>' if value_starts && stack.is_empty() => {
+                let indent = chars[..i].iter().rev().take_while(|c| **c != '\n').count();
+                let line_start = i - indent;
+                block_scalar = Some(
+                    chars[line_start..]
+                        .iter()
+                        .take_while(|c| **c == ' ')
+                        .count(),
+                );
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    stack.pop()
 }
 
 /// The line of a second YAML document (`---` after content, or anything after `...`).
@@ -312,6 +441,55 @@ mod tests {
         assert!(syntax[0].line >= 2, "{syntax:?}");
         let alias_only = parse_errors("a: *nowhere\n");
         assert_eq!(alias_only[0].field, "yaml");
+    }
+
+    /// The parser notices a missing `]` on the line after; the error says where the list
+    /// opened too.
+    #[test]
+    fn an_unclosed_flow_collection_is_reported_with_the_line_it_opened_on() {
+        let list = parse_errors("issuer: github\nscopes: [read, write\ntarget: api\n");
+        assert_eq!(
+            list[0].to_string(),
+            "policies/p.yaml:3: yaml: illegal placement of ':' indicator; the list opened with \
+             '[' on line 2 is not closed: end it with ']'"
+        );
+        let at_end = parse_errors("issuer: github\nscopes: [read, write\n");
+        assert_eq!(
+            at_end[0].to_string(),
+            "policies/p.yaml:3: yaml: while parsing a flow sequence, expected ',' or ']'; the \
+             list opened with '[' on line 2 is not closed: end it with ']'"
+        );
+        let mapping = parse_errors("issuer: github\nclaims: {ref: main\ntarget: api\n");
+        assert_eq!(
+            mapping[0].to_string(),
+            "policies/p.yaml:3: yaml: while parsing a flow mapping, did not find expected ',' or \
+             '}'; the mapping opened with '{' on line 2 is not closed: end it with '}'"
+        );
+        // Other syntax errors carry no such note.
+        let indent = parse_errors("issuer: github\n  target: api\n");
+        assert_eq!(
+            indent[0].to_string(),
+            "policies/p.yaml:2: yaml: mapping values are not allowed in this context"
+        );
+    }
+
+    #[test]
+    fn the_open_collection_scan_skips_quotes_comments_plain_brackets_and_block_scalars() {
+        let open = |text: &str| open_flow_collection(text, text.chars().count()).map(|o| o.line);
+        assert_eq!(open("a: [b, c]\nd: [e\n"), Some(2));
+        assert_eq!(open("a: [b, [c, d]\n"), Some(1));
+        assert_eq!(open("a: [b, [c\n"), Some(1), "the innermost");
+        assert_eq!(open("a: \"[\"\nb: '{'\n"), None);
+        assert_eq!(open("a: 'it''s [x'\n"), None);
+        assert_eq!(open("a: b # [\n"), None);
+        assert_eq!(
+            open("a: refs/heads/[x\n"),
+            None,
+            "a bracket inside a plain scalar"
+        );
+        assert_eq!(open("a: |\n  [x\n  {y\nb: [c\n"), Some(4));
+        assert_eq!(open("- [a, \"b]\"\n"), Some(1));
+        assert_eq!(open("a: [b, c]\n"), None);
     }
 
     #[test]
