@@ -24,7 +24,7 @@ use figment::{Metadata, Profile, Provider};
 use super::{ConfigError, ENV_PREFIX};
 
 /// The name figment shows for values of this provider; errors recognise it.
-pub(super) const PROVIDER_NAME: &str = "`TOKENMINT_` environment variable(s)";
+pub(super) const PROVIDER_NAME: &str = "`TOKENMINT_` environment variables";
 
 /// The sections whose second segment is an entry's name.
 const NAMED_SECTIONS: &[(&str, &str)] = &[("issuers", "issuer"), ("targets", "target")];

@@ -24,6 +24,7 @@ use crate::config::{
     ClientAuthConfig, Config, IssuerConfig, RemoteProvider, TargetConfig, TargetKindConfig,
 };
 use crate::edges::service::{self, keystore_settings};
+use crate::edges::telemetry::counted;
 use crate::trust::audit::{AuditRecord, Reason, log_decision, token_sha256};
 use crate::trust::policy::PolicySet;
 use crate::trust::store::{Finish, Settle, Store};
@@ -86,9 +87,9 @@ impl Report {
         }
         let _ = writeln!(
             text,
-            "{} failure(s), {} warning(s)",
-            self.count(Level::Fail),
-            self.count(Level::Warn)
+            "{}, {}",
+            counted(self.count(Level::Fail), "failure", "failures"),
+            counted(self.count(Level::Warn), "warning", "warnings")
         );
         text
     }
@@ -119,7 +120,8 @@ pub async fn run(config: &Config, mint: bool, store: Arc<dyn Store>) -> Report {
                     lines.push((
                         Level::Ok,
                         format!(
-                            "{made} token request(s) recorded with outcome \"doctor\" (in the decision log); no token was printed or kept"
+                            "{} recorded with outcome \"doctor\" (in the decision log); no token was printed or kept",
+                            counted(made, "token request", "token requests")
                         ),
                     ));
                 }
@@ -154,7 +156,11 @@ async fn check_issuer(issuer: &IssuerConfig) -> (String, Vec<(Level, String)>) {
         ),
         Ok(set) => (
             Level::Ok,
-            format!("{} key(s) from {}", set.keys.len(), source.describe()),
+            format!(
+                "{} from {}",
+                counted(set.keys.len(), "key", "keys"),
+                source.describe()
+            ),
         ),
         Err(err) => (Level::Fail, format!("keys: {err}")),
     };
@@ -167,7 +173,14 @@ fn check_policies(config: &Config, report: &mut Report) -> Option<PolicySet> {
         Ok(set) => {
             report.sections.push((
                 heading,
-                vec![(Level::Ok, format!("{} policies load", set.len()))],
+                vec![(
+                    Level::Ok,
+                    format!(
+                        "{} {}",
+                        counted(set.len(), "policy", "policies"),
+                        if set.len() == 1 { "loads" } else { "load" }
+                    ),
+                )],
             ));
             Some(set)
         }
@@ -242,7 +255,14 @@ async fn check_remote(
     };
     lines.push((
         Level::Ok,
-        format!("reachable and authenticated ({} attempt(s))", full.attempts),
+        format!(
+            "reachable and authenticated ({})",
+            counted(
+                usize::try_from(full.attempts).unwrap_or(usize::MAX),
+                "attempt",
+                "attempts"
+            )
+        ),
     ));
     let Some(grant) = stated_scopes(&full) else {
         lines.push((

@@ -139,7 +139,11 @@ impl Service {
             Some(_) => dev::dev_policies(&config)?,
             // `serve` reports every policy error on its one line.
             None => load_policies(&config, &config.policies.dir).map_err(|errors| {
-                anyhow::anyhow!("{} policy error(s): {}", errors.len(), errors.join("; "))
+                anyhow::anyhow!(
+                    "{}: {}",
+                    crate::edges::telemetry::counted(errors.len(), "policy error", "policy errors"),
+                    errors.join("; ")
+                )
             })?,
         }));
 

@@ -12,6 +12,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// `1 policy`, `2 policies`, `0 warnings`: a count with its noun, as operators read it.
+pub fn counted(count: usize, one: &str, many: &str) -> String {
+    if count == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{count} {many}")
+    }
+}
+
 /// Installs the global subscriber; a second call is a no-op.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));

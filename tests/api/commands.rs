@@ -62,7 +62,7 @@ fn policy_check_passes_good_policies_and_reports_unbound_ones() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("2 policies in ./policies loaded; 1 warning(s)"),
+        stdout.contains("2 policies in ./policies loaded; 1 warning;"),
         "{stdout}"
     );
     let (code, _, _) = run(dir.path(), &["policy", "check", "--strict"]);
@@ -133,6 +133,49 @@ fn keys_rotate_waits_for_min_publish_unless_forced() {
     );
 }
 
+/// A cron job running `keys rotate` on a deployment with remote targets only must pass.
+#[test]
+fn keys_rotate_without_a_local_target_has_nothing_to_rotate_and_exits_0() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("tokenmint.toml"),
+        r#"
+[server]
+public_url = "https://sts.example.com"
+[storage]
+data_dir = "./data"
+[targets.tenant-prod]
+kind = "auth0"
+domain = "acme.eu.auth0.com"
+client_id = "abc123"
+client_secret_env = "TENANT_PROD_CLIENT_SECRET"
+"#,
+    )
+    .expect("config");
+    let (code, stdout, stderr) = run(dir.path(), &["keys", "rotate"]);
+    assert_eq!((code, stderr.as_str()), (0, ""));
+    assert_eq!(
+        stdout,
+        "nothing to rotate: no local target uses generated signing keys (tokenmint rotates the \
+         keys of kind = \"local\" targets without signing_key_file only)\n"
+    );
+}
+
+#[test]
+fn counts_in_summaries_agree_with_their_nouns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(
+        dir.path(),
+        &[("deploy.yaml", crate::exchange::DEPLOY_POLICY)],
+    );
+    let (code, stdout, _) = run(dir.path(), &["policy", "check"]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(
+        stdout.starts_with("1 policy in ./policies loaded; 0 warnings; policy set version "),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn serve_with_a_broken_policy_prints_one_line_and_exits_1() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -153,7 +196,7 @@ fn serve_with_a_broken_policy_prints_one_line_and_exits_1() {
     assert_eq!(code, 1);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
-        stderr.starts_with("tokenmint: 2 policy error(s): ./policies/a.yaml:"),
+        stderr.starts_with("tokenmint: 2 policy errors: ./policies/a.yaml:"),
         "{stderr}"
     );
     assert!(
@@ -180,7 +223,7 @@ fn the_example_configurations_and_policies_load() {
     ] {
         let (code, stdout, stderr) = run(root, &["policy", "check", "--config", config]);
         assert_eq!(code, 0, "{config}: {stdout}{stderr}");
-        assert!(stdout.contains("0 warning(s)"), "{stdout}");
+        assert!(stdout.contains("0 warnings;"), "{stdout}");
     }
 }
 

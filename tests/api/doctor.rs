@@ -75,29 +75,29 @@ async fn doctor_reports_a_healthy_tenant_and_records_its_requests() {
         vec![
             format!("target tenant-prod (auth0, {}/oauth/token)", tenant.base_url),
             format!("  ok    credentials: client {CLIENT_ID} with private_key_jwt RS256, kid {kid} (register this public key with the client)"),
-            "  ok    reachable and authenticated (1 attempt(s))".to_owned(),
+            "  ok    reachable and authenticated (1 attempt)".to_owned(),
             "  ok    the grant allows: read:clients update:clients read:resource_servers".to_owned(),
             "  ok    tokens live 600s (max_ttl 3600s)".to_owned(),
             "  WARN  the grant includes update:clients: a job holding such a token can take over or widen tokenmint's own client; remove it from the client grant".to_owned(),
             "  ok    narrows by scope: asked for \"read:clients\", got \"read:clients\"".to_owned(),
-            "  ok    2 token request(s) recorded with outcome \"doctor\" (in the decision log); no token was printed or kept".to_owned(),
+            "  ok    2 token requests recorded with outcome \"doctor\" (in the decision log); no token was printed or kept".to_owned(),
         ]
     );
     assert!(
         doctor.stdout.contains(&format!(
-            "issuer github ({})\n  ok    1 key(s) from",
+            "issuer github ({})\n  ok    1 key from",
             fake.issuer
         )),
         "{}",
         doctor.stdout
     );
     assert!(
-        doctor.stdout.contains("  ok    1 policies load\n"),
+        doctor.stdout.contains("  ok    1 policy loads\n"),
         "{}",
         doctor.stdout
     );
     assert!(
-        doctor.stdout.ends_with("0 failure(s), 1 warning(s)\n"),
+        doctor.stdout.ends_with("0 failures, 1 warning\n"),
         "{}",
         doctor.stdout
     );
@@ -137,18 +137,18 @@ async fn doctor_fails_on_a_wide_long_lived_grant_and_warns_on_takeover_scopes() 
     assert_eq!(
         section[2..],
         [
-            "  ok    reachable and authenticated (1 attempt(s))".to_owned(),
+            "  ok    reachable and authenticated (1 attempt)".to_owned(),
             "  ok    the grant allows: read:clients update:clients update:client_grants".to_owned(),
             "  FAIL  tokens live 86400s, longer than max_ttl 3600s: every exchange fails with 502; shorten the API's Maximum Access Token Lifetime".to_owned(),
             "  WARN  the grant includes update:clients: a job holding such a token can take over or widen tokenmint's own client; remove it from the client grant".to_owned(),
             "  WARN  the grant includes update:client_grants: a job holding such a token can take over or widen tokenmint's own client; remove it from the client grant".to_owned(),
             "  ok    does not narrow by scope: asked for \"read:clients\", got \"read:clients update:clients update:client_grants\"".to_owned(),
             "  FAIL  policy \"deploy-tenant\" grants \"read:clients update:clients\" but the target ignores narrowing and issues \"read:clients update:clients update:client_grants\": its exchanges fail closed; give it a client whose grant equals the policy's scopes".to_owned(),
-            "  ok    2 token request(s) recorded with outcome \"doctor\" (in the decision log); no token was printed or kept".to_owned(),
+            "  ok    2 token requests recorded with outcome \"doctor\" (in the decision log); no token was printed or kept".to_owned(),
         ]
     );
     assert!(
-        doctor.stdout.ends_with("2 failure(s), 2 warning(s)\n"),
+        doctor.stdout.ends_with("2 failures, 2 warnings\n"),
         "{}",
         doctor.stdout
     );
