@@ -20,10 +20,12 @@ use crate::adapters::issuer_keys::{
 use crate::adapters::mint::RemoteMinter;
 use crate::adapters::mint::remote::NoObserver;
 use crate::adapters::mint::remote::{ClientCredentials, EndpointError, EndpointToken};
+use crate::adapters::signing::{DatabaseRing, KeyError, KeyRing, KeyRole};
+use crate::adapters::store::{Location, connect_postgres};
 use crate::config::{
     ClientAuthConfig, Config, IssuerConfig, RemoteProvider, TargetConfig, TargetKindConfig,
 };
-use crate::edges::service::{self, keystore_settings};
+use crate::edges::service::{self, KeyHome, keystore_settings};
 use crate::edges::telemetry::counted;
 use crate::trust::audit::{AuditRecord, Reason, log_decision, token_sha256};
 use crate::trust::policy::PolicySet;
@@ -130,7 +132,83 @@ pub async fn run(config: &Config, mint: bool, store: Arc<dyn Store>) -> Report {
         };
         report.sections.push(section);
     }
+    if let Some(section) = check_signing_keys(config).await {
+        report.sections.push(section);
+    }
     report
+}
+
+/// The local targets' signing keys where `serve` will look for them: `data_dir/keys`, or
+/// (with `storage.database_url`) the ring in the database, opened with the
+/// key-encryption key. Nothing is written: keys that do not exist yet are a warning,
+/// because `serve` creates them at its first start.
+async fn check_signing_keys(config: &Config) -> Option<(String, Vec<(Level, String)>)> {
+    let algorithms = service::ring_algorithms(&config.targets);
+    if algorithms.is_empty() {
+        return None;
+    }
+    let fail = |heading: String, err: String| Some((heading, vec![(Level::Fail, err)]));
+    let (heading, loaded) = match service::key_home(config) {
+        Err(err) => return fail("signing keys".to_owned(), format!("{err:#}")),
+        Ok(KeyHome::Memory) => return None,
+        Ok(KeyHome::Files(dir)) => (
+            format!("signing keys ({})", dir.display()),
+            if dir.exists() {
+                KeyRing::load(&dir)
+            } else {
+                Err(KeyError::StoredMissing)
+            },
+        ),
+        Ok(KeyHome::Database { url, kek }) => {
+            let heading = format!(
+                "signing keys (in {}, sealed with key-encryption key {})",
+                Location::Postgres(url.clone()).describe(),
+                kek.id()
+            );
+            match connect_postgres(&url, 1).await {
+                Ok(pool) => (heading, DatabaseRing::new(pool, kek).load().await),
+                Err(err) => return fail(heading, format!("{err:#}")),
+            }
+        }
+    };
+    let ring = match loaded {
+        Ok(ring) => ring,
+        Err(KeyError::StoredMissing) => {
+            return Some((
+                heading,
+                vec![(
+                    Level::Warn,
+                    "no signing keys yet: `tokenmint serve` generates them at its first start"
+                        .to_owned(),
+                )],
+            ));
+        }
+        Err(err) => return fail(heading, err.to_string()),
+    };
+    let mut lines = vec![(Level::Ok, format!("generation {}", ring.generation()))];
+    for alg in algorithms {
+        let kid = |role| ring.key(alg, role).map(|key| key.kid().to_owned());
+        lines.push(match (kid(KeyRole::Current), kid(KeyRole::Next)) {
+            (Some(current), Some(next)) => (
+                Level::Ok,
+                format!("{alg}: current key {current}, next key {next}"),
+            ),
+            (Some(current), None) => (
+                Level::Warn,
+                format!("{alg}: current key {current}, no next key: run `tokenmint keys rotate`"),
+            ),
+            _ => (
+                Level::Warn,
+                format!("{alg}: no key yet: `tokenmint serve` generates it at start"),
+            ),
+        });
+    }
+    lines.extend(
+        ring.warnings()
+            .iter()
+            .map(|warning| (Level::Warn, warning.clone())),
+    );
+    Some((heading, lines))
 }
 
 async fn check_issuer(issuer: &IssuerConfig) -> (String, Vec<(Level, String)>) {

@@ -197,3 +197,78 @@ async fn doctor_fails_on_refused_credentials() {
         section[2]
     );
 }
+
+/// With the embedded store, `doctor` reads the local targets' keys in `data_dir/keys`
+/// without creating them: none yet is a warning (`serve` makes them at its first start),
+/// and once they exist it names the generation and the keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_reads_the_signing_keys_in_the_data_dir_without_creating_them() {
+    let fake = FakeIssuer::start(Shape::Github).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).expect("policies dir");
+    std::fs::write(
+        policies.join("deploy-api.yaml"),
+        crate::exchange::DEPLOY_POLICY,
+    )
+    .expect("policy");
+    let data = dir.path().join("data");
+    let config = dir.path().join("tokenmint.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\npublic_url = \"{PUBLIC_URL}\"\n[storage]\ndata_dir = \"{}\"\n[policies]\ndir = \"{}\"\n[issuers.github]\nissuer = \"{}\"\nkind = \"github\"\n{}",
+            data.display(),
+            policies.display(),
+            fake.issuer,
+            crate::exchange::LOCAL_TARGET
+        ),
+    )
+    .expect("config");
+    let run = |args: &[&str]| {
+        let output = tokenmint()
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .expect("run tokenmint");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr),
+        )
+    };
+    let section = |stdout: &str| -> Vec<String> {
+        stdout
+            .lines()
+            .skip_while(|line| !line.starts_with("signing keys"))
+            .take_while(|line| line.starts_with("signing keys") || line.starts_with("  "))
+            .map(str::to_owned)
+            .collect()
+    };
+    let keys = data.join("keys");
+    let (code, stdout) = run(&["doctor", "--no-mint"]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert_eq!(
+        section(&stdout),
+        [
+            format!("signing keys ({})", keys.display()),
+            "  WARN  no signing keys yet: `tokenmint serve` generates them at its first start"
+                .to_owned(),
+        ]
+    );
+    assert!(!keys.exists(), "doctor created {}", keys.display());
+
+    let (code, stdout) = run(&["keys", "rotate", "--force"]);
+    assert_eq!(code, Some(0), "{stdout}");
+    let (code, stdout) = run(&["doctor", "--no-mint"]);
+    assert_eq!(code, Some(0), "{stdout}");
+    let lines = section(&stdout);
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert_eq!(lines[1], "  ok    generation 2");
+    assert!(
+        lines[2].starts_with("  ok    ES256: current key ") && lines[2].contains(", next key "),
+        "{}",
+        lines[2]
+    );
+}

@@ -564,3 +564,72 @@ async fn the_key_encryption_key_is_required_with_a_database_refused_without_and_
          and nothing is sealed\n"
     );
 }
+
+/// The lines of `doctor`'s signing-keys section, heading included.
+fn signing_keys_section(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .skip_while(|line| !line.starts_with("signing keys"))
+        .take_while(|line| line.starts_with("signing keys") || line.starts_with("  "))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `doctor` opens the ring in the database with the configured key-encryption key, as a
+/// replica would at start: it names the generation and the keys, and a key-encryption
+/// key the keys were not sealed with is a failure that says which key they need.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_opens_the_signing_keys_in_the_database_with_the_key_encryption_key() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let fake = FakeIssuer::start(Shape::Github).await;
+    let replica = cluster.replica(&fake).await;
+    let jwks = kids(&jwks_text(&replica).await);
+    let doctor = args(
+        &["doctor", "--no-mint"],
+        &[("--config", &replica.config_file)],
+    );
+    let (code, stdout, stderr) = run(doctor.clone()).await;
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let section = signing_keys_section(&stdout);
+    assert_eq!(
+        section,
+        [
+            format!(
+                "signing keys (in {}, sealed with key-encryption key {})",
+                cluster.described(),
+                key_id(&cluster.kek)
+            ),
+            "  ok    generation 1".to_owned(),
+            format!(
+                "  ok    ES256: current key {}, next key {}",
+                jwks[0], jwks[1]
+            ),
+        ],
+        "{stdout}"
+    );
+
+    let new_kek = cluster.new_kek("new-kek");
+    let reseal = args(
+        &["keys", "reseal"],
+        &[
+            ("--new-key-file", &new_kek),
+            ("--config", &replica.config_file),
+        ],
+    );
+    let (code, _, stderr) = run(reseal).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stdout, _) = run(doctor).await;
+    assert_eq!(code, Some(1), "{stdout}");
+    assert_eq!(
+        signing_keys_section(&stdout)[1],
+        format!(
+            "  FAIL  storage.key_encryption_key_file is not the key these signing keys were \
+             sealed with (its key id is {}; they were sealed with key id {}): give every \
+             replica the file they were sealed with (after `tokenmint keys reseal`, the new one)",
+            key_id(&cluster.kek),
+            key_id(&new_kek)
+        )
+    );
+}
