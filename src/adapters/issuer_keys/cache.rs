@@ -268,13 +268,24 @@ impl IssuerKeys {
                 Ok(())
             }
             Err(err) => {
-                tracing::warn!(
-                    issuer = %self.issuer_name,
-                    source = %from,
-                    ?trigger,
-                    error = %err,
-                    "fetching signing keys failed; keeping the last good keys"
-                );
+                if self.snapshot.load().is_some() {
+                    tracing::warn!(
+                        issuer = %self.issuer_name,
+                        source = %from,
+                        ?trigger,
+                        error = %err,
+                        "fetching signing keys failed; keeping the last good keys"
+                    );
+                } else {
+                    tracing::warn!(
+                        issuer = %self.issuer_name,
+                        source = %from,
+                        ?trigger,
+                        error = %err,
+                        "{}",
+                        no_keys_yet(&self.settings)
+                    );
+                }
                 self.last_error.store(Some(Arc::new(err.to_string())));
                 self.observer
                     .fetched(&self.issuer_name, FetchOutcome::Error);
@@ -313,6 +324,18 @@ impl IssuerKeys {
             "signing keys changed"
         );
     }
+}
+
+/// The warning of a failed fetch while the issuer has never had keys: nothing is kept,
+/// and what its tokens get meanwhile.
+pub(super) fn no_keys_yet(settings: &KeystoreSettings) -> String {
+    format!(
+        "fetching signing keys failed and this issuer has none yet: exchanges of its tokens \
+         answer 503 temporarily_unavailable until a fetch succeeds (the next in {}, or when \
+         a token arrives, at most every {})",
+        crate::config::format_duration(settings.refresh_interval.max(MIN_REFRESH_INTERVAL)),
+        crate::config::format_duration(settings.refetch_cooldown)
+    )
 }
 
 #[async_trait::async_trait]

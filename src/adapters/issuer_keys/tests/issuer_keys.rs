@@ -422,3 +422,72 @@ async fn file_source_errors_name_the_file() {
         format!("{}: body exceeds 1000 bytes", big.display())
     );
 }
+
+/// The log lines, without times and targets, written while `run` runs.
+fn log_lines_of(
+    run: impl std::future::Future<Output = ()>,
+) -> impl std::future::Future<Output = Vec<String>> {
+    #[derive(Clone, Default)]
+    struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Lines {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log lock").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .without_time()
+        .with_target(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    async move {
+        let guard = tracing::subscriber::set_default(subscriber);
+        run.await;
+        drop(guard);
+        let text = String::from_utf8(lines.0.lock().expect("log lock").clone()).expect("UTF-8");
+        text.lines().map(|line| line.trim().to_owned()).collect()
+    }
+}
+
+/// An issuer that never had keys has no last good keys to keep: the warning says so, and
+/// what its tokens get meanwhile.
+#[tokio::test]
+async fn a_failed_fetch_without_keys_says_there_are_none_yet() {
+    let source = ScriptedSource::new(None);
+    let keys = scripted_keys(&source, settings());
+    let before = Arc::clone(&keys);
+    let lines = log_lines_of(async move {
+        let _ = before.refresh().await;
+    })
+    .await;
+    assert_eq!(
+        lines,
+        [
+            "WARN fetching signing keys failed and this issuer has none yet: exchanges of its \
+          tokens answer 503 temporarily_unavailable until a fetch succeeds (the next in 1h, or \
+          when a token arrives, at most every 1h) issuer=github source=scripted://keys \
+          trigger=Refresh error=GET scripted://keys returned HTTP 503"
+        ]
+    );
+    source.answer(Some(GITHUB_JWKS));
+    keys.refresh().await.expect("good keys");
+    source.answer(None);
+    let after = Arc::clone(&keys);
+    let lines = log_lines_of(async move {
+        let _ = after.refresh().await;
+    })
+    .await;
+    assert_eq!(
+        lines,
+        [
+            "WARN fetching signing keys failed; keeping the last good keys issuer=github \
+          source=scripted://keys trigger=Refresh error=GET scripted://keys returned HTTP 503"
+        ]
+    );
+}
