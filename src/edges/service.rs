@@ -13,8 +13,8 @@ use time::OffsetDateTime;
 use tokio::net::TcpListener;
 
 use crate::adapters::issuer_keys::{
-    FileKeySource, HttpKeySource, IssuerKeys, KeyFetchClient, KeySource, KeystoreSettings, Reach,
-    check_configured_jwks_uri,
+    FileKeySource, HttpKeySource, IssuerKeys, KeyFetchClient, KeySource, KeystoreSettings,
+    OutboundProxy, Reach, check_configured_jwks_uri,
 };
 use crate::adapters::mint::{KeyReload, LocalMinter, LocalSigner, RemoteMinter};
 use crate::adapters::signing::{
@@ -52,6 +52,32 @@ pub struct Service {
     pub durable: Option<Arc<SqlStore>>,
     /// Held, not read: aborted when the service is dropped.
     _tasks: Tasks,
+}
+
+/// Says at start which proxy outbound requests use (from `HTTPS_PROXY`, `HTTP_PROXY`,
+/// `ALL_PROXY`, `NO_PROXY`, as reqwest reads them), never its credentials.
+fn log_outbound_proxy(proxy: &OutboundProxy) {
+    for (var, why) in &proxy.unusable {
+        tracing::warn!(
+            "{var} is set, but tokenmint cannot use it ({why}); issuer key fetches ignore it"
+        );
+    }
+    if !proxy.is_set() {
+        return;
+    }
+    let shown = |url: Option<&crate::adapters::issuer_keys::ProxyUrl>| {
+        url.map_or_else(
+            || "none".to_owned(),
+            |url| format!("{} ({})", url.redacted(), url.var),
+        )
+    };
+    tracing::info!(
+        https_proxy = %shown(proxy.https.as_ref()),
+        http_proxy = %shown(proxy.http.as_ref()),
+        no_proxy = proxy.no_proxy.as_deref().unwrap_or(""),
+        "outbound requests go through a proxy; issuer key fetches through it still refuse \
+         forbidden IP literals and names (loopback issuers are never proxied)"
+    );
 }
 
 /// Where the configuration keeps state: PostgreSQL with `storage.database_url`, else the
@@ -148,6 +174,10 @@ impl Service {
         }));
 
         // One client (and connection pool) per reach; each enforces its reach.
+        let proxy = OutboundProxy::from_env();
+        if dev.is_none() {
+            log_outbound_proxy(&proxy);
+        }
         let mut clients: std::collections::HashMap<Reach, KeyFetchClient> =
             std::collections::HashMap::new();
         let mut trusted = Vec::new();
@@ -165,7 +195,7 @@ impl Service {
                     match clients.get(&reach) {
                         Some(client) => client.clone(),
                         None => {
-                            let client = KeyFetchClient::new(reach)
+                            let client = KeyFetchClient::with_proxy(reach, proxy.clone())
                                 .context("building the HTTP client for issuer keys")?;
                             clients.insert(reach, client.clone());
                             client

@@ -41,6 +41,7 @@
 mod cache;
 mod error;
 mod keys;
+mod proxy;
 mod reach;
 mod source;
 
@@ -50,9 +51,10 @@ mod tests;
 use std::time::Duration;
 
 pub use cache::{FetchObserver, FetchOutcome, IssuerKeys, KeysStatus, NoopObserver};
-pub use error::{FetchError, KeyError};
+pub use error::{FetchError, KeyError, Unreachable};
 pub use keys::{KeyType, VerificationKey};
-pub use reach::{GuardedResolver, Reach};
+pub use proxy::{OutboundProxy, ProxyUrl};
+pub use reach::{GuardedResolver, LookupFailed, Reach, ResolverRefusal};
 pub use source::{
     FileKeySource, HttpKeySource, KeyFetchClient, KeySource, USER_AGENT, check_configured_jwks_uri,
 };

@@ -56,6 +56,40 @@ impl Reach {
         }
     }
 
+    /// Refuses a host *name* that is this host's, a cloud metadata service's, or (for a
+    /// public reach, when a proxy resolves it) a private network's, by what the name
+    /// says. Names are otherwise judged by the addresses they resolve to
+    /// ([`GuardedResolver`]); through a proxy, which resolves them itself, what the name
+    /// says is all there is to judge.
+    pub fn check_name(self, name: &str, through_proxy: bool) -> Result<(), String> {
+        if self == Reach::Local {
+            return Ok(());
+        }
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let refused = |what: &str, hint: &str| {
+            Err(format!(
+                "refusing to connect to {name} ({what}) for a remote issuer's keys{hint}"
+            ))
+        };
+        if name == "localhost" || name.ends_with(".localhost") {
+            return refused("a name of this host", "");
+        }
+        if METADATA_NAMES.contains(&name.as_str()) {
+            return refused("a cloud metadata name", "");
+        }
+        let private = !name.contains('.')
+            || PRIVATE_SUFFIXES
+                .iter()
+                .any(|suffix| name == suffix[1..] || name.ends_with(suffix));
+        if through_proxy && self == Reach::Public && private {
+            return refused(
+                "a private network's name, which the proxy would resolve",
+                " (for an issuer inside your private network, set allow_private_network = true on it)",
+            );
+        }
+        Ok(())
+    }
+
     /// Refuses a URL whose host is a forbidden IP literal (a resolver never sees those).
     pub fn check_url(self, url: &Url) -> Result<(), String> {
         let ip = match url.host() {
@@ -101,6 +135,29 @@ const METADATA_ADDRESSES: &[IpAddr] = &[
     IpAddr::V4(Ipv4Addr::new(169, 254, 170, 2)),
     IpAddr::V4(Ipv4Addr::new(100, 100, 100, 200)),
     IpAddr::V6(Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254)),
+];
+
+/// Names of cloud instance metadata services (GCP, AWS), refused whatever the reach.
+const METADATA_NAMES: &[&str] = &[
+    "metadata",
+    "metadata.google.internal",
+    "metadata.goog",
+    "instance-data",
+    "instance-data.ec2.internal",
+];
+
+/// Names that only a private network resolves: single labels (search domains), and
+/// special-use or customary private suffixes (RFC 6761, 6762, 8375, ICANN's `.internal`).
+const PRIVATE_SUFFIXES: &[&str] = &[
+    ".internal",
+    ".local",
+    ".localdomain",
+    ".home.arpa",
+    ".lan",
+    ".intranet",
+    ".corp",
+    ".home",
+    ".private",
 ];
 
 enum Class {
@@ -179,32 +236,73 @@ fn classify_v6(ip: Ipv6Addr) -> Option<Class> {
     })
 }
 
+/// A name the system resolver could not resolve; kept typed in the error chain so a
+/// fetch error can say that DNS failed, and for which name (the issuer's or the proxy's).
+#[derive(Debug, thiserror::Error)]
+#[error("DNS lookup of {name} failed: {source}")]
+pub struct LookupFailed {
+    pub name: String,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// A name the resolver refused because of what it resolves to.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ResolverRefusal(pub String);
+
 /// The system resolver, refusing names that resolve to an address `reach` forbids.
 /// When any of a name's addresses is forbidden, all are refused: a name that mixes them
-/// is not trusted to pick.
+/// is not trusted to pick. The outbound proxy's own names are resolved without the rules:
+/// the operator chose them, and fetches reach the proxy only to go beyond it.
 #[derive(Debug)]
 pub struct GuardedResolver {
     reach: Reach,
+    unguarded: Vec<String>,
 }
 
 impl GuardedResolver {
     pub fn new(reach: Reach) -> Arc<Self> {
-        Arc::new(Self { reach })
+        Self::with_proxy_hosts(reach, Vec::new())
+    }
+
+    /// A resolver that resolves `proxy_hosts` (lower-case) without the reach's rules.
+    pub fn with_proxy_hosts(reach: Reach, proxy_hosts: Vec<String>) -> Arc<Self> {
+        Arc::new(Self {
+            reach,
+            unguarded: proxy_hosts,
+        })
     }
 }
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
-        let reach = self.reach;
         let host = name.as_str().to_owned();
+        let reach = if self
+            .unguarded
+            .iter()
+            .any(|proxy| proxy.eq_ignore_ascii_case(&host))
+        {
+            Reach::Local
+        } else {
+            self.reach
+        };
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((host.as_str(), 0)).await {
+                Ok(addrs) => addrs.collect(),
+                Err(source) => {
+                    return Err(LookupFailed {
+                        name: host.clone(),
+                        source,
+                    }
+                    .into());
+                }
+            };
             if let Some((ip, range)) = addrs
                 .iter()
                 .find_map(|addr| reach.refuses(addr.ip()).map(|range| (addr.ip(), range)))
             {
-                return Err(refusal(&host, ip, range).into());
+                return Err(ResolverRefusal(refusal(&host, ip, range)).into());
             }
             Ok(Box::new(addrs.into_iter()) as Addrs)
         })
@@ -329,6 +427,72 @@ mod tests {
                 .check_url(&url("https://token.actions.githubusercontent.com/"))
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn names_of_this_host_and_of_metadata_services_are_refused_by_name() {
+        for reach in [Reach::Public, Reach::PrivateNetwork] {
+            for through_proxy in [false, true] {
+                assert_eq!(
+                    reach.check_name("Keys.LocalHost.", through_proxy),
+                    Err(
+                        "refusing to connect to keys.localhost (a name of this host) for a \
+                         remote issuer's keys"
+                            .to_owned()
+                    )
+                );
+                assert_eq!(
+                    reach.check_name("metadata.google.internal", through_proxy),
+                    Err(
+                        "refusing to connect to metadata.google.internal (a cloud metadata \
+                         name) for a remote issuer's keys"
+                            .to_owned()
+                    )
+                );
+            }
+        }
+        assert_eq!(Reach::Local.check_name("localhost", true), Ok(()));
+    }
+
+    /// Through a proxy the name is all there is to judge: a private network's names are
+    /// refused for a public reach, and allowed with allow_private_network.
+    #[test]
+    fn through_a_proxy_private_names_need_allow_private_network() {
+        for name in [
+            "gitlab",
+            "gitlab.internal",
+            "git.acme.corp",
+            "ci.local",
+            "x.home.arpa",
+        ] {
+            assert_eq!(
+                Reach::Public.check_name(name, true),
+                Err(format!(
+                    "refusing to connect to {name} (a private network's name, which the proxy \
+                     would resolve) for a remote issuer's keys (for an issuer inside your \
+                     private network, set allow_private_network = true on it)"
+                )),
+            );
+            assert_eq!(Reach::PrivateNetwork.check_name(name, true), Ok(()));
+            // Without a proxy the resolver judges the addresses instead.
+            assert_eq!(Reach::Public.check_name(name, false), Ok(()));
+        }
+        assert_eq!(
+            Reach::Public.check_name("token.actions.githubusercontent.com", true),
+            Ok(())
+        );
+        assert_eq!(
+            Reach::Public.check_name("internal.example.com", true),
+            Ok(())
+        );
+    }
+
+    #[tokio::test]
+    async fn the_proxys_own_name_is_resolved_without_the_rules() {
+        let resolver =
+            GuardedResolver::with_proxy_hosts(Reach::Public, vec!["localhost".to_owned()]);
+        let name: Name = "localhost".parse().expect("name");
+        assert!(resolver.resolve(name).await.is_ok());
     }
 
     /// Names are judged by what they resolve to, at connection time (DNS rebinding).

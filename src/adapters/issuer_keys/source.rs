@@ -12,8 +12,9 @@ use bytes::Bytes;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use url::{Host, Url};
 
-use super::error::FetchError;
-use super::reach::{GuardedResolver, Reach};
+use super::error::{FetchError, Unreachable};
+use super::proxy::{OutboundProxy, domain_of};
+use super::reach::{GuardedResolver, LookupFailed, Reach, ResolverRefusal};
 use super::{DEFAULT_MAX_BODY_BYTES, KeystoreSettings};
 use crate::adapters::bounded_body::{BodyError, read_limited};
 
@@ -39,26 +40,48 @@ pub trait KeySource: Send + Sync + 'static {
 pub struct KeyFetchClient {
     http: reqwest::Client,
     reach: Reach,
+    /// The proxy of remote reaches (a loopback issuer is never fetched through one).
+    proxy: Arc<OutboundProxy>,
 }
 
 impl KeyFetchClient {
+    /// A client with the proxy of the environment ([`OutboundProxy::from_env`]).
+    pub fn new(reach: Reach) -> Result<Self, reqwest::Error> {
+        Self::with_proxy(reach, OutboundProxy::from_env())
+    }
+
     /// rustls, no cookie store, no `Referer`, `User-Agent` [`USER_AGENT`], at most 3
-    /// redirects, each to the same scheme, host and port as the original request; for a
-    /// remote reach, a resolver that refuses the addresses it forbids. Timeouts are set
-    /// per request from [`KeystoreSettings`].
+    /// redirects, each to the same scheme, host and port as the original request; a
+    /// resolver that refuses the addresses the reach forbids (except the proxy's own
+    /// names); `proxy` for a remote reach, none for a loopback one. Timeouts are set per
+    /// request from [`KeystoreSettings`].
     ///
     /// Fails only when the TLS backend cannot be initialised.
-    pub fn new(reach: Reach) -> Result<Self, reqwest::Error> {
+    pub fn with_proxy(reach: Reach, proxy: OutboundProxy) -> Result<Self, reqwest::Error> {
+        let proxy = Arc::new(if reach == Reach::Local {
+            OutboundProxy::default()
+        } else {
+            proxy
+        });
         let mut builder = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             .redirect(reqwest::redirect::Policy::custom(same_origin_redirects))
-            .referer(false);
-        if reach != Reach::Local {
-            builder = builder.dns_resolver(GuardedResolver::new(reach));
-        }
+            .referer(false)
+            .dns_resolver(GuardedResolver::with_proxy_hosts(reach, proxy.hosts()));
+        builder = if proxy.is_set() {
+            // Our own reading of the variables decides, so the checks of `check_host`
+            // know exactly which requests the proxy resolves.
+            let decides = Arc::clone(&proxy);
+            builder.proxy(reqwest::Proxy::custom(move |url| {
+                decides.for_url(url).map(|proxy| proxy.url().clone())
+            }))
+        } else {
+            builder.no_proxy()
+        };
         Ok(Self {
             http: builder.build()?,
             reach,
+            proxy,
         })
     }
 }
@@ -162,6 +185,30 @@ fn check_reach(reach: Reach, url: &Url) -> Result<(), FetchError> {
         })
 }
 
+/// What the host name of `url` says, checked before any connection: names of this host
+/// and of metadata services never, and through a proxy (which resolves names itself, so
+/// the resolver's check of the address cannot run) no private network's names for a
+/// public reach. A remote issuer's URL may not name the proxy itself either.
+fn check_host(client: &KeyFetchClient, url: &Url) -> Result<(), FetchError> {
+    let Some(name) = domain_of(url) else {
+        return Ok(());
+    };
+    let forbidden = |message: String| FetchError::ForbiddenAddress {
+        url: url.to_string(),
+        message,
+    };
+    if client.reach != Reach::Local && client.proxy.hosts().contains(&name) {
+        return Err(forbidden(format!(
+            "{name} is the outbound proxy; a remote issuer's key fetches may not reach it"
+        )));
+    }
+    let through_proxy = client.proxy.for_url(url).is_some();
+    client
+        .reach
+        .check_name(&name, through_proxy)
+        .map_err(forbidden)
+}
+
 /// GETs `url` with the bounds of `limits`: the whole exchange within `timeout`, the body
 /// read chunk by chunk and abandoned as soon as it passes `max_body_bytes`.
 async fn get_bounded(
@@ -172,6 +219,7 @@ async fn get_bounded(
 ) -> Result<Bytes, FetchError> {
     check_fetchable(url)?;
     check_reach(client.reach, url)?;
+    check_host(client, url)?;
     let exchange = async {
         let response = client
             .http
@@ -180,7 +228,7 @@ async fn get_bounded(
             .timeout(timeout)
             .send()
             .await
-            .map_err(|err| request_error(url, timeout, &err))?;
+            .map_err(|err| request_error(client, url, timeout, &err))?;
         let status = response.status();
         if !status.is_success() {
             return Err(FetchError::Status {
@@ -195,7 +243,7 @@ async fn get_bounded(
                     from: url.to_string(),
                     limit: max_body_bytes,
                 },
-                BodyError::Network(err) => request_error(url, timeout, &err),
+                BodyError::Network(err) => request_error(client, url, timeout, &err),
                 BodyError::Other(message) => FetchError::Request {
                     url: url.to_string(),
                     message,
@@ -211,9 +259,16 @@ async fn get_bounded(
     }
 }
 
-fn request_error(url: &Url, timeout: Duration, err: &reqwest::Error) -> FetchError {
+fn request_error(
+    client: &KeyFetchClient,
+    url: &Url,
+    timeout: Duration,
+    err: &reqwest::Error,
+) -> FetchError {
     let url_text = url.to_string();
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    let mut io_kinds = Vec::new();
+    let mut tunnel = false;
     while let Some(current) = cause {
         if let Some(refusal) = current.downcast_ref::<RedirectRefusal>() {
             return match refusal {
@@ -227,6 +282,47 @@ fn request_error(url: &Url, timeout: Duration, err: &reqwest::Error) -> FetchErr
                 },
             };
         }
+        if let Some(ResolverRefusal(message)) = current.downcast_ref::<ResolverRefusal>() {
+            return FetchError::ForbiddenAddress {
+                url: url_text,
+                message: message.clone(),
+            };
+        }
+        if let Some(lookup) = current.downcast_ref::<LookupFailed>() {
+            let text = lookup.source.to_string();
+            let detail = text
+                .strip_prefix("failed to lookup address information: ")
+                .unwrap_or(&text)
+                .to_owned();
+            let proxy = client
+                .proxy
+                .for_url(url)
+                .filter(|proxy| proxy.host().as_deref() == Some(lookup.name.as_str()));
+            return FetchError::Unreachable {
+                url: url_text,
+                why: match proxy {
+                    Some(proxy) => Unreachable::ProxyDns {
+                        proxy: proxy.redacted(),
+                        var: proxy.var,
+                        detail,
+                    },
+                    None => Unreachable::Dns {
+                        name: lookup.name.clone(),
+                        detail,
+                    },
+                },
+            };
+        }
+        // An `io::Error` wrapping another skips it in `source()`: look inside.
+        let mut io = current.downcast_ref::<std::io::Error>();
+        while let Some(error) = io {
+            io_kinds.push(error.kind());
+            io = error
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<std::io::Error>());
+        }
+        // hyper-util's tunnel errors are not public types; their text is stable.
+        tunnel |= current.to_string().starts_with("tunnel error");
         cause = current.source();
     }
     if err.is_timeout() {
@@ -235,10 +331,46 @@ fn request_error(url: &Url, timeout: Duration, err: &reqwest::Error) -> FetchErr
             after: timeout,
         };
     }
+    if err.is_connect() {
+        let host = match (url.host_str(), url.port_or_known_default()) {
+            (Some(host), Some(port)) => format!("{host}:{port}"),
+            (Some(host), None) => host.to_owned(),
+            _ => url_text.clone(),
+        };
+        let detail = innermost(err);
+        let why = match client.proxy.for_url(url) {
+            Some(proxy) if tunnel && io_kinds.is_empty() => Unreachable::ProxyRefused {
+                proxy: proxy.redacted(),
+                host,
+            },
+            Some(proxy) if tunnel => Unreachable::ProxyDown {
+                proxy: proxy.redacted(),
+                var: proxy.var,
+                detail,
+            },
+            _ if io_kinds.contains(&std::io::ErrorKind::ConnectionRefused) => {
+                Unreachable::Refused { host }
+            }
+            _ if url.scheme() == "https" && io_kinds.contains(&std::io::ErrorKind::InvalidData) => {
+                Unreachable::Tls { host, detail }
+            }
+            _ => Unreachable::Connect { host, detail },
+        };
+        return FetchError::Unreachable { url: url_text, why };
+    }
     FetchError::Request {
         url: url_text,
         message: error_chain(err),
     }
+}
+
+/// The text of the last error in `err`'s chain: the one that says what happened.
+fn innermost(err: &dyn std::error::Error) -> String {
+    let mut last = err;
+    while let Some(next) = last.source() {
+        last = next;
+    }
+    last.to_string()
 }
 
 /// `err` and its sources, joined with ": ".

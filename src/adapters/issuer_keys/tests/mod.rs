@@ -3,6 +3,7 @@
 
 mod http_source;
 mod issuer_keys;
+mod outbound;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
