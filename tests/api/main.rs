@@ -9,6 +9,7 @@ mod dev;
 mod doctor;
 mod durable;
 mod errors;
+mod examples;
 mod exchange;
 mod exchange_cli;
 mod fake_auth0;
