@@ -13,6 +13,9 @@
 //!   as the segment is, byte for byte, wins; without one, loading fails naming both;
 //! - none: the lower-cased segment is a new entry, as before, and errors about it say
 //!   which variable created it.
+//!
+//! Two variables that set the same key (`…__TENANT_PROD__MAX_TTL` and
+//! `…__tenant-prod__MAX_TTL`) are refused: which one wins would depend on their order.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -148,7 +151,13 @@ impl ConfigEnv {
                     },
                 }
             }
-            env.values.insert(path.join("."), (var, value));
+            let key = path.join(".");
+            if let Some((other, _)) = env.values.get(&key) {
+                return Err(ConfigError(format!(
+                    "environment variables {other} and {var} both set `{key}`; unset one of them"
+                )));
+            }
+            env.values.insert(key, (var, value));
         }
         Ok(env)
     }
@@ -328,6 +337,24 @@ mod tests {
             Some(("targets.staging", "TOKENMINT_TARGETS__STAGING__KIND"))
         );
         assert_eq!(env.created_entry_of("targets.stagingx"), None);
+    }
+
+    #[test]
+    fn two_variables_for_one_key_are_refused() {
+        let err = env(
+            &[
+                ("TOKENMINT_TARGETS__TENANT_PROD__MAX_TTL", "30m"),
+                ("TOKENMINT_TARGETS__tenant-prod__MAX_TTL", "1h"),
+            ],
+            &["tenant-prod"],
+        )
+        .expect_err("two values for one key");
+        assert_eq!(
+            err.to_string(),
+            "environment variables TOKENMINT_TARGETS__TENANT_PROD__MAX_TTL and \
+             TOKENMINT_TARGETS__tenant-prod__MAX_TTL both set `targets.tenant-prod.max_ttl`; \
+             unset one of them"
+        );
     }
 
     #[test]
