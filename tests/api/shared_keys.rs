@@ -633,3 +633,68 @@ async fn doctor_opens_the_signing_keys_in_the_database_with_the_key_encryption_k
         )
     );
 }
+
+/// systemd hands a `LoadCredential=` file to the service in its credentials directory,
+/// on some versions as mode 0440 (read access by ACL). There the key-encryption key is
+/// accepted, as it is private to the service; the same file elsewhere is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_encryption_key_among_the_services_systemd_credentials_is_accepted() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let fake = FakeIssuer::start(Shape::Github).await;
+    let replica = cluster.replica(&fake).await;
+    let credentials = cluster.dir.path().join("credentials");
+    std::fs::create_dir(&credentials).expect("credentials dir");
+    let kek = credentials.join("kek");
+    std::fs::copy(&cluster.kek, &kek).expect("copy kek");
+    std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o440)).expect("chmod");
+    std::fs::set_permissions(&credentials, std::fs::Permissions::from_mode(0o500)).expect("chmod");
+    let config = cluster.dir.path().join("credentials.toml");
+    let text = std::fs::read_to_string(&replica.config_file).expect("config");
+    let kek_line = format!("key_encryption_key_file = \"{}\"", cluster.kek.display());
+    assert!(text.contains(&kek_line), "{text}");
+    std::fs::write(
+        &config,
+        text.replace(
+            &kek_line,
+            &format!("key_encryption_key_file = \"{}\"", kek.display()),
+        ),
+    )
+    .expect("config");
+    let doctor = |credentials_directory: Option<&Path>| {
+        let mut command = tokenmint();
+        command
+            .args(["doctor", "--no-mint", "--config"])
+            .arg(&config)
+            .env_remove("CREDENTIALS_DIRECTORY");
+        if let Some(dir) = credentials_directory {
+            command.env("CREDENTIALS_DIRECTORY", dir);
+        }
+        let output = command.output().expect("run doctor");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let (code, stdout) = doctor(None);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert_eq!(
+        signing_keys_section(&stdout),
+        [
+            "signing keys".to_owned(),
+            format!(
+                "  FAIL  storage.key_encryption_key_file {}: is accessible by group or others \
+                 (mode 0440); the key-encryption key must be private to tokenmint's user: run \
+                 `chmod 600 {}`",
+                kek.display(),
+                kek.display()
+            ),
+        ]
+    );
+    let (code, stdout) = doctor(Some(&credentials));
+    assert_eq!(code, Some(0), "{stdout}");
+    assert_eq!(signing_keys_section(&stdout)[1], "  ok    generation 1");
+    std::fs::set_permissions(&credentials, std::fs::Permissions::from_mode(0o700))
+        .expect("chmod back");
+}

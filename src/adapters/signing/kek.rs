@@ -71,7 +71,9 @@ pub struct Sealed {
 impl KeyEncryptionKey {
     /// Reads the key from `path`. `setting` names where the path came from in errors
     /// (`storage.key_encryption_key_file`, `--new-key-file`). Refused: a file that is not
-    /// a regular file, is accessible by group or others, or holds fewer than 32 bytes.
+    /// a regular file, is accessible by group or others (unless it is one of the service's
+    /// systemd credentials, which systemd keeps from everyone else), or holds fewer than
+    /// 32 bytes.
     pub fn read(path: &Path, setting: &'static str) -> Result<KeyEncryptionKey, KeyError> {
         let problem = |problem: String| KeyError::KeyEncryptionKeyFile {
             setting,
@@ -91,7 +93,7 @@ impl KeyEncryptionKey {
             return Err(problem(format!("is not a regular file; {make_one}")));
         }
         let mode = meta.permissions().mode();
-        if mode & 0o077 != 0 {
+        if mode & 0o077 != 0 && !crate::config::is_service_credential(path) {
             return Err(problem(format!(
                 "is accessible by group or others (mode {:04o}); the key-encryption key must be \
                  private to tokenmint's user: run `chmod 600 {}`",
