@@ -122,7 +122,7 @@ pub async fn run(config: &Config, mint: bool, store: Arc<dyn Store>) -> Report {
                     lines.push((
                         Level::Ok,
                         format!(
-                            "{} recorded with outcome \"doctor\" (in the decision log); no token was printed or kept",
+                            "{} recorded with outcome \"doctor\" (in the audit trail and the decision log); no token was printed or kept",
                             counted(made, "token request", "token requests")
                         ),
                     ));

@@ -80,7 +80,7 @@ async fn doctor_reports_a_healthy_tenant_and_records_its_requests() {
             "  ok    tokens live 600s (max_ttl 3600s)".to_owned(),
             "  WARN  the grant includes update:clients: a job holding such a token can take over or widen tokenmint's own client; remove it from the client grant".to_owned(),
             "  ok    narrows by scope: asked for \"read:clients\", got \"read:clients\"".to_owned(),
-            "  ok    2 token requests recorded with outcome \"doctor\" (in the decision log); no token was printed or kept".to_owned(),
+            "  ok    2 token requests recorded with outcome \"doctor\" (in the audit trail and the decision log); no token was printed or kept".to_owned(),
         ]
     );
     assert!(
@@ -144,7 +144,7 @@ async fn doctor_fails_on_a_wide_long_lived_grant_and_warns_on_takeover_scopes() 
             "  WARN  the grant includes update:client_grants: a job holding such a token can take over or widen tokenmint's own client; remove it from the client grant".to_owned(),
             "  ok    does not narrow by scope: asked for \"read:clients\", got \"read:clients update:clients update:client_grants\"".to_owned(),
             "  FAIL  policy \"deploy-tenant\" grants \"read:clients update:clients\" but the target ignores narrowing and issues \"read:clients update:clients update:client_grants\": its exchanges fail closed; give it a client whose grant equals the policy's scopes".to_owned(),
-            "  ok    2 token requests recorded with outcome \"doctor\" (in the decision log); no token was printed or kept".to_owned(),
+            "  ok    2 token requests recorded with outcome \"doctor\" (in the audit trail and the decision log); no token was printed or kept".to_owned(),
         ]
     );
     assert!(
