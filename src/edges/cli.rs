@@ -286,8 +286,9 @@ fn exchange(args: ExchangeArgs) -> ExitCode {
     exchange_client::main(exchange_client::Options {
         url: args.url,
         audience: args.audience,
-        scope: args.scope,
-        policy: args.policy,
+        // Empty means absent, as in the action and the sh client (`--scope "$SCOPE"`).
+        scope: args.scope.filter(|scope| !scope.is_empty()),
+        policy: args.policy.filter(|policy| !policy.is_empty()),
         token_file: args.token_file,
         oidc_audience: args.oidc_audience,
         format: args.format,

@@ -149,6 +149,7 @@ pub async fn run(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<String, ClientError> {
     let plan = Plan::check(options)?;
+    let on_github = env("GITHUB_ACTIONS").as_deref() == Some("true");
     let source = choose_source(options.token_file.as_deref(), env)?;
     say(&format!("reading the CI token from {}", source.describe()));
     let ci_token = match source {
@@ -177,7 +178,19 @@ pub async fn run(
             "the CI token has characters outside [A-Za-z0-9._~+/=-]; it is not a CI token (not shown)",
         ));
     }
+    mask_on_github(on_github, ci_token.expose_secret());
     let answer = exchange(&plan, options, &ci_token).await?;
+    if on_github {
+        // A mask covers one line: a token with a line break (or anything outside the
+        // token alphabet) could not be masked, so it is not printed.
+        if !valid_token(answer.access_token.expose()) {
+            return Err(refused(
+                "the service's access token has characters outside [A-Za-z0-9._~+/=-], so the \
+                 job log could not mask it; not printed",
+            ));
+        }
+        mask_on_github(on_github, answer.access_token.expose());
+    }
     let hash = token_sha256(answer.access_token.expose());
     say(&format!(
         "got a token for target {:?} from policy {:?}, scope {:?}, expiring in {}s",
@@ -306,9 +319,25 @@ pub fn valid_token(token: &str) -> bool {
 /// Service-supplied text for stderr: every control character becomes `?`, so that nothing
 /// the service says can drive the terminal or forge CI log commands on a new line.
 fn sanitize(text: &str) -> String {
-    text.chars()
+    let mut clean: String = text
+        .chars()
         .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
+        .collect();
+    // GitHub's runner acts on the legacy `##[command]` anywhere in a line of stdout or
+    // stderr; a server's `##[stop-commands]` would turn every later `::add-mask::` into a
+    // plain line that prints the token.
+    while clean.contains("##[") {
+        clean = clean.replace("##[", "# #[");
+    }
+    clean
+}
+
+/// In a GitHub Actions job, asks the runner to mask `token` in the log from now on. On
+/// stderr: stdout is the command's result, and the runner reads commands on both.
+fn mask_on_github(on_github: bool, token: &str) {
+    if on_github {
+        eprintln!("::add-mask::{token}");
+    }
 }
 
 /// Where the CI token comes from.
@@ -666,10 +695,19 @@ async fn exchange(
         let id = header_request_id(&answer.headers)
             .map(|id| format!(" (request_id: {id})"))
             .unwrap_or_default();
+        // serde's message can quote the value (a token in the wrong member): only its kind
+        // and position are shown.
         failed(format!(
-            "HTTP 200, but the body is not a tokenmint token response: {}{id}",
-            // serde's message names the member and position, never the value.
-            sanitize(&err.to_string())
+            "HTTP 200, but the body is not a tokenmint token response: {} error at line {} \
+             column {}{id}",
+            match err.classify() {
+                serde_json::error::Category::Io => "an I/O",
+                serde_json::error::Category::Syntax => "a JSON syntax",
+                serde_json::error::Category::Data => "a member type or name",
+                serde_json::error::Category::Eof => "an unexpected end",
+            },
+            err.line(),
+            err.column()
         ))
     })
 }

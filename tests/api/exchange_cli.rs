@@ -305,6 +305,7 @@ async fn exchange(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> R
         "http_proxy",
         "ALL_PROXY",
         "all_proxy",
+        "GITHUB_ACTIONS",
     ] {
         command.env_remove(name);
     }
@@ -1018,4 +1019,90 @@ async fn without_a_token_source_the_error_lists_the_four() {
     ] {
         assert!(run.stderr.contains(source), "{source}: {}", run.stderr);
     }
+}
+
+/// In a GitHub Actions job, the CI token and the access token are masked (`::add-mask::`
+/// on stderr, which the runner reads) before anything else could print them, and no
+/// other line carries either; a server's `##[stop-commands]` in an error description,
+/// which would make the runner print later mask lines as plain text, is defused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_github_job_both_tokens_are_masked_and_server_text_cannot_stop_commands() {
+    let dev = Dev::start().await;
+    let front = Front::start(&dev.url).await;
+    front.script(Canned {
+        status: 503,
+        headers: vec![
+            ("content-type", "application/json".to_owned()),
+            ("retry-after", "1".to_owned()),
+            ("x-request-id", "##[stop-commands]id".to_owned()),
+        ],
+        body: json!({"error": "temporarily_unavailable", "error_description": "##[stop-commands]pwn ###[x]", "request_id": "##[stop-commands]id"})
+            .to_string(),
+    });
+    let ci_token = dev.token_for("acme/app").await;
+    let run = exchange(
+        &["--url", &front.url, "--audience", "dev-api", "--scope", ""],
+        &[
+            ("TOKENMINT_ID_TOKEN", &ci_token),
+            ("GITHUB_ACTIONS", "true"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let seen = front.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[1].field("scope"), None, "an empty --scope is no scope");
+    let answer = success(&seen[1], &ci_token);
+    let access_token = answer["access_token"].as_str().expect("token");
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    let ci_mask = format!("::add-mask::{ci_token}");
+    let access_mask = format!("::add-mask::{access_token}");
+    let at = |wanted: &str| lines.iter().position(|line| *line == wanted);
+    let (ci_at, access_at) = (
+        at(&ci_mask).expect("the CI token masked"),
+        at(&access_mask).expect("the access token masked"),
+    );
+    assert!(ci_at < access_at, "{}", run.stderr);
+    for (index, line) in lines.iter().enumerate() {
+        if index != ci_at && index != access_at {
+            assert!(
+                !line.contains(&ci_token) && !line.contains(access_token),
+                "a token outside its mask line: {line}"
+            );
+        }
+        assert!(!line.contains("##["), "a v1 workflow command: {line}");
+    }
+    let retry_line = lines
+        .iter()
+        .find(|line| line.contains("retrying"))
+        .expect("a retry line");
+    assert!(
+        retry_line.starts_with(
+            "tokenmint exchange: HTTP 503 temporarily_unavailable: # #[stop-commands]pwn ## #[x] (request_id: # #[stop-commands]id); retrying in 1."
+        ),
+        "{retry_line}"
+    );
+    assert_eq!(run.stdout.lines().count(), 1, "{}", run.stdout);
+
+    // Outside a GitHub job nothing is masked (there is no runner to read it).
+    let ci_token = dev.token_for("acme/app").await;
+    let run = exchange(
+        &[
+            "--url",
+            &dev.url,
+            "--audience",
+            "dev-api",
+            "--format",
+            "token",
+        ],
+        &[
+            ("TOKENMINT_ID_TOKEN", &ci_token),
+            ("GITHUB_ACTIONS", "false"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(!run.stderr.contains("::add-mask::"), "{}", run.stderr);
 }
