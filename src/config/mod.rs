@@ -340,82 +340,18 @@ pub fn check_https_url(what: &str, text: &str) -> Result<Url, String> {
     Ok(url)
 }
 
-/// Whether `path` is one of this service's systemd credentials (`LoadCredential=`): a file
-/// directly in `$CREDENTIALS_DIRECTORY`, which systemd makes for the service alone. Some
-/// systemd versions grant the service access by an ACL, so the file shows mode 0440
-/// although no other user can read it; its mode says nothing then.
-pub fn is_service_credential(path: &Path) -> bool {
-    let dir = std::env::var_os("CREDENTIALS_DIRECTORY");
-    credentials_dir_holds(dir.as_deref().map(Path::new), path)
-}
-
-/// Whether `path` is a file directly in `dir`, and `dir` is closed to others.
-fn credentials_dir_holds(dir: Option<&Path>, path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    let Some(dir) = dir else {
-        return false;
-    };
-    let (Ok(dir), Ok(file)) = (dir.canonicalize(), path.canonicalize()) else {
-        return false;
-    };
-    let closed = std::fs::metadata(&dir).is_ok_and(|meta| meta.permissions().mode() & 0o007 == 0);
-    closed && file.parent() == Some(dir.as_path())
-}
-
 /// Key and secret files readable by group or others draw a warning (systemd credentials
-/// aside: see [`is_service_credential`]).
+/// aside: see [`crate::adapters::signing::is_service_credential`]).
 pub fn warn_if_readable_by_others(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(meta) = std::fs::metadata(path)
         && meta.permissions().mode() & 0o077 != 0
-        && !is_service_credential(path)
+        && !crate::adapters::signing::is_service_credential(path)
     {
         tracing::warn!(
             "{} is readable by group or others (mode {:o}); chmod 600 it",
             path.display(),
             meta.permissions().mode() & 0o777
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::os::unix::fs::PermissionsExt as _;
-
-    use super::credentials_dir_holds;
-
-    fn chmod(path: &std::path::Path, mode: u32) {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
-    }
-
-    /// A file systemd hands the service (`LoadCredential=`) lives directly in the
-    /// service's credentials directory, which is closed to others; nothing else counts.
-    #[test]
-    fn only_files_in_a_closed_credentials_directory_are_service_credentials() {
-        let root = tempfile::tempdir().expect("tempdir");
-        let credentials = root.path().join("credentials");
-        std::fs::create_dir(&credentials).expect("dir");
-        let kek = credentials.join("kek");
-        std::fs::write(&kek, [7u8; 32]).expect("kek");
-        chmod(&kek, 0o440);
-        chmod(&credentials, 0o550);
-        assert!(credentials_dir_holds(Some(&credentials), &kek));
-        // Elsewhere, or without a credentials directory, the mode decides as before.
-        let outside = root.path().join("kek");
-        std::fs::write(&outside, [7u8; 32]).expect("kek");
-        assert!(!credentials_dir_holds(Some(&credentials), &outside));
-        assert!(!credentials_dir_holds(None, &kek));
-        // Deeper than directly inside: not a credential systemd made.
-        let nested = credentials.join("nested");
-        chmod(&credentials, 0o750);
-        std::fs::create_dir(&nested).expect("nested");
-        std::fs::write(nested.join("kek"), [7u8; 32]).expect("kek");
-        assert!(!credentials_dir_holds(
-            Some(&credentials),
-            &nested.join("kek")
-        ));
-        // A directory others can enter is no credentials directory.
-        chmod(&credentials, 0o755);
-        assert!(!credentials_dir_holds(Some(&credentials), &kek));
     }
 }

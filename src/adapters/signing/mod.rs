@@ -33,7 +33,7 @@ use std::fmt;
 use std::str::FromStr;
 
 pub use error::KeyError;
-pub use kek::{KeyEncryptionKey, MIN_KEY_ENCRYPTION_KEY_LEN};
+pub use kek::{KeyEncryptionKey, MIN_KEY_ENCRYPTION_KEY_LEN, is_service_credential};
 pub use ring::{AlgorithmRotation, KeyRing, KeyRole, RetiredKey, RotationReport, rotate};
 pub use ring_db::{DatabaseRing, ResealReport, StoredChange};
 pub use signing_key::{SigningKey, jwk_thumbprint};
