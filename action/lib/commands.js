@@ -20,6 +20,16 @@ function escapeProperty(value) {
   return escapeData(value).replace(/:/g, '%3A').replace(/,/g, '%2C');
 }
 
+/**
+ * `text` with the v1 workflow command prefix `##[` broken up (written `#\x23[`). The runner
+ * looks for `##[` anywhere in a line of stdout or stderr, and `##[stop-commands]` would
+ * turn off every later command of the step, `::add-mask::` included. Replacing each
+ * occurrence cannot create a new one: the `[` that follows is now after `\x23`.
+ */
+function neutralizeCommands(text) {
+  return String(text).replace(/##\[/g, '#\\x23[');
+}
+
 /** `text` with control characters written as \xNN. */
 function showControls(text) {
   return String(text).replace(/[\u0000-\u001f\u007f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
@@ -43,11 +53,14 @@ class Log {
     if (secret) this.secrets.push(String(secret));
   }
 
-  /** `text` without any known secret or token-shaped substring. */
+  /**
+   * `text` without any known secret or token-shaped substring, and without `##[` (last:
+   * the placeholders could otherwise complete one, as in `##` + `[token removed]`).
+   */
   clean(text) {
     let out = String(text);
     for (const secret of this.secrets) out = out.split(secret).join('***');
-    return scrub(out);
+    return neutralizeCommands(scrub(out));
   }
 
   /**
@@ -91,4 +104,4 @@ function appendFileCommand(fileVar, entries) {
   fs.appendFileSync(path, text, { encoding: 'utf8' });
 }
 
-module.exports = { Log, showControls, escapeData, escapeProperty, fileCommandEntry, appendFileCommand };
+module.exports = { Log, neutralizeCommands, showControls, escapeData, escapeProperty, fileCommandEntry, appendFileCommand };

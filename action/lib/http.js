@@ -14,6 +14,12 @@ const MAX_WAIT_MS = 60_000;
 const MAX_BACKOFF_MS = 30_000;
 /** How long one attempt may take. */
 const ATTEMPT_TIMEOUT_MS = 30_000;
+/** The largest answer read; a longer body is a failed answer (tokenmint's are a few KiB). */
+const MAX_BODY_BYTES = 64 * 1024;
+/** The longest server string (error, description, request id, body excerpt) printed. */
+const MAX_TEXT = 1024;
+/** What a CI or access token may contain; anything else could defeat the runner's mask. */
+const TOKEN_CHARS = /^[A-Za-z0-9._~+\/=-]+$/;
 
 /**
  * Retry-After in milliseconds from now: delay-seconds or an HTTP date (RFC 9110 10.2.3);
@@ -64,24 +70,48 @@ async function withRetries({ retries, what, log, attempt, random = Math.random }
     if ('ok' in outcome) return { ok: outcome.ok, attempts: n };
     if ('fail' in outcome) return { fail: outcome.fail, attempts: n };
     if (n > retries) return { fail: outcome.retry, attempts: n, exhausted: true };
-    const wait = retryDelayMs(n, outcome.retryAfterMs, random);
-    const asked =
-      outcome.retryAfterMs === null || outcome.retryAfterMs === undefined
-        ? ''
-        : outcome.retryAfterMs > MAX_WAIT_MS
-          ? ` (Retry-After asked for ${Math.ceil(outcome.retryAfterMs / 1000)} s; capped)`
-          : ' (as Retry-After asks)';
-    log.info(
+    const failed =
       `${what}: attempt ${n} of ${retries + 1} failed: ${outcome.retry.summary}` +
-        `${outcome.retry.request_id ? ` (request_id ${outcome.retry.request_id})` : ''}; ` +
-        `retrying in ${(wait / 1000).toFixed(1)} s${asked}`,
+      `${outcome.retry.request_id ? ` (request_id ${outcome.retry.request_id})` : ''}`;
+    const asked = outcome.retryAfterMs ?? null;
+    if (asked !== null && asked > MAX_WAIT_MS) {
+      // As the sh and Rust clients do: waiting less than asked would go against the
+      // service, and waiting longer would stall the job.
+      log.info(
+        `${failed}; the service asks to wait ${Math.ceil(asked / 1000)} s (Retry-After), ` +
+          `more than ${MAX_WAIT_MS / 1000} s: giving up`,
+      );
+      return { fail: outcome.retry, attempts: n, exhausted: true };
+    }
+    const wait = retryDelayMs(n, asked, random);
+    log.info(
+      `${failed}; retrying in ${(wait / 1000).toFixed(1)} s${asked === null ? '' : ' (as Retry-After asks)'}`,
     );
     await sleep(wait);
   }
 }
 
+/**
+ * The body as {text, json}, reading at most MAX_BODY_BYTES: a longer body is not read any
+ * further and comes back as {text: '', json: null, tooLarge: true}.
+ */
 async function readJson(response) {
-  const text = await response.text();
+  const chunks = [];
+  let size = 0;
+  if (response.body) {
+    const reader = response.body.getReader();
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      size += value.byteLength;
+      if (size > MAX_BODY_BYTES) {
+        await reader.cancel().catch(() => {});
+        return { text: '', json: null, tooLarge: true };
+      }
+      chunks.push(value);
+    }
+  }
+  const text = Buffer.concat(chunks).toString('utf8');
   try {
     return { text, json: JSON.parse(text) };
   } catch {
@@ -89,7 +119,22 @@ async function readJson(response) {
   }
 }
 
-const str = (value) => (typeof value === 'string' && value !== '' ? value : null);
+/** At most MAX_TEXT characters of a server string, so that no line is unbounded. */
+function bounded(text) {
+  const value = String(text);
+  return value.length > MAX_TEXT ? `${value.slice(0, MAX_TEXT)}…` : value;
+}
+
+const str = (value) => (typeof value === 'string' && value !== '' ? bounded(value) : null);
+
+/** The body for a one-line summary: an excerpt, or what made it unreadable. */
+function excerpt(body) {
+  if (body.tooLarge) return `: a body over ${MAX_BODY_BYTES / 1024} KiB, not read`;
+  return body.text ? `: ${body.text.slice(0, 300)}` : '';
+}
+
+/** True when `token` is non-empty and only [A-Za-z0-9._~+/=-]. */
+const validToken = (token) => typeof token === 'string' && TOKEN_CHARS.test(token);
 
 /**
  * Asks the runner for the job's OIDC token for `audience`. Calls `onToken(token)` as soon
@@ -119,14 +164,17 @@ async function requestOidcToken({ requestUrl, requestToken, audience, retries, l
         return { retry: { summary: describeNetworkError(err) } };
       }
       const value = response.status === 200 && body.json && body.json.value;
-      if (typeof value === 'string' && value !== '') {
+      if (validToken(value)) {
         onToken(value);
         return { ok: value };
       }
+      // Never printed, nor masked: a value the mask could not cover.
       const summary =
-        response.status === 200
-          ? 'HTTP 200 without a token in "value"'
-          : `HTTP ${response.status}${body.text ? `: ${body.text.slice(0, 300)}` : ''}`;
+        response.status !== 200
+          ? `HTTP ${response.status}${excerpt(body)}`
+          : typeof value === 'string' && value !== ''
+            ? 'HTTP 200 with a token outside [A-Za-z0-9._~+/=-] in "value" (not shown)'
+            : `HTTP 200 without a token in "value"${body.tooLarge ? excerpt(body) : ''}`;
       if (response.status === 429 || response.status >= 500) {
         return {
           retry: { summary },
@@ -185,14 +233,21 @@ async function exchange({ endpoint, subjectToken, audience, scope, policy, retri
         status: response.status,
         error: str(json.error),
         error_description: str(json.error_description),
-        request_id: str(json.request_id) || response.headers.get('x-request-id'),
+        request_id: str(json.request_id) || str(response.headers.get('x-request-id')),
       };
       if (response.status === 200) {
-        if (str(json.access_token)) return { ok: json };
-        return { fail: { ...info, summary: 'HTTP 200 without an access_token' } };
+        if (validToken(json.access_token)) return { ok: json };
+        if (typeof json.access_token === 'string' && json.access_token !== '') {
+          // As the sh and Rust clients do: a token the runner's mask could not cover (a
+          // newline, padding, a quote) is refused, and never printed.
+          return {
+            fail: { ...info, summary: 'HTTP 200 with an access_token outside [A-Za-z0-9._~+/=-]; not using it (not shown)' },
+          };
+        }
+        return { fail: { ...info, summary: `HTTP 200 without an access_token${body.tooLarge ? excerpt(body) : ''}` } };
       }
       if (response.status >= 300 && response.status < 400) {
-        const location = response.headers.get('location');
+        const location = str(response.headers.get('location'));
         return {
           fail: {
             ...info,
@@ -202,7 +257,7 @@ async function exchange({ endpoint, subjectToken, audience, scope, policy, retri
       }
       info.summary = info.error
         ? `HTTP ${response.status} ${info.error}${info.error_description ? `: ${info.error_description}` : ''}`
-        : `HTTP ${response.status}${body.text ? `: ${body.text.slice(0, 300)}` : ''}`;
+        : `HTTP ${response.status}${excerpt(body)}`;
       if (response.status === 429 || response.status >= 500) {
         return { retry: info, retryAfterMs: parseRetryAfter(response.headers.get('retry-after')) };
       }
@@ -214,6 +269,8 @@ async function exchange({ endpoint, subjectToken, audience, scope, policy, retri
 module.exports = {
   USER_AGENT,
   MAX_WAIT_MS,
+  MAX_BODY_BYTES,
+  MAX_TEXT,
   parseRetryAfter,
   retryDelayMs,
   withRetries,

@@ -2,18 +2,34 @@
 // Token-shaped strings: recognising them (to keep them out of the log) and reading a JWT's
 // payload without verifying it (tokenmint verifies; the action only shows what it sent).
 
-// A JWS or JWE whose header is a JSON object: base64url of `{"` starts with `eyJ`.
-const JOSE_LIKE = /eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*)?/g;
-// Any other three long base64url segments joined by dots (host names have short labels).
-const THREE_SEGMENTS = /[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,}/g;
+// Runs of base64url characters and dots: every token-shaped string lies inside one.
+const RUN = /[A-Za-z0-9_.-]+/g;
 // The shape of a compact JWS as a whole string.
 const JWS_SHAPE = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
 
 const REMOVED = '[token removed]';
 
-/** Replaces every token-shaped substring of `text` with a placeholder. */
+/**
+ * True when a run (base64url characters and dots) holds a token: a JWS or JWE whose header
+ * is a JSON object (base64url of `{"` starts with `eyJ`: `eyJ…` + a non-empty segment + a
+ * third one), or three consecutive base64url segments of 16 or more characters (host names
+ * have short labels). Linear in the run's length: a split and a pass over the segments, no
+ * backtracking regex (those were quadratic on a long run of base64url characters).
+ */
+function holdsToken(run) {
+  if (!run.includes('.')) return false;
+  const segs = run.split('.');
+  for (let i = 0; i + 2 < segs.length; i++) {
+    const at = segs[i].indexOf('eyJ');
+    if (at >= 0 && at + 3 < segs[i].length && segs[i + 1] !== '') return true;
+    if (segs[i].length >= 16 && segs[i + 1].length >= 16 && segs[i + 2].length >= 16) return true;
+  }
+  return false;
+}
+
+/** Replaces every run of base64url characters and dots that holds a token with a placeholder. */
 function scrub(text) {
-  return String(text).replace(JOSE_LIKE, REMOVED).replace(THREE_SEGMENTS, REMOVED);
+  return String(text).replace(RUN, (run) => (holdsToken(run) ? REMOVED : run));
 }
 
 /** True when `token` is shaped like a compact JWS (three base64url segments). */

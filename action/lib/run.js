@@ -34,8 +34,15 @@ function isLoopback(hostname) {
   return hostname === 'localhost' || hostname === '[::1]' || /^127\.\d+\.\d+\.\d+$/.test(hostname);
 }
 
-/** The `url` input without trailing slashes, after checking it is a usable base URL. */
+/**
+ * The `url` input, checked to be a usable base URL, as the parsed URL's origin and path
+ * without trailing slashes: the URL checked is the URL used.
+ */
 function serviceBase(raw) {
+  // `?` and `#` even when empty: the parser reports an empty query or fragment as "".
+  if (raw.includes('?') || raw.includes('#')) {
+    throw new ActionError(`url: ${JSON.stringify(raw)} must not carry a query, fragment or credentials`);
+  }
   let parsed;
   try {
     parsed = new URL(raw);
@@ -54,7 +61,7 @@ function serviceBase(raw) {
   if (parsed.search || parsed.hash || parsed.username || parsed.password) {
     throw new ActionError(`url: ${JSON.stringify(raw)} must not carry a query, fragment or credentials`);
   }
-  return raw.replace(/\/+$/, '');
+  return `${parsed.origin}${parsed.pathname.replace(/\/+$/, '')}`;
 }
 
 function exportName(raw) {

@@ -132,7 +132,7 @@ function readBody(req) {
  * (bearer `requestToken`) with {"value": token}, the token minted by tokenmint's dev CI
  * issuer from `claims` with `aud` = A.
  */
-async function startOidc(tokenmintBase, claims) {
+async function startOidc(tokenmintBase, claims, { value } = {}) {
   const requestToken = `runner-request-${crypto.randomUUID()}`;
   requestTokens.add(requestToken);
   const requests = [];
@@ -156,9 +156,13 @@ async function startOidc(tokenmintBase, claims) {
       body: JSON.stringify({ ...claims, aud: url.searchParams.get('audience') }),
     });
     const { token } = await answer.json();
-    secrets.add(token);
-    minted.push(token);
-    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ count: 1, value: token }));
+    // `value`: what the runner answers instead of the token (a test of odd answers).
+    const answered = value === undefined ? token : value;
+    if (value === undefined) {
+      secrets.add(token);
+      minted.push(token);
+    }
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ count: 1, value: answered }));
   });
   const base = await listen(server);
   return {
@@ -212,6 +216,42 @@ async function startProxy(target, { failFirst = 0 } = {}) {
       if (upstream.headers.get(name)) headers[name] = upstream.headers.get(name);
     }
     res.writeHead(upstream.status, headers).end(text);
+  });
+  const base = await listen(server);
+  return { base, requests, close: () => close(server) };
+}
+
+/**
+ * A scripted service: each POST gets the next step (the last one repeats), a step being
+ * {status, headers, body} (body a string, or an object sent as JSON), or {status, headers,
+ * chunks: [string, count]} for a chunked body of `count` copies of the string, sent without
+ * a Content-Length. An access_token in a JSON body counts as a secret for the leak check.
+ */
+async function startScripted(steps) {
+  const requests = [];
+  const server = http.createServer(async (req, res) => {
+    const body = await readBody(req);
+    requests.push({ at: Date.now(), method: req.method, path: req.url, body });
+    const step = steps[Math.min(requests.length, steps.length) - 1];
+    const headers = { 'content-type': 'application/json', ...(step.headers || {}) };
+    if (step.chunks) {
+      const [chunk, count] = step.chunks;
+      res.writeHead(step.status, headers);
+      let sent = 0;
+      const more = () => {
+        while (sent < count) {
+          sent++;
+          if (!res.write(chunk)) return res.once('drain', more);
+        }
+        res.end();
+      };
+      res.on('error', () => {});
+      more();
+      return;
+    }
+    const text = typeof step.body === 'string' ? step.body : JSON.stringify(step.body ?? {});
+    if (step.body && typeof step.body.access_token === 'string') secrets.add(step.body.access_token);
+    res.writeHead(step.status, headers).end(text);
   });
   const base = await listen(server);
   return { base, requests, close: () => close(server) };
@@ -338,6 +378,7 @@ module.exports = {
   startOidc,
   startProxy,
   startDropper,
+  startScripted,
   runAction,
   parseFileCommands,
   sha256,

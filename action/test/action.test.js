@@ -336,6 +336,127 @@ describe('the action', { concurrency: true }, () => {
     });
   }
 
+  // Review finding 1: the runner finds the v1 command `##[...]` anywhere in a line, and
+  // `##[stop-commands]` would leave the later `::add-mask::` line unprocessed, in clear.
+  for (const [kind, first] of [
+    [
+      'JSON error',
+      {
+        status: 503,
+        headers: { 'retry-after': '1', 'x-request-id': '##[stop-commands]y' },
+        body: { error: 'temporarily_unavailable', error_description: '##[stop-commands]x' },
+      },
+    ],
+    ['HTML page', { status: 502, headers: { 'content-type': 'text/html' }, body: '<html>###[stop-commands]x</html>' }],
+  ]) {
+    test(`server text (${kind}) cannot carry a ##[ workflow command`, async (t) => {
+      const oidc = await h.startOidc(tokenmint.base, CLAIMS);
+      const access = `at-${h.sha256(kind)}`;
+      const fake = await h.startScripted([first, { status: 200, body: { access_token: access, request_id: '##[x]' } }]);
+      t.after(oidc.close);
+      t.after(fake.close);
+      const r = await h.runAction({ inputs: { url: fake.base, audience: 'dev-api' }, oidc });
+      assert.equal(r.code, 0, r.stdout);
+      assert.equal(fake.requests.length, 2);
+      const retry = r.lines.find((l) => l.includes('attempt 1 of 4 failed'));
+      assert.ok(retry && retry.includes('[stop-commands]x'), `the server's text is still shown: ${retry}`);
+      assert.ok(!r.stdout.includes('##['), 'no line carries ##[');
+      assert.ok(!r.stderr.includes('##['));
+      assert.ok(r.lines.includes(`::add-mask::${access}`), 'the access token is masked');
+    });
+  }
+
+  // Review finding 3: a token the mask cannot cover is refused, and never printed.
+  for (const [kind, access] of [
+    ['a newline', "line-one-secret\nline-two-secret'$(id)"],
+    ['a trailing space', 'padded-secret '],
+  ]) {
+    test(`refuses an access token with ${kind}, without printing it`, async (t) => {
+      const oidc = await h.startOidc(tokenmint.base, CLAIMS);
+      const fake = await h.startScripted([{ status: 200, body: { access_token: access } }]);
+      h.secrets.delete(access);
+      t.after(oidc.close);
+      t.after(fake.close);
+      const r = await h.runAction({ inputs: { url: fake.base, audience: 'dev-api', 'export-env': 'T' }, oidc });
+      assert.equal(r.code, 1);
+      assert.equal(fake.requests.length, 1, 'not retried');
+      assert.ok(!r.stdout.includes('secret'), 'the token is not printed');
+      assert.equal(r.lines.filter((l) => l.startsWith('::add-mask::')).length, 1, 'only the CI token is masked');
+      assert.match(r.lines.at(-1), /^::error title=tokenmint denied the exchange::HTTP 200 with an access_token outside /);
+      assert.equal(r.output, '');
+      assert.equal(r.envFile, '');
+    });
+  }
+
+  test("refuses the runner's OIDC token with a newline, without printing it", async (t) => {
+    const oidc = await h.startOidc(tokenmint.base, CLAIMS, { value: 'oidc-secret\nsecond-line' });
+    const fake = await h.startScripted([{ status: 200, body: { access_token: 'never' } }]);
+    t.after(oidc.close);
+    t.after(fake.close);
+    const r = await h.runAction({ inputs: { url: fake.base, audience: 'dev-api' }, oidc });
+    assert.equal(r.code, 1);
+    assert.ok(!r.stdout.includes('oidc-secret'));
+    assert.deepEqual(nonDebug(r.lines), [
+      `::error title=tokenmint%3A no OIDC token::The runner issued no OIDC token for audience ${fake.base}: ` +
+        'HTTP 200 with a token outside [A-Za-z0-9._~+/=-] in "value" (not shown)',
+    ]);
+    assert.equal(fake.requests.length, 0, 'no exchange');
+  });
+
+  // Review finding 5: a Retry-After over 60 s ends the retries, as in the other clients.
+  test('gives up at once when Retry-After asks for more than 60 s', async (t) => {
+    const oidc = await h.startOidc(tokenmint.base, CLAIMS);
+    const fake = await h.startScripted([
+      { status: 503, headers: { 'retry-after': '120' }, body: { error: 'temporarily_unavailable', request_id: 'f-1' } },
+      { status: 200, body: { access_token: 'never' } },
+    ]);
+    t.after(oidc.close);
+    t.after(fake.close);
+    const started = Date.now();
+    const r = await h.runAction({ inputs: { url: fake.base, audience: 'dev-api' }, oidc });
+    assert.equal(r.code, 1);
+    assert.ok(Date.now() - started < 10_000, 'it did not wait');
+    assert.equal(fake.requests.length, 1);
+    assert.deepEqual(nonDebug(r.lines).slice(-2), [
+      'Exchanging the OIDC token: attempt 1 of 4 failed: HTTP 503 temporarily_unavailable (request_id f-1); ' +
+        'the service asks to wait 120 s (Retry-After), more than 60 s: giving up',
+      '::error title=tokenmint exchange failed::gave up after 1 attempts: temporarily_unavailable: (no description) ' +
+        '(HTTP 503, request_id f-1)',
+    ]);
+  });
+
+  // Review finding 9: bodies over 64 KiB are not read, and server text is bounded.
+  for (const [kind, step] of [
+    ['with a Content-Length', { status: 200, body: { access_token: 'big', pad: 'x'.repeat(70_000) } }],
+    ['chunked', { status: 200, chunks: ['{"pad":"' + 'x'.repeat(1000), 10_000] }],
+  ]) {
+    test(`a 200 over 64 KiB (${kind}) is a failure`, async (t) => {
+      const oidc = await h.startOidc(tokenmint.base, CLAIMS);
+      const fake = await h.startScripted([step]);
+      t.after(oidc.close);
+      t.after(fake.close);
+      const r = await h.runAction({ inputs: { url: fake.base, audience: 'dev-api' }, oidc });
+      assert.equal(r.code, 1);
+      assert.equal(r.lines.at(-1), '::error title=tokenmint denied the exchange::HTTP 200 without an access_token: a body over 64 KiB, not read');
+      assert.equal(r.output, '');
+    });
+  }
+
+  test('a long error_description is cut, and a long base64url run is scrubbed quickly', async (t) => {
+    const oidc = await h.startOidc(tokenmint.base, CLAIMS);
+    const fake = await h.startScripted([
+      { status: 400, body: { error: 'invalid_request', error_description: 'A'.repeat(60_000) } },
+    ]);
+    t.after(oidc.close);
+    t.after(fake.close);
+    const started = Date.now();
+    const r = await h.runAction({ inputs: { url: fake.base, audience: 'dev-api' }, oidc });
+    assert.equal(r.code, 1);
+    assert.ok(Date.now() - started < 10_000, `took ${Date.now() - started} ms`);
+    const error = r.lines.at(-1);
+    assert.ok(error.includes(`${'A'.repeat(1024)}…`) && !error.includes('A'.repeat(1025)), 'cut at 1 KiB');
+  });
+
   test('refuses plain http to a host that is not loopback', async () => {
     const r = await h.runAction({ inputs: { url: 'http://sts.example.com', audience: 'dev-api' }, oidc: null });
     assert.equal(r.code, 1);

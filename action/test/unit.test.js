@@ -64,6 +64,30 @@ test('scrub removes token-shaped strings and keeps host names', () => {
   assert.equal(scrub(text), text);
 });
 
+test('scrub is linear on long runs of base64url characters', () => {
+  const started = Date.now();
+  for (const text of ['a'.repeat(1_000_000), 'eyJ'.repeat(300_000), `${'a'.repeat(20)}.`.repeat(50_000)]) scrub(text);
+  assert.ok(Date.now() - started < 1000, `took ${Date.now() - started} ms`);
+  assert.equal(scrub(`x ${'a'.repeat(100_000)} y`), `x ${'a'.repeat(100_000)} y`);
+  assert.equal(scrub(`see ${'a'.repeat(16)}.${'b'.repeat(16)}.${'c'.repeat(16)}, ok`), 'see [token removed], ok');
+});
+
+test('no line the log writes carries the v1 command prefix ##[', () => {
+  const lines = [];
+  const log = new Log((line) => lines.push(line));
+  log.info('HTTP 503: ##[stop-commands]x and ###[y] and ##[##[z');
+  log.info(`##${JWT}`, 'a placeholder does not complete one');
+  log.debug('##[set-output name=a]b');
+  log.error('##[error]x', '##[t]');
+  assert.deepEqual(lines, [
+    'HTTP 503: #\\x23[stop-commands]x and ##\\x23[y] and #\\x23[#\\x23[z\n',
+    '#\\x23[token removed]\n',
+    '::debug::#\\x23[set-output name=a]b\n',
+    '::error title=#\\x23[t]::#\\x23[error]x\n',
+  ]);
+  assert.ok(lines.every((l) => !l.includes('##[')));
+});
+
 test('the log hides secrets in debug, info and error lines', () => {
   const lines = [];
   const log = new Log((line) => lines.push(line));
@@ -104,6 +128,10 @@ test('inputs: defaults, trailing slashes, and refusals', () => {
   assert.equal(readInputs(env({ ...ok, 'oidc-audience': 'sts' })).oidcAudience, 'sts');
   assert.equal(readInputs(env({ ...ok, 'export-env': '_Token9' })).exportEnv, '_Token9');
   assert.equal(readInputs(env({ ...ok, url: 'http://localhost:8080/' })).url, 'http://localhost:8080');
+  // The URL used is the URL checked: the parsed origin and path.
+  const parsed = readInputs(env({ ...ok, url: 'https://STS.example.com:443/base//' }));
+  assert.equal(parsed.url, 'https://sts.example.com/base');
+  assert.equal(parsed.oidcAudience, 'https://sts.example.com/base');
   const refused = [
     [{ audience: 'x' }, /^Input required and not supplied: url$/],
     [{ url: ok.url }, /^Input required and not supplied: audience$/],
@@ -111,6 +139,9 @@ test('inputs: defaults, trailing slashes, and refusals', () => {
     [{ ...ok, url: 'ftp://sts.example.com' }, /must be an https:\/\/ URL/],
     [{ ...ok, url: 'http://10.0.0.1' }, /http:\/\/ is allowed only to a loopback host/],
     [{ ...ok, url: 'https://sts.example.com/?x=1' }, /must not carry a query/],
+    [{ ...ok, url: 'https://sts.example.com/?' }, /must not carry a query/],
+    [{ ...ok, url: 'https://sts.example.com#' }, /must not carry a query/],
+    [{ ...ok, url: 'https://sts.example.com/base#/x' }, /must not carry a query/],
     [{ ...ok, url: 'https://u:p@sts.example.com' }, /credentials/],
     [{ ...ok, 'export-env': 'A B' }, /is not a valid environment variable name/],
     [{ ...ok, 'export-env': 'GITHUB_TOKEN' }, /a name the runner does not let a step set/],
