@@ -31,12 +31,20 @@ PROG=tokenmint-exchange.sh
 VERSION=0.1.0
 USER_AGENT="tokenmint-exchange.sh/$VERSION (sh; curl)"
 MAX_WAIT=60  # seconds; a longer Retry-After ends the retries instead of stalling the job
+MAX_BACKOFF=16  # seconds; the longest wait of the client's own backoff
+MAX_BODY=65536  # bytes; a longer answer is a failure (tokenmint's are a few KiB)
+MAX_ERROR_BODY=16384  # bytes; a longer error answer is not parsed, only its status shown
 
 NL='
 '
 TAB='	'
 CR=$(printf '\r')
 WS=" $TAB$CR$NL"
+# 1024 "?": a pattern of the first 1 KiB, for sanitize().
+KIB='????????????????'
+KIB=$KIB$KIB$KIB$KIB
+KIB=$KIB$KIB$KIB$KIB
+KIB=$KIB$KIB$KIB$KIB
 # Every control character but tab and newline, for sanitize().
 CTRL=$(printf '\001\002\003\004\005\006\007\010\013\014\015\016\017\020\021\022\023\024\025\026\027\030\031\032\033\034\035\036\037\177')
 
@@ -93,18 +101,35 @@ valid_token() {
     return 0
 }
 
-# sanitize S: sets $clean to S with every control character but tab and newline made "?",
-# so that nothing the service says can drive the terminal or the CI log.
+# sanitize S: sets $clean to S cut to 1 KiB, with every control character but tab and
+# newline made "?", and every "##[" written "#?[", so that nothing the service says can
+# drive the terminal or the CI log: GitHub's runner takes "##[" anywhere in a line of
+# stdout or stderr as a workflow command, and "##[stop-commands]" would leave a later
+# `::add-mask::` line unprocessed, so the token it names in clear.
 sanitize() {
     clean=
     _s=$1
+    if [ "${#_s}" -gt 1024 ]; then
+        _rest=${_s#$KIB}
+        _s="${_s%%"$_rest"}..."
+    fi
     while :; do
         _pre=${_s%%[$CTRL]*}
         clean=$clean$_pre
-        [ "$_pre" = "$_s" ] && return 0
+        [ "$_pre" = "$_s" ] && break
         _s=${_s#"$_pre"}
         _s=${_s#?}
         clean="$clean?"
+    done
+    _s=$clean
+    clean=
+    while :; do
+        _pre=${_s%%'##['*}
+        clean=$clean$_pre
+        [ "$_pre" = "$_s" ] && return 0
+        _s=${_s#"$_pre"}
+        _s=${_s#'##['}
+        clean="$clean#?["
     done
 }
 
@@ -167,11 +192,23 @@ check_url() {
         '') refuse "--url has no host" ;;
         *@*) refuse "--url must not carry credentials: they would show in ps and in logs" ;;
     esac
+    # curl runs with --globoff, and {} [] are refused outside a bracketed IPv6 host anyway,
+    # so that curl and this check read the URL alike.
+    case $_authority in
+        \[*) _outside=${_authority#*\]}${_rest#"$_authority"} ;;
+        *) _outside=$_rest ;;
+    esac
+    case $_outside in
+        *[][{}]*) refuse "--url has a brace or bracket outside a [IPv6] host" ;;
+    esac
     case $_authority in
         \[*\] | \[*\]:*)
             _host=${_authority#\[}
             _host=${_host%%\]*}
             _port=${_authority#*\]}
+            case $_host in
+                *[!0-9A-Fa-f:.]*) refuse "--url has a bad [IPv6] host" ;;
+            esac
             ;;
         \[*) refuse "--url has an unterminated [IPv6] host" ;;
         *:*:*) refuse "--url has an IPv6 host without [brackets]" ;;
@@ -246,7 +283,9 @@ js_codepoint() {
 # js_hex4: read 4 hex digits from $js into $_hex (as a number); fail otherwise.
 js_hex4() {
     _rest=${js#????}
-    _h=${js%"$_rest"}
+    # %% (not %): the same 4 characters, found scanning from the left, which is linear;
+    # % scans from the right and was quadratic on repetitive text.
+    _h=${js%%"$_rest"}
     case $_h in
         [0-9A-Fa-f][0-9A-Fa-f][0-9A-Fa-f][0-9A-Fa-f]) ;;
         *) return 1 ;;
@@ -272,7 +311,7 @@ js_string() {
         esac
         js=${js#?}
         _rest=${js#?}
-        _c=${js%"$_rest"}
+        _c=${js%%"$_rest"} # %%: linear, see js_hex4
         js=$_rest
         case $_c in
             \" | \\ | /) jstr=$jstr$_c ;;
@@ -310,12 +349,42 @@ js_string() {
     done
 }
 
-# js_skip: skip one non-string value at the start of $js; a scalar's text goes to $jraw.
+# js_number S: S is a JSON number (-?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?).
+js_number() {
+    _n=${1#-}
+    case $_n in
+        0*) _n=${_n#0} ;;
+        [1-9]*) _n=${_n#"${_n%%[!0-9]*}"} ;;
+        *) return 1 ;;
+    esac
+    case $_n in
+        .[0-9]*)
+            _n=${_n#.}
+            _n=${_n#"${_n%%[!0-9]*}"}
+            ;;
+    esac
+    case $_n in
+        [eE]*)
+            _n=${_n#?}
+            case $_n in [+-]*) _n=${_n#?} ;; esac
+            case $_n in [0-9]*) _n=${_n#"${_n%%[!0-9]*}"} ;; *) return 1 ;; esac
+            ;;
+    esac
+    [ -z "$_n" ]
+}
+
+# js_skip: skip one non-string value at the start of $js, setting $jtype to object, array,
+# literal (true, false, null) or number; a scalar's text goes to $jraw. Nested brackets
+# must match; scalars must be JSON literals or numbers.
 js_skip() {
     jraw=
     case $js in
+        \{*) jtype=object ;;
+        \[*) jtype=array ;;
+    esac
+    case $js in
         \{* | \[*)
-            _depth=0
+            _stack=
             while :; do
                 _pre=${js%%[]\[{\}\"]*}
                 [ "$_pre" = "$js" ] && return 1
@@ -325,14 +394,23 @@ js_skip() {
                         js=${js#?}
                         js_string || return 1
                         ;;
-                    \{* | \[*)
+                    \{*)
                         js=${js#?}
-                        _depth=$((_depth + 1))
+                        _stack="$_stack}"
+                        ;;
+                    \[*)
+                        js=${js#?}
+                        _stack="$_stack]"
+                        ;;
+                    \}*)
+                        js=${js#?}
+                        case $_stack in *\}) _stack=${_stack%?} ;; *) return 1 ;; esac
+                        [ -z "$_stack" ] && return 0
                         ;;
                     *)
                         js=${js#?}
-                        _depth=$((_depth - 1))
-                        [ "$_depth" -eq 0 ] && return 0
+                        case $_stack in *\]) _stack=${_stack%?} ;; *) return 1 ;; esac
+                        [ -z "$_stack" ] && return 0
                         ;;
                 esac
             done
@@ -340,15 +418,22 @@ js_skip() {
     esac
     jraw=${js%%[],\}$WS]*}
     case $jraw in
-        '' | *[!0-9a-zE.+-]*) return 1 ;;
+        true | false | null) jtype=literal ;;
+        *)
+            js_number "$jraw" || return 1
+            jtype=number
+            ;;
     esac
     js=${js#"$jraw"}
 }
 
 # json_parse TEXT: TEXT must be one JSON object; set j_<member> for the members this client
-# uses (strings; expires_in as its text). A repeated member of these is an error.
+# uses (strings; expires_in as its text). A repeated member of these is an error, and so is
+# one of the wrong type ($j_bad then names it): access_token must be a string, the other
+# strings a string or null (absent), expires_in a number.
 json_parse() {
     js=$1
+    j_bad=''
     j_access_token='' j_error='' j_error_description='' j_request_id=''
     j_policy='' j_scope='' j_target='' j_expires_in=''
     _seen=' '
@@ -384,6 +469,7 @@ json_parse() {
                 js=${js#?}
                 js_string || return 1
                 _value=$jstr
+                jtype=string
                 ;;
             *)
                 js_skip || return 1
@@ -394,6 +480,22 @@ json_parse() {
             access_token | error | error_description | request_id | policy | scope | target | expires_in)
                 case $_seen in *" $_key "*) return 1 ;; esac
                 _seen="$_seen$_key "
+                ;;
+        esac
+        case $_key:$jtype in
+            access_token:string | expires_in:number) ;;
+            error:string | error_description:string | request_id:string | policy:string | scope:string | target:string) ;;
+            error:literal | error_description:literal | request_id:literal | policy:literal | scope:literal | target:literal)
+                if [ "$_value" = null ]; then
+                    _value=
+                else
+                    j_bad=$_key
+                    return 1
+                fi
+                ;;
+            access_token:* | error:* | error_description:* | request_id:* | policy:* | scope:* | target:* | expires_in:*)
+                j_bad=$_key
+                return 1
                 ;;
         esac
         case $_key in
@@ -461,6 +563,7 @@ post() {
     fi
     # -q first: ignore any .curlrc, which could add -v (printing the body) or -f.
     curl -q --silent --show-error "$@" \
+        --globoff --max-filesize "$MAX_BODY" \
         --proto '=http,https' --connect-timeout 10 --max-time 60 \
         --user-agent "$USER_AGENT" \
         --header 'Content-Type: application/x-www-form-urlencoded' \
@@ -477,7 +580,10 @@ EOF
 # describe_error STATUS: print the service's error on stderr.
 describe_error() {
     json_ok=0
-    if json_parse "$body"; then
+    j_error='' j_error_description='' j_request_id=''
+    # A long body is not parsed: the parser is slow on large input, and tokenmint's errors
+    # are short.
+    if [ "${#body}" -le "$MAX_ERROR_BODY" ] && json_parse "$body"; then
         json_ok=1
     fi
     _rid=$j_request_id
@@ -497,6 +603,16 @@ describe_error() {
         sanitize "$_rid"
         printf '  request_id: %s\n' "$clean" >&2
     fi
+}
+
+# random: a number from 0 to 65535 on stdout, for the backoff's jitter.
+random() {
+    _r=$(od -An -N2 -tu2 /dev/urandom 2>/dev/null) || _r=
+    _r=${_r#"${_r%%[! ]*}"}
+    case $_r in
+        '' | *[!0-9]*) _r=$(($$ * 31 + attempt * 7919)) ;;
+    esac
+    printf '%s\n' "$((_r % 65536))"
 }
 
 # ---- main -------------------------------------------------------------------------------
@@ -553,7 +669,13 @@ if ! valid_name "$token_var"; then
     refuse "--token-var \"$clean\" is not a variable name ([A-Za-z_][A-Za-z0-9_]*)"
 fi
 case $retries in
-    '' | *[!0-9]* | ???*) refuse "--retries must be a number from 0 to 10" ;;
+    '' | *[!0-9]*) refuse "--retries must be a number from 0 to 10" ;;
+esac
+# Leading zeros stripped: sh arithmetic reads 08 as a bad octal number.
+retries=${retries#"${retries%%[!0]*}"}
+retries=${retries:-0}
+case $retries in
+    ???*) refuse "--retries must be a number from 0 to 10" ;;
 esac
 [ "$retries" -le 10 ] || refuse "--retries must be a number from 0 to 10"
 check_url
@@ -604,7 +726,14 @@ while :; do
     esac
     read_headers
     retry=0
-    if [ "$rc" -ne 0 ]; then
+    if [ "$rc" -eq 0 ] && [ "${#body}" -gt "$MAX_BODY" ]; then
+        # --max-filesize stops only a body whose length curl knows in advance.
+        rc=63
+    fi
+    if [ "$rc" -eq 63 ]; then
+        what="the answer from $endpoint is larger than $((MAX_BODY / 1024)) KiB (HTTP $status): not a tokenmint answer"
+        body=
+    elif [ "$rc" -ne 0 ]; then
         case $rc in
             5 | 6 | 7 | 28 | 35 | 52 | 55 | 56) retry=1 ;;
         esac
@@ -621,7 +750,9 @@ while :; do
         [ "$rc" -eq 0 ] && describe_error
         exit 1
     fi
-    wait=$backoff
+    # Equal jitter: half the backoff fixed, half random (whole seconds, for POSIX sleep).
+    wait=$((backoff / 2 + $(random) % (backoff - backoff / 2 + 1)))
+    [ "$wait" -ge 1 ] || wait=1
     if [ "$rc" -eq 0 ] && [ -n "$h_retry_after" ]; then
         if [ "${#h_retry_after}" -gt 4 ] || [ "$h_retry_after" -gt "$MAX_WAIT" ]; then
             say "$what; the service asks to wait ${h_retry_after}s (Retry-After), more than ${MAX_WAIT}s: giving up"
@@ -634,9 +765,13 @@ while :; do
     [ "$rc" -eq 0 ] && describe_error
     sleep "$wait"
     backoff=$((backoff * 2))
+    [ "$backoff" -le "$MAX_BACKOFF" ] || backoff=$MAX_BACKOFF
 done
 
-json_parse "$body" || fail "HTTP 200, but the body is not a JSON object"
+if ! json_parse "$body"; then
+    [ -n "$j_bad" ] && fail "HTTP 200, but $j_bad in the response has the wrong JSON type (access_token must be a string)"
+    fail "HTTP 200, but the body is not a JSON object"
+fi
 [ -n "$j_access_token" ] || fail "HTTP 200, but the response has no access_token"
 valid_token "$j_access_token" || refuse "the service returned an access token with characters outside [A-Za-z0-9._~+/=-]; not printing it"
 

@@ -3,6 +3,7 @@
 Answers each POST with the next step of a script (a JSON list; the last step repeats):
   {"status": 503, "headers": {"Retry-After": "1"}, "body": "..."}   a canned answer
   {"proxy": true}                                                    relay to --upstream
+  {"status": 200, "body": "...", "no_length": true}   no Content-Length: the body ends at close
 Every request is appended to --log as one JSON line (path, headers, body), and the port it
 listens on is written to --port-file once it is ready.
 """
@@ -77,7 +78,11 @@ def main() -> None:
                 self.send_header("Content-Type", step.get("content_type", "application/json"))
                 for name, value in step.get("headers", {}).items():
                     self.send_header(name, value)
-            self.send_header("Content-Length", str(len(data)))
+            if step.get("no_length"):
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            else:
+                self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
 

@@ -454,6 +454,69 @@ run --url "$fake" --audience dev-api
 check_rc 2
 check_stdout_empty
 
+# Review finding 4: access_token must be a JSON string; other scalars must be JSON.
+for bad in '{\"access_token\":null,\"error\":\"server_error\"}' '{\"access_token\":12345}' \
+    '{\"access_token\":true}' '{\"access_token\":e-e+}' '{\"x\":[1,2}, \"access_token\":\"tok\"}' \
+    '{\"n\":01,\"access_token\":\"tok\"}'; do
+    begin "a 200 with $bad"
+    fake "[{\"status\": 200, \"body\": \"$bad\"}]"
+    run --url "$fake" --audience dev-api --export T
+    check_rc 1
+    check_stdout_empty
+done
+check_err_line 'tokenmint-exchange.sh: HTTP 200, but the body is not a JSON object'
+
+begin "a 200 whose access_token is null"
+fake '[{"status": 200, "body": "{\"access_token\":null}"}]'
+run --url "$fake" --audience dev-api
+check_rc 1
+check_stdout_empty
+check_err_line 'tokenmint-exchange.sh: HTTP 200, but access_token in the response has the wrong JSON type (access_token must be a string)'
+
+begin "null members are absent; nested values and numbers are skipped"
+fake '[{"status": 200, "body": "{\"x\":[1,{\"a\":[]}],\"n\":-1.5e3,\"scope\":null,\"access_token\":\"tok\",\"expires_in\":60}"}]'
+run --url "$fake" --audience dev-api
+check_rc 0
+check_eq "the token" tok "$(cat "$work/out")"
+
+# Review finding 1: "##[" anywhere in a line is a GitHub workflow command; "##[stop-commands]"
+# would leave a later `::add-mask::` line unprocessed, showing the token.
+begin "server text cannot carry a ##[ workflow command"
+mint '{"repository":"acme/app"}'
+TOKENMINT_ID_TOKEN=$tok
+fake '[{"status": 503, "headers": {"Retry-After": "1", "X-Request-Id": "##[stop-commands]y"}, "body": "{\"error\":\"temporarily_unavailable\",\"error_description\":\"##[stop-commands]x ###[z\"}"},
+       {"proxy": true}]'
+run --url "$fake" --audience dev-api
+check_rc 0
+check_service_token "$(cat "$work/out")"
+check_err_lacks "stderr has no ##[" '##['
+check_err_line '  error_description: #?[stop-commands]x ##?[z'
+check_err_line '  request_id: #?[stop-commands]y'
+
+# Review finding 9: answers are capped at 64 KiB, and long error texts stay quick.
+for how in '' ', "no_length": true'; do
+    begin "a 200 over 64 KiB${how:+ without a Content-Length}"
+    fake "[{\"status\": 200, \"body\": \"{\\\"access_token\\\":\\\"tok\\\",\\\"pad\\\":\\\"$(printf '%070000d' 0)\\\"}\"$how}]"
+    run --url "$fake" --audience dev-api
+    check_rc 1
+    check_stdout_empty
+    check_err_line "tokenmint-exchange.sh: the answer from $fake/token is larger than 64 KiB (HTTP 200): not a tokenmint answer"
+done
+
+begin "a long error answer is quick, and its text is cut to 1 KiB"
+long=$(printf '%06000d' 0 | sed 's/0/a\\\\\\\\n/g')
+fake "[{\"status\": 400, \"body\": \"{\\\"error\\\":\\\"invalid_request\\\",\\\"error_description\\\":\\\"$long\\\"}\"},
+       {\"status\": 400, \"body\": \"{\\\"error\\\":\\\"invalid_request\\\",\\\"error_description\\\":\\\"$(printf '%02000d' 0)\\\"}\"}]"
+started=$(date +%s)
+run --url "$fake" --audience dev-api
+elapsed=$(($(date +%s) - started))
+check_rc 1
+check "it took ${elapsed}s, under 5s" [ "$elapsed" -lt 5 ]
+check_err_line '  the body is not a tokenmint error (content-type: application/json)'
+run --url "$fake" --audience dev-api
+check_rc 1
+check_err_line "  error_description: $(printf '%01024d' 0)..."
+
 # ---- retries ----------------------------------------------------------------------------
 
 begin "retry after 503 and 429 with Retry-After"
@@ -503,6 +566,23 @@ check_eq "two attempts" 2 "$(curl_calls)"
 check_err_line 'tokenmint-exchange.sh: could not complete the request to http://127.0.0.1:1/token (curl exit 7); retrying in 1s (attempt 2 of 2)'
 check_err_line 'tokenmint-exchange.sh: could not complete the request to http://127.0.0.1:1/token (curl exit 7)'
 
+# Review finding 6: a leading zero made sh arithmetic fail at the first retry.
+begin "--retries 08"
+fake '[{"status": 503, "headers": {"Retry-After": "1"}, "body": "{\"error\":\"temporarily_unavailable\"}"},
+       {"status": 400, "body": "{\"error\":\"invalid_request\"}"}]'
+TOKENMINT_ID_TOKEN=abc
+run --url "$fake" --audience dev-api --retries 08
+check_rc 1
+check_eq "two requests" 2 "$(fake_requests)"
+check_err_line 'tokenmint-exchange.sh: the exchange failed with HTTP 503; retrying in 1s (attempt 2 of 9)'
+check_err_line '  error: invalid_request'
+stop_fake
+
+# Review finding 7: curl's URL globbing is off, and braces and brackets are refused.
+begin "curl runs with --globoff"
+run --url http://127.0.0.1:1 --audience dev-api --retries 0
+check "--globoff and --max-filesize are passed" grep -Fq ' [--globoff] [--max-filesize] [65536] ' "$work/calls"
+
 begin "[::1] is loopback"
 run --url 'http://[::1]:1' --audience dev-api --retries 0
 check_eq "not refused: it tried (exit 1)" 1 "$rc"
@@ -545,6 +625,11 @@ refused "http:// to another IPv6 host" --url 'http://[::2]:8080' --audience dev-
 refused "http:// to 0.0.0.0" --url http://0.0.0.0:8080 --audience dev-api
 refused "credentials in the URL" --url 'https://user:pw@sts.example.com' --audience dev-api
 refused "a URL with a query" --url 'https://sts.example.com/?x=1' --audience dev-api
+refused "a URL with braces (curl globbing)" --url "http://127.0.0.1:1/{a,b}" --audience dev-api
+check_err_line 'tokenmint-exchange.sh: --url has a brace or bracket outside a [IPv6] host'
+refused "a host with braces" --url 'https://{a.example,b.example}' --audience dev-api
+refused "brackets in the path" --url 'https://sts.example.com/[1-2]' --audience dev-api
+refused "braces in an IPv6 host" --url 'http://[::1{,2}]:1' --audience dev-api
 refused "a URL with a space" --url 'https://sts.example.com/ x' --audience dev-api
 refused "another scheme" --url ftp://sts.example.com --audience dev-api
 refused "no --url" --audience dev-api
