@@ -238,14 +238,7 @@ async fn doctor_reads_the_signing_keys_in_the_data_dir_without_creating_them() {
                 + &String::from_utf8_lossy(&output.stderr),
         )
     };
-    let section = |stdout: &str| -> Vec<String> {
-        stdout
-            .lines()
-            .skip_while(|line| !line.starts_with("signing keys"))
-            .take_while(|line| line.starts_with("signing keys") || line.starts_with("  "))
-            .map(str::to_owned)
-            .collect()
-    };
+    let section = crate::shared_keys::signing_keys_section;
     let keys = data.join("keys");
     let (code, stdout) = run(&["doctor", "--no-mint"]);
     assert_eq!(code, Some(0), "{stdout}");

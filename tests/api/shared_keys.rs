@@ -566,7 +566,7 @@ async fn the_key_encryption_key_is_required_with_a_database_refused_without_and_
 }
 
 /// The lines of `doctor`'s signing-keys section, heading included.
-fn signing_keys_section(stdout: &str) -> Vec<String> {
+pub fn signing_keys_section(stdout: &str) -> Vec<String> {
     stdout
         .lines()
         .skip_while(|line| !line.starts_with("signing keys"))

@@ -159,6 +159,9 @@ async fn sqlite_pragmas(conn: &mut AnyConnection, writer: bool) -> Result<(), sq
     Ok(())
 }
 
+/// Copies what it can of the WAL into the database without waiting for anyone.
+const PASSIVE_CHECKPOINT: &str = "PRAGMA wal_checkpoint(PASSIVE)";
+
 enum Mode {
     Sqlite {
         writer: Writer,
@@ -187,10 +190,7 @@ fn spawn_checkpointer(pool: AnyPool) -> tokio::task::JoinHandle<()> {
         let mut tick = tokio::time::interval(CHECKPOINT_WAL_EVERY);
         loop {
             tick.tick().await;
-            if let Err(err) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                .execute(&pool)
-                .await
-            {
+            if let Err(err) = sqlx::query(PASSIVE_CHECKPOINT).execute(&pool).await {
                 tracing::debug!(error = %err, "SQLite WAL checkpoint failed; retrying");
             }
         }

@@ -226,23 +226,23 @@ fn power_of_two_chunks<T>(items: &[T]) -> Vec<&[T]> {
     chunks
 }
 
-/// `audit_records`' columns, in the order [`bind_audit_row`] binds them.
-const AUDIT_COLUMNS: [&str; 14] = [
-    "replica_id",
-    "seq",
-    "prev_hash",
-    "hash",
-    "time_us",
-    "request_id",
-    "outcome",
-    "reason",
-    "repository",
-    "policy",
-    "target",
-    "token_sha256",
-    "token_jti",
-    "record",
-];
+/// `audit_records`' columns, in the order [`bind_audit_row`] binds them: the chain's,
+/// the query columns ([`QUERY_COLUMN_NAMES`]), then the record.
+const AUDIT_COLUMNS: [&str; 14] = {
+    let chain = ["replica_id", "seq", "prev_hash", "hash"];
+    let mut all = ["record"; 14];
+    let mut i = 0;
+    while i < chain.len() {
+        all[i] = chain[i];
+        i += 1;
+    }
+    let mut j = 0;
+    while j < QUERY_COLUMN_NAMES.len() {
+        all[chain.len() + j] = QUERY_COLUMN_NAMES[j];
+        j += 1;
+    }
+    all
+};
 
 /// `replay`'s columns, in the order [`bind_claim`] binds them.
 const REPLAY_COLUMNS: [&str; 5] = [

@@ -97,7 +97,7 @@ impl Writer {
 
 /// A passive checkpoint on the writer's own connection (see [`CHECKPOINT_EVERY_RECORDS`]).
 async fn checkpoint(conn: &mut AnyConnection) {
-    if let Err(err) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+    if let Err(err) = sqlx::query(super::PASSIVE_CHECKPOINT)
         .execute(&mut *conn)
         .await
     {
