@@ -349,7 +349,6 @@ impl Service {
             (None, None, Some(dir)) => tasks.push(spawn_key_reloader(signer.clone(), dir)),
             (None, None, None) => {}
         }
-        let policies_healthy = Arc::new(AtomicBool::new(true));
         let reloader = match dev {
             Some(_) => None,
             None => {
@@ -358,7 +357,6 @@ impl Service {
                     PolicyContext::from_config(&config),
                     config.policies.max_stale,
                     policies,
-                    policies_healthy.clone(),
                 ));
                 tasks.push(reloader.clone().spawn());
                 Some(reloader)
@@ -369,7 +367,6 @@ impl Service {
             published: Arc::new(Published::new(&config.server.public_url, signer)),
             issuer_keys,
             metrics,
-            policies_healthy,
             stopping: Arc::new(AtomicBool::new(false)),
             dev,
         };

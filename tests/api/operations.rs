@@ -25,6 +25,46 @@ async fn health_and_readiness_answer_status_only_on_the_public_listener() {
     );
 }
 
+/// An issuer whose keys were never fetched cannot verify anything: every exchange would
+/// answer 503, so the load balancer must not send traffic here either.
+#[tokio::test]
+async fn readiness_fails_while_no_issuer_has_usable_keys() {
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let app = AppBuilder::new()
+        .config(&format!(
+            "[issuers.github]\nissuer = \"http://127.0.0.1:{closed_port}\"\nkind = \"github\"\njwks_fetch_timeout = \"1s\"\n"
+        ))
+        .spawn()
+        .await;
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.text, "", "no detail on the public listener");
+
+    let admin = tokenmint::edges::http::admin_router(app.service.state.clone());
+    let response = admin
+        .oneshot(
+            Request::get("/readyz")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), 503);
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    let detail: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+    assert_eq!(detail["ready"], false);
+    assert_eq!(detail["store_healthy"], true);
+    assert_eq!(detail["issuers"][0]["name"], "github");
+    assert_eq!(detail["issuers"][0]["keys"], 0);
+    assert_eq!(detail["issuers"][0]["usable"], false);
+}
+
 #[tokio::test]
 async fn the_admin_listener_serves_metrics_and_readiness_detail() {
     let (fake, app) = github_app().await;
@@ -81,6 +121,7 @@ async fn the_admin_listener_serves_metrics_and_readiness_detail() {
     assert_eq!(detail["policies"], 1);
     assert_eq!(detail["issuers"][0]["name"], "github");
     assert_eq!(detail["issuers"][0]["keys"], 1);
+    assert_eq!(detail["issuers"][0]["usable"], true);
 }
 
 #[tokio::test]

@@ -30,7 +30,6 @@ pub struct AppState {
     pub issuer_keys: Vec<(String, Arc<IssuerKeys>)>,
     pub metrics: Arc<Metrics>,
     /// Every policy file's policies are loaded (set by the policy reloader).
-    pub policies_healthy: Arc<AtomicBool>,
     /// Set on SIGTERM: readiness fails while in-flight requests finish.
     pub stopping: Arc<AtomicBool>,
     /// Dev mode's CI issuer; `None` outside dev mode.

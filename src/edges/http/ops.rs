@@ -22,10 +22,24 @@ pub async fn readyz(State(app): State<AppState>) -> StatusCode {
     }
 }
 
+/// Ready means able to serve some exchange: not stopping, the store reachable, and at
+/// least one issuer with keys that verification would use (not failing closed).
+///
+/// Policies are not a condition here: `serve` refuses to start without a policy set
+/// that compiled, and after that a file that fails to reload keeps its last good
+/// version, then loses only its own policies. One bad push to a shared policy
+/// repository must not take every replica out of the load balancer at once. The
+/// signing keys of local targets are likewise loaded before the listener opens.
 async fn is_ready(app: &AppState) -> bool {
-    app.policies_healthy.load(Ordering::Acquire)
-        && !app.stopping.load(Ordering::Acquire)
+    !app.stopping.load(Ordering::Acquire)
+        && issuer_keys_usable(app)
         && app.exchanger.store.healthy().await
+}
+
+fn issuer_keys_usable(app: &AppState) -> bool {
+    app.issuer_keys
+        .iter()
+        .any(|(_, keys)| !keys.status().failing_closed)
 }
 
 /// Readiness with details, for the admin listener.
@@ -41,6 +55,7 @@ pub async fn readyz_detail(State(app): State<AppState>) -> Response {
                 "name": status.issuer_name,
                 "issuer": issuer,
                 "keys": status.key_count,
+                "usable": !status.failing_closed,
                 "last_good_fetch_age_seconds": status.last_good_fetch_age.map(|d| d.as_secs()),
                 "last_error": status.last_error,
             })

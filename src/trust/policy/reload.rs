@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -72,8 +72,6 @@ pub struct PolicyReloader {
     max_stale: Duration,
     files: Mutex<BTreeMap<PathBuf, FileState>>,
     policies: Arc<ArcSwap<PolicySet>>,
-    /// False while some file's policies are dropped (readiness).
-    policies_healthy: Arc<AtomicBool>,
     /// Reloads done, for metrics and tests.
     reloads: AtomicU64,
 }
@@ -85,7 +83,6 @@ impl PolicyReloader {
         ctx: PolicyContext,
         max_stale: Duration,
         policies: Arc<ArcSwap<PolicySet>>,
-        policies_healthy: Arc<AtomicBool>,
     ) -> Self {
         let mut files = BTreeMap::new();
         let mut by_file: BTreeMap<String, Vec<CompiledPolicy>> = BTreeMap::new();
@@ -110,7 +107,6 @@ impl PolicyReloader {
             max_stale,
             files: Mutex::new(files),
             policies,
-            policies_healthy,
             reloads: AtomicU64::new(0),
         }
     }
@@ -182,8 +178,6 @@ impl PolicyReloader {
                 let version = set.version().to_owned();
                 self.policies.store(Arc::new(set));
                 *files = next;
-                self.policies_healthy
-                    .store(report.dropped.is_empty(), Ordering::Release);
                 tracing::info!(
                     policies = report.policies,
                     policy_set_version = %version,
