@@ -10,6 +10,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -18,11 +19,17 @@ use crate::adapters::mint::remote::UpstreamObserver;
 use crate::adapters::store::CommitObserver;
 use crate::trust::audit::{Outcome, Reason};
 use crate::trust::exchange::ExchangeObserver;
+use crate::trust::policy::reload::{PolicyFileState, PolicyFilesObserver};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ExchangeLabels {
     outcome: &'static str,
     reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyFileLabels {
+    state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -47,6 +54,7 @@ pub struct Metrics {
     upstream_latency: Family<UpstreamLabels, Histogram>,
     records_per_commit: Histogram,
     commit_latency: Histogram,
+    policy_files: Family<PolicyFileLabels, Gauge>,
     /// Issuer and target names as shared label values, made once per name.
     names: RwLock<HashMap<String, Arc<str>>>,
     /// Per reason of a request refused before verification: when one was last logged,
@@ -115,10 +123,17 @@ impl Metrics {
             "Duration of the SQLite writer's transactions, fsync included",
             commit_latency.clone(),
         );
+        let policy_files = Family::<PolicyFileLabels, Gauge>::default();
+        registry.register(
+            "policy_files",
+            "Policy files by state after the last reload: ok, stale (last good version served), dropped, never_loaded",
+            policy_files.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             records_per_commit,
             commit_latency,
+            policy_files,
             exchanges,
             latency,
             jwks_fetches,
@@ -191,6 +206,18 @@ impl CommitObserver for Metrics {
     fn committed(&self, records: usize, took: std::time::Duration) {
         self.records_per_commit.observe(records as f64);
         self.commit_latency.observe(took.as_secs_f64());
+    }
+}
+
+impl PolicyFilesObserver for Metrics {
+    fn policy_files(&self, counts: &[(PolicyFileState, usize); 4]) {
+        for (state, count) in counts {
+            self.policy_files
+                .get_or_create(&PolicyFileLabels {
+                    state: state.as_str(),
+                })
+                .set(i64::try_from(*count).unwrap_or(i64::MAX));
+        }
     }
 }
 

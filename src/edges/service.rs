@@ -357,6 +357,7 @@ impl Service {
                     PolicyContext::from_config(&config),
                     config.policies.max_stale,
                     policies,
+                    metrics.clone(),
                 ));
                 tasks.push(reloader.clone().spawn());
                 Some(reloader)

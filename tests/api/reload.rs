@@ -18,6 +18,45 @@ fn reload(app: &TestApp) -> tokenmint::trust::policy::reload::ReloadReport {
     app.service.reloader.as_ref().expect("reloader").reload()
 }
 
+/// The `tokenmint_policy_files` gauge: ok, stale, dropped, never_loaded.
+fn policy_file_states(app: &TestApp) -> [u64; 4] {
+    let metrics = app.service.state.metrics.render();
+    ["ok", "stale", "dropped", "never_loaded"].map(|state| {
+        let prefix = format!("tokenmint_policy_files{{state=\"{state}\"}} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no {prefix:?} in\n{metrics}"))
+            .parse()
+            .expect("a count")
+    })
+}
+
+#[tokio::test]
+async fn every_policy_file_state_is_counted_in_metrics() {
+    let (_fake, app) = app("300ms").await;
+    assert_eq!(policy_file_states(&app), [1, 0, 0, 0], "after start");
+
+    std::fs::write(app.policies_dir.join("new.yaml"), "name: [broken").expect("write");
+    std::fs::write(app.policies_dir.join("deploy-api.yaml"), "name: [broken").expect("write");
+    reload(&app);
+    assert_eq!(
+        policy_file_states(&app),
+        [0, 1, 0, 1],
+        "stale and never loaded"
+    );
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    reload(&app);
+    assert_eq!(policy_file_states(&app), [0, 0, 1, 1], "past max_stale");
+    assert_eq!(app.get("/readyz").await.status, 200);
+
+    std::fs::write(app.policies_dir.join("deploy-api.yaml"), DEPLOY_POLICY).expect("fix");
+    std::fs::remove_file(app.policies_dir.join("new.yaml")).expect("remove");
+    reload(&app);
+    assert_eq!(policy_file_states(&app), [1, 0, 0, 0], "fixed and removed");
+}
+
 #[tokio::test]
 async fn an_edited_policy_applies_and_a_deleted_one_stops_matching() {
     let (fake, app) = app("15m").await;

@@ -50,6 +50,68 @@ struct FileState {
     good: Option<Vec<CompiledPolicy>>,
     /// When the file started failing; `None` while it compiles.
     failing_since: Option<Instant>,
+    /// Whether any version of the file ever compiled in this process.
+    ever_loaded: bool,
+}
+
+impl FileState {
+    fn state(&self) -> PolicyFileState {
+        match (&self.good, self.failing_since, self.ever_loaded) {
+            (Some(_), None, _) => PolicyFileState::Ok,
+            (Some(_), Some(_), _) => PolicyFileState::Stale,
+            (None, _, true) => PolicyFileState::Dropped,
+            (None, _, false) => PolicyFileState::NeverLoaded,
+        }
+    }
+}
+
+/// Where one policy file stands after a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyFileState {
+    /// Its current text compiled; its policies are served.
+    Ok,
+    /// Its current text fails; its last good version is served until `max_stale`.
+    Stale,
+    /// It failed for longer than `max_stale` (or its name clashes): none of its policies are served.
+    Dropped,
+    /// It never compiled since the service started: none of its policies are served.
+    NeverLoaded,
+}
+
+impl PolicyFileState {
+    /// Every state, in the order metrics list them.
+    pub const ALL: [PolicyFileState; 4] = [
+        PolicyFileState::Ok,
+        PolicyFileState::Stale,
+        PolicyFileState::Dropped,
+        PolicyFileState::NeverLoaded,
+    ];
+
+    /// The `state` label of `tokenmint_policy_files`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyFileState::Ok => "ok",
+            PolicyFileState::Stale => "stale",
+            PolicyFileState::Dropped => "dropped",
+            PolicyFileState::NeverLoaded => "never_loaded",
+        }
+    }
+}
+
+/// Told how many policy files are in each state, after start and after every reload.
+pub trait PolicyFilesObserver: Send + Sync {
+    fn policy_files(&self, counts: &[(PolicyFileState, usize); 4]);
+}
+
+fn count_states<'a>(states: impl Iterator<Item = &'a FileState>) -> [(PolicyFileState, usize); 4] {
+    let mut counts = PolicyFileState::ALL.map(|state| (state, 0));
+    for file in states {
+        let state = file.state();
+        if let Some(entry) = counts.iter_mut().find(|(s, _)| *s == state) {
+            entry.1 += 1;
+        }
+    }
+    counts
 }
 
 /// What a reload did, for logs and tests.
@@ -72,6 +134,7 @@ pub struct PolicyReloader {
     max_stale: Duration,
     files: Mutex<BTreeMap<PathBuf, FileState>>,
     policies: Arc<ArcSwap<PolicySet>>,
+    observer: Arc<dyn PolicyFilesObserver>,
     /// Reloads done, for metrics and tests.
     reloads: AtomicU64,
 }
@@ -83,6 +146,7 @@ impl PolicyReloader {
         ctx: PolicyContext,
         max_stale: Duration,
         policies: Arc<ArcSwap<PolicySet>>,
+        observer: Arc<dyn PolicyFilesObserver>,
     ) -> Self {
         let mut files = BTreeMap::new();
         let mut by_file: BTreeMap<String, Vec<CompiledPolicy>> = BTreeMap::new();
@@ -98,15 +162,18 @@ impl PolicyReloader {
                 FileState {
                     good: Some(compiled),
                     failing_since: None,
+                    ever_loaded: true,
                 },
             );
         }
+        observer.policy_files(&count_states(files.values()));
         Self {
             dir,
             ctx,
             max_stale,
             files: Mutex::new(files),
             policies,
+            observer,
             reloads: AtomicU64::new(0),
         }
     }
@@ -145,6 +212,7 @@ impl PolicyReloader {
                 Ok(compiled) => FileState {
                     good: Some(compiled),
                     failing_since: None,
+                    ever_loaded: true,
                 },
                 Err(text) => {
                     let previous = files.get(&path);
@@ -163,6 +231,7 @@ impl PolicyReloader {
                     FileState {
                         good,
                         failing_since: Some(failing_since),
+                        ever_loaded: previous.is_some_and(|p| p.ever_loaded),
                     }
                 }
             };
@@ -178,6 +247,7 @@ impl PolicyReloader {
                 let version = set.version().to_owned();
                 self.policies.store(Arc::new(set));
                 *files = next;
+                self.observer.policy_files(&count_states(files.values()));
                 tracing::info!(
                     policies = report.policies,
                     policy_set_version = %version,
