@@ -29,7 +29,6 @@ pub struct AppState {
     /// Every issuer's URL and key cache, in configuration order, for readiness details.
     pub issuer_keys: Vec<(String, Arc<IssuerKeys>)>,
     pub metrics: Arc<Metrics>,
-    /// Every policy file's policies are loaded (set by the policy reloader).
     /// Set on SIGTERM: readiness fails while in-flight requests finish.
     pub stopping: Arc<AtomicBool>,
     /// Dev mode's CI issuer; `None` outside dev mode.
