@@ -25,6 +25,19 @@ async fn health_and_readiness_answer_status_only_on_the_public_listener() {
     );
 }
 
+/// `GET path` on the admin listener: status and body.
+async fn admin_get(app: &TestApp, path: &str) -> (u16, Vec<u8>) {
+    let response = tokenmint::edges::http::admin_router(app.service.state.clone())
+        .oneshot(Request::get(path).body(Body::empty()).expect("request"))
+        .await
+        .expect("answer");
+    let status = response.status().as_u16();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    (status, bytes.to_vec())
+}
+
 /// An issuer whose keys were never fetched cannot verify anything: every exchange would
 /// answer 503, so the load balancer must not send traffic here either.
 #[tokio::test]
@@ -44,19 +57,8 @@ async fn readiness_fails_while_no_issuer_has_usable_keys() {
     assert_eq!(ready.status, 503);
     assert_eq!(ready.text, "", "no detail on the public listener");
 
-    let admin = tokenmint::edges::http::admin_router(app.service.state.clone());
-    let response = admin
-        .oneshot(
-            Request::get("/readyz")
-                .body(Body::empty())
-                .expect("request"),
-        )
-        .await
-        .expect("answer");
-    assert_eq!(response.status(), 503);
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-        .await
-        .expect("body");
+    let (status, bytes) = admin_get(&app, "/readyz").await;
+    assert_eq!(status, 503);
     let detail: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
     assert_eq!(detail["ready"], false);
     assert_eq!(detail["store_healthy"], true);
@@ -80,19 +82,7 @@ async fn the_admin_listener_serves_metrics_and_readiness_detail() {
         400
     );
 
-    let admin = tokenmint::edges::http::admin_router(app.service.state.clone());
-    let response = admin
-        .clone()
-        .oneshot(
-            Request::get("/metrics")
-                .body(Body::empty())
-                .expect("request"),
-        )
-        .await
-        .expect("answer");
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-        .await
-        .expect("body");
+    let (_, bytes) = admin_get(&app, "/metrics").await;
     let metrics = String::from_utf8_lossy(&bytes);
     for line in [
         "tokenmint_exchanges_total{outcome=\"allow\",reason=\"allowed\"} 1",
@@ -104,18 +94,8 @@ async fn the_admin_listener_serves_metrics_and_readiness_detail() {
         assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
     }
 
-    let response = admin
-        .oneshot(
-            Request::get("/readyz")
-                .body(Body::empty())
-                .expect("request"),
-        )
-        .await
-        .expect("answer");
-    assert_eq!(response.status(), 200);
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-        .await
-        .expect("body");
+    let (status, bytes) = admin_get(&app, "/readyz").await;
+    assert_eq!(status, 200);
     let detail: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
     assert_eq!(detail["ready"], true);
     assert_eq!(detail["policies"], 1);

@@ -106,10 +106,8 @@ pub trait PolicyFilesObserver: Send + Sync {
 fn count_states<'a>(states: impl Iterator<Item = &'a FileState>) -> [(PolicyFileState, usize); 4] {
     let mut counts = PolicyFileState::ALL.map(|state| (state, 0));
     for file in states {
-        let state = file.state();
-        if let Some(entry) = counts.iter_mut().find(|(s, _)| *s == state) {
-            entry.1 += 1;
-        }
+        // `ALL` lists the variants in declaration order, so a variant's index is its slot.
+        counts[file.state() as usize].1 += 1;
     }
     counts
 }
