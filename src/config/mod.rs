@@ -144,6 +144,17 @@ pub struct ConfigSource {
     pub listen: Option<SocketAddr>,
 }
 
+impl ConfigSource {
+    /// The file the configuration is read from: `--config`, or `./tokenmint.toml` when
+    /// it exists, or none.
+    pub fn file_in_use(&self) -> Option<PathBuf> {
+        match &self.file {
+            Some(path) => Some(path.clone()),
+            None => Some(PathBuf::from(DEFAULT_CONFIG_FILE)).filter(|p| p.is_file()),
+        }
+    }
+}
+
 /// A configuration error: one line that names the key and where it came from.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -152,18 +163,15 @@ pub struct ConfigError(pub String);
 impl Config {
     /// Loads defaults, then the TOML file, then `TOKENMINT_<SECTION>__<KEY>` variables, and validates.
     pub fn load(source: &ConfigSource) -> Result<Config, ConfigError> {
-        let file = match &source.file {
-            Some(path) => {
-                if !path.is_file() {
-                    return Err(ConfigError(format!(
-                        "config file {} does not exist or is not a file",
-                        path.display()
-                    )));
-                }
-                Some(path.clone())
-            }
-            None => Some(PathBuf::from(DEFAULT_CONFIG_FILE)).filter(|p| p.is_file()),
-        };
+        if let Some(path) = &source.file
+            && !path.is_file()
+        {
+            return Err(ConfigError(format!(
+                "config file {} does not exist or is not a file",
+                path.display()
+            )));
+        }
+        let file = source.file_in_use();
         let mut figment = Figment::new();
         let mut names = env::FileNames::default();
         if let Some(path) = &file {

@@ -14,6 +14,7 @@ use crate::config::{Config, ConfigSource, config_env_vars_present};
 use crate::edges::audit_commands;
 use crate::edges::exchange_client;
 use crate::edges::metrics::Metrics;
+use crate::edges::policy_commands::{self, CheckFormat};
 use crate::edges::service::{self, Service};
 use crate::edges::telemetry::{self, LogFormat};
 
@@ -122,7 +123,7 @@ struct ExchangeArgs {
 
 #[derive(Debug, Subcommand)]
 enum PolicyCommand {
-    /// Validate policies: every file must load and compile.
+    /// Validate and lint policies: load errors (TM000) and security findings (TM001…).
     Check {
         /// Configuration file (default: ./tokenmint.toml if present).
         #[arg(long, value_name = "FILE")]
@@ -130,6 +131,9 @@ enum PolicyCommand {
         /// Also fail on warnings (such as `unbound: true` policies).
         #[arg(long)]
         strict: bool,
+        /// Output format: text for people, json for scripts, sarif for code scanning.
+        #[arg(long, value_enum, default_value_t = CheckFormat::Text)]
+        format: CheckFormat,
         /// Policy directory (default: policies.dir from the configuration).
         dir: Option<PathBuf>,
     },
@@ -262,8 +266,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Policy(PolicyCommand::Check {
             config,
             strict,
+            format,
             dir,
-        }) => policy_check(config, strict, dir),
+        }) => policy_commands::check(config, strict, format, dir),
         Command::Keys(KeysCommand::Rotate { config, force }) => keys_rotate(config, force),
         Command::Keys(KeysCommand::Reseal {
             new_key_file,
@@ -459,51 +464,6 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + S
             _ = terminate.recv() => {},
             _ = interrupt.recv() => {},
         }
-    })
-}
-
-fn policy_check(
-    config: Option<PathBuf>,
-    strict: bool,
-    dir: Option<PathBuf>,
-) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&ConfigSource {
-        file: config,
-        listen: None,
-    })?;
-    let dir = dir.unwrap_or_else(|| config.policies.dir.clone());
-    let policies = match service::load_policies(&config, &dir) {
-        Ok(policies) => policies,
-        Err(errors) => {
-            // `policy check` lists one error per line, for editors and CI annotations.
-            for error in &errors {
-                eprintln!("{error}");
-            }
-            return Ok(ExitCode::from(1));
-        }
-    };
-    let mut warnings = 0;
-    for policy in policies.iter() {
-        if policy.unbound() {
-            warnings += 1;
-            println!(
-                "warning: {}: policy {:?} sets unbound: true, so any workload of its issuer that matches its other conditions can use it",
-                policy.source_file(),
-                policy.name()
-            );
-        }
-    }
-    println!(
-        "{} in {} loaded; {}; policy set version {}",
-        telemetry::counted(policies.len(), "policy", "policies"),
-        dir.display(),
-        telemetry::counted(warnings, "warning", "warnings"),
-        policies.version()
-    );
-    Ok(if strict && warnings > 0 {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
     })
 }
 

@@ -8,5 +8,6 @@ pub mod doctor;
 pub mod exchange_client;
 pub mod http;
 pub mod metrics;
+pub mod policy_commands;
 pub mod service;
 pub mod telemetry;

@@ -29,6 +29,9 @@ max_ttl = "15m"
     .expect("config");
 }
 
+/// A read-only policy bound to one repository: no linter finding.
+const QUIET_POLICY: &str = "issuer: github\ntarget: internal-api\nscopes: [read]\nclaims:\n  repository_id: \"89012345\"\n  ref: refs/heads/main\n";
+
 fn run(dir: &Path, args: &[&str]) -> (i32, String, String) {
     let output = tokenmint()
         .args(args)
@@ -48,7 +51,7 @@ fn policy_check_passes_good_policies_and_reports_unbound_ones() {
     write_config(
         dir.path(),
         &[
-            ("deploy.yaml", crate::exchange::DEPLOY_POLICY),
+            ("deploy.yaml", QUIET_POLICY),
             (
                 "by-name.yaml",
                 "issuer: github\ntarget: internal-api\nscopes: [read]\nunbound: true\nclaims:\n  repository: acme/app\n",
@@ -58,11 +61,15 @@ fn policy_check_passes_good_policies_and_reports_unbound_ones() {
     let (code, stdout, _) = run(dir.path(), &["policy", "check"]);
     assert_eq!(code, 0, "{stdout}");
     assert!(
-        stdout.contains("warning: ./policies/by-name.yaml: policy \"by-name\" sets unbound: true"),
+        stdout.starts_with(
+            "./policies/by-name.yaml:4:1: warning[TM001]: policy \"by-name\": sets unbound: true, \
+             so any workload of issuer \"github\" whose other claims match can use it\n  \
+             hint: pin repository_id or repository_owner_id to exact values and remove unbound\n"
+        ),
         "{stdout}"
     );
     assert!(
-        stdout.contains("2 policies in ./policies loaded; 1 warning;"),
+        stdout.contains("2 policies in ./policies loaded; 0 errors, 2 warnings, 0 acknowledged;"),
         "{stdout}"
     );
     let (code, _, _) = run(dir.path(), &["policy", "check", "--strict"]);
@@ -79,12 +86,14 @@ fn a_missing_bracket_is_reported_with_the_line_that_opened_it() {
             "issuer: github\ntarget: internal-api\nscopes: [read, write\nclaims:\n  repository_id: \"1\"\n",
         )],
     );
-    let (code, _, stderr) = run(dir.path(), &["policy", "check"]);
+    let (code, stdout, _) = run(dir.path(), &["policy", "check"]);
     assert_eq!(code, 1);
     assert_eq!(
-        stderr,
-        "./policies/deploy.yaml:4: yaml: illegal placement of ':' indicator; the list opened \
-         with '[' on line 3 is not closed: end it with ']'\n"
+        stdout.lines().next(),
+        Some(
+            "./policies/deploy.yaml:4:1: error[TM000]: yaml: illegal placement of ':' indicator; \
+             the list opened with '[' on line 3 is not closed: end it with ']'"
+        )
     );
 }
 
@@ -98,11 +107,11 @@ fn policy_check_names_file_line_and_field_and_exits_1() {
             "issuer: github\ntarget: internal-api\nscopes: [read]\nclaims:\n  repository_id: \"1\"\n  ref: { glob: 'refs/heads/\\x' }\n",
         )],
     );
-    let (code, _, stderr) = run(dir.path(), &["policy", "check"]);
+    let (code, stdout, _) = run(dir.path(), &["policy", "check"]);
     assert_eq!(code, 1);
     assert!(
-        stderr.contains("./policies/broken.yaml:6: claims.ref.glob: "),
-        "{stderr}"
+        stdout.starts_with("./policies/broken.yaml:6:3: error[TM000]: claims.ref.glob: "),
+        "{stdout}"
     );
 }
 
@@ -164,14 +173,13 @@ client_secret_env = "TENANT_PROD_CLIENT_SECRET"
 #[test]
 fn counts_in_summaries_agree_with_their_nouns() {
     let dir = tempfile::tempdir().expect("tempdir");
-    write_config(
-        dir.path(),
-        &[("deploy.yaml", crate::exchange::DEPLOY_POLICY)],
-    );
+    write_config(dir.path(), &[("deploy.yaml", QUIET_POLICY)]);
     let (code, stdout, _) = run(dir.path(), &["policy", "check"]);
     assert_eq!(code, 0, "{stdout}");
     assert!(
-        stdout.starts_with("1 policy in ./policies loaded; 0 warnings; policy set version "),
+        stdout.starts_with(
+            "1 policy in ./policies loaded; 0 errors, 0 warnings, 0 acknowledged; policy set version "
+        ),
         "{stdout}"
     );
 }
@@ -204,12 +212,16 @@ fn serve_with_a_broken_policy_prints_one_line_and_exits_1() {
         "{stderr}"
     );
 
-    let (code, _, stderr) = run(dir.path(), &["policy", "check"]);
+    let (code, stdout, _) = run(dir.path(), &["policy", "check"]);
     assert_eq!(code, 1);
+    let errors: Vec<&str> = stdout
+        .lines()
+        .filter(|line| line.contains(": error[TM000]: "))
+        .collect();
     assert_eq!(
-        stderr.lines().count(),
+        errors.len(),
         2,
-        "policy check lists one error per line: {stderr}"
+        "policy check lists one error per line: {stdout}"
     );
 }
 
@@ -223,7 +235,12 @@ fn the_example_configurations_and_policies_load() {
     ] {
         let (code, stdout, stderr) = run(root, &["policy", "check", "--config", config]);
         assert_eq!(code, 0, "{config}: {stdout}{stderr}");
-        assert!(stdout.contains("0 warnings;"), "{stdout}");
+        assert!(
+            stdout.contains("0 errors, 0 warnings, 1 acknowledged;"),
+            "{stdout}"
+        );
+        let (code, _, _) = run(root, &["policy", "check", "--strict", "--config", config]);
+        assert_eq!(code, 0, "{config}: the examples pass --strict");
     }
 }
 
@@ -252,4 +269,203 @@ fn serve_refuses_to_start_without_a_targets_credentials() {
         last,
         "tokenmint: targets.tenant-dev.private_key_file: cannot read /run/secrets/tenant-dev.pem: No such file or directory (os error 2)"
     );
+}
+
+/// A policy with one finding of each severity, one acknowledged finding, and a target
+/// whose max_ttl is over an hour.
+fn write_lint_fixture(dir: &Path) {
+    write_config(
+        dir,
+        &[
+            (
+                "deploy.yaml",
+                "issuer: github\ntarget: internal-api\nscopes: [read]\nclaims:\n  repository_id: \"89012345\"\n  ref: main\n",
+            ),
+            (
+                "triage.yaml",
+                "issuer: github\ntarget: internal-api\nscopes: [read]\nclaims:\n  repository_owner_id: \"1234567\"\n  event_name: pull_request_target\n  repository: acme/app\nlint:\n  allow: [TM004]\n  reason: labels pull requests, never runs their code\n",
+            ),
+        ],
+    );
+    let config = std::fs::read_to_string(dir.join("tokenmint.toml")).expect("config");
+    std::fs::write(
+        dir.join("tokenmint.toml"),
+        config.replace("max_ttl = \"15m\"", "max_ttl = \"2h\""),
+    )
+    .expect("config");
+}
+
+#[test]
+fn policy_check_text_lists_findings_with_position_hint_and_acknowledgement() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_lint_fixture(dir.path());
+    let (code, stdout, stderr) = run(dir.path(), &["policy", "check"]);
+    assert_eq!((code, stderr.as_str()), (1, ""), "{stdout}");
+    let summary = stdout.lines().last().expect("summary");
+    assert!(
+        summary.starts_with(
+            "2 policies in ./policies loaded; 1 error, 2 warnings, 1 acknowledged; policy set version "
+        ),
+        "{stdout}"
+    );
+    let findings: Vec<&str> = stdout.lines().take(8).collect();
+    assert_eq!(
+        findings,
+        [
+            "./policies/deploy.yaml:6:3: error[TM016]: policy \"deploy\": claims.ref \"main\" never matches: \"main\" does not start with \"refs/heads/\" or \"refs/tags/\" or \"refs/pull/\", and every value of this claim does",
+            "  hint: GitHub sends the full ref: write refs/heads/main, not main",
+            "./policies/triage.yaml:6:3: acknowledged[TM004]: policy \"triage\": claims.event_name admits \"pull_request_target\", which runs with the repository's identity on code or input from outside it",
+            "  reason: labels pull requests, never runs their code",
+            "./policies/triage.yaml:7:3: warning[TM002]: policy \"triage\": claims.repository matches the name \"acme/app\" without repository_id: after a rename, someone else can register that name and inherit this trust",
+            "  hint: add repository_id: \"<id>\", the immutable id of the same repository, beside the name",
+            "tokenmint.toml:10:1: warning[TM013]: target \"internal-api\" allows tokens living 2h (max_ttl), more than 1h",
+            "  hint: set max_ttl = \"1h\" or less",
+        ]
+    );
+}
+
+#[test]
+fn policy_check_exits_1_on_errors_and_with_strict_on_warnings_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_lint_fixture(dir.path());
+    // Without the error, the warnings fail only --strict; the acknowledgement never does.
+    std::fs::write(
+        dir.path().join("policies/deploy.yaml"),
+        "issuer: github\ntarget: internal-api\nscopes: [read]\nclaims:\n  repository_id: \"89012345\"\n  ref: refs/heads/main\n",
+    )
+    .expect("policy");
+    assert_eq!(run(dir.path(), &["policy", "check"]).0, 0);
+    assert_eq!(run(dir.path(), &["policy", "check", "--strict"]).0, 1);
+    std::fs::write(
+        dir.path().join("policies/triage.yaml"),
+        "issuer: github\ntarget: internal-api\nscopes: [read]\nclaims:\n  repository_id: \"89012345\"\n  event_name: pull_request_target\nlint:\n  allow: [TM004]\n  reason: labels pull requests, never runs their code\n",
+    )
+    .expect("policy");
+    let config = std::fs::read_to_string(dir.path().join("tokenmint.toml")).expect("config");
+    std::fs::write(
+        dir.path().join("tokenmint.toml"),
+        config.replace("max_ttl = \"2h\"", "max_ttl = \"15m\""),
+    )
+    .expect("config");
+    let (code, stdout, _) = run(dir.path(), &["policy", "check", "--strict"]);
+    assert_eq!(code, 0, "acknowledged findings pass --strict: {stdout}");
+}
+
+#[test]
+fn policy_check_json_lists_every_finding_with_its_rule() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_lint_fixture(dir.path());
+    std::fs::write(dir.path().join("policies/broken.yaml"), "issuer: [\n").expect("policy");
+    let (code, stdout, _) = run(dir.path(), &["policy", "check", "--format", "json"]);
+    assert_eq!(code, 1);
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON document");
+    let findings = report["findings"].as_array().expect("findings");
+    let rules: Vec<&str> = findings
+        .iter()
+        .map(|f| f["rule"].as_str().expect("rule"))
+        .collect();
+    assert_eq!(rules, ["TM000", "TM016", "TM004", "TM002", "TM013"]);
+    assert_eq!(
+        findings[2],
+        serde_json::json!({
+            "rule": "TM004",
+            "severity": "warning",
+            "file": "./policies/triage.yaml",
+            "line": 6,
+            "column": 3,
+            "policy": "triage",
+            "field": null,
+            "message": "policy \"triage\": claims.event_name admits \"pull_request_target\", which runs with the repository's identity on code or input from outside it",
+            "hint": "remove \"pull_request_target\"; if this workflow never runs the outside code, acknowledge with lint: {allow: [TM004], reason: ...}",
+            "acknowledged": "labels pull requests, never runs their code",
+        })
+    );
+    assert_eq!(findings[0]["field"], "yaml");
+    assert_eq!(
+        report["summary"],
+        serde_json::json!({
+            "policies": 2,
+            "dir": "./policies",
+            "errors": 2,
+            "warnings": 2,
+            "acknowledged": 1,
+            "policy_set_version": null,
+        })
+    );
+}
+
+/// GitHub code scanning takes SARIF 2.1.0: the output must validate against the schema,
+/// carry every rule's metadata, and locate results relative to the repository.
+#[test]
+fn policy_check_sarif_validates_against_the_sarif_2_1_0_schema() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_lint_fixture(dir.path());
+    std::fs::write(dir.path().join("policies/broken.yaml"), "issuer: [\n").expect("policy");
+    let (code, stdout, _) = run(dir.path(), &["policy", "check", "--format", "sarif"]);
+    assert_eq!(code, 1);
+    let sarif: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON document");
+    let schema_path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sarif/sarif-schema-2.1.0.json");
+    // The schema's `language` patterns have a stray `]`, a literal in ECMA-262 that Rust's
+    // regex engines refuse: escape it, which keeps its meaning.
+    let text = std::fs::read_to_string(schema_path).expect("schema");
+    const STRAY: &str = r#""^[a-zA-Z]{2}|^[a-zA-Z]{2}-[a-zA-Z]{2}]?$""#;
+    assert_eq!(text.matches(STRAY).count(), 2, "the schema fixture changed");
+    let text = text.replace(STRAY, r#""^[a-zA-Z]{2}|^[a-zA-Z]{2}-[a-zA-Z]{2}\\]?$""#);
+    let schema: serde_json::Value = serde_json::from_str(&text).expect("schema JSON");
+    let validator = jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .expect("the schema compiles");
+    let problems: Vec<String> = validator
+        .iter_errors(&sarif)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(problems.is_empty(), "{problems:#?}");
+    let mut broken = sarif.clone();
+    broken["runs"][0]["results"][0]["level"] = serde_json::json!("fatal");
+    assert!(
+        !validator.is_valid(&broken),
+        "the validator rejects what SARIF does not allow"
+    );
+
+    let run_ = &sarif["runs"][0];
+    let rules = run_["tool"]["driver"]["rules"].as_array().expect("rules");
+    assert_eq!(rules.len(), 17);
+    assert_eq!(rules[4]["id"], "TM004");
+    assert_eq!(rules[4]["defaultConfiguration"]["level"], "warning");
+    assert!(
+        rules
+            .iter()
+            .all(|rule| rule["help"]["text"].as_str().is_some_and(|t| !t.is_empty()))
+    );
+    let results = run_["results"].as_array().expect("results");
+    let located: Vec<(String, &str, u64, u64)> = results
+        .iter()
+        .map(|result| {
+            let location = &result["locations"][0]["physicalLocation"];
+            (
+                result["ruleId"].as_str().expect("rule").to_owned(),
+                location["artifactLocation"]["uri"].as_str().expect("uri"),
+                location["region"]["startLine"].as_u64().unwrap_or(0),
+                location["region"]["startColumn"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        located,
+        [
+            ("TM000".to_owned(), "policies/broken.yaml", 2, 1),
+            ("TM016".to_owned(), "policies/deploy.yaml", 6, 3),
+            ("TM004".to_owned(), "policies/triage.yaml", 6, 3),
+            ("TM002".to_owned(), "policies/triage.yaml", 7, 3),
+            ("TM013".to_owned(), "tokenmint.toml", 10, 1),
+        ]
+    );
+    assert_eq!(results[2]["ruleIndex"], 4);
+    assert_eq!(
+        results[2]["suppressions"],
+        serde_json::json!([{ "kind": "inSource", "justification": "labels pull requests, never runs their code" }])
+    );
+    assert_eq!(results[1]["level"], "error");
 }

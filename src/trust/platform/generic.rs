@@ -5,7 +5,7 @@
 
 use url::Url;
 
-use super::{IssuerKind, Platform, WorkloadClaims};
+use super::{IssuerKind, LintFacts, Platform, WorkloadClaims};
 
 pub(super) const PLATFORM: Platform = Platform {
     kind: IssuerKind::Generic,
@@ -46,6 +46,20 @@ pub(super) const PLATFORM: Platform = Platform {
         project_id: &["project_id"],
         pipeline_id: &["pipeline_id"],
         job_id: &["job_id"],
+    },
+    // A generic issuer's claims are whatever its operator configured: the linter
+    // assumes nothing about them.
+    lint: LintFacts {
+        claims_sent: None,
+        claim_prefixes: &[],
+        renamable: &[],
+        owner_prefixed: &[],
+        owner_ids: &[],
+        shapes: &[],
+        ref_claims: &[],
+        ref_or_environment: &[],
+        protection: &[],
+        runner_claim: None,
     },
 };
 

@@ -3,7 +3,7 @@
 
 use url::Url;
 
-use super::{IssuerKind, Platform, WorkloadClaims};
+use super::{ClaimShape, IssuerKind, LintFacts, Platform, WorkloadClaims};
 
 pub(super) const PLATFORM: Platform = Platform {
     kind: IssuerKind::Github,
@@ -41,6 +41,88 @@ pub(super) const PLATFORM: Platform = Platform {
         project_id: &[],
         pipeline_id: &[],
         job_id: &[],
+    },
+    lint: LintFacts {
+        claims_sent: Some(&[
+            "iss",
+            "sub",
+            "aud",
+            "exp",
+            "iat",
+            "nbf",
+            "jti",
+            "actor",
+            "actor_id",
+            "base_ref",
+            "head_ref",
+            "check_run_id",
+            "enterprise",
+            "enterprise_id",
+            "environment",
+            "environment_node_id",
+            "event_name",
+            "issuer_scope",
+            "job_workflow_ref",
+            "job_workflow_sha",
+            "ref",
+            "ref_protected",
+            "ref_type",
+            "repository",
+            "repository_id",
+            "repository_owner",
+            "repository_owner_id",
+            "repository_visibility",
+            "run_attempt",
+            "run_id",
+            "run_number",
+            "runner_environment",
+            "sha",
+            "workflow",
+            "workflow_ref",
+            "workflow_sha",
+        ]),
+        claim_prefixes: &["repo_property_"],
+        renamable: &[
+            ("repository", &["repository_id"]),
+            (
+                "repository_owner",
+                &["repository_owner_id", "repository_id"],
+            ),
+        ],
+        owner_prefixed: &[
+            ("repository", "", '/'),
+            ("repository_owner", "", '/'),
+            ("sub", "repo:", '/'),
+            ("workflow_ref", "", '/'),
+            ("job_workflow_ref", "", '/'),
+        ],
+        owner_ids: &["repository_owner_id", "repository_id"],
+        shapes: &[
+            (
+                "ref",
+                ClaimShape::StartsWith(&["refs/heads/", "refs/tags/", "refs/pull/"]),
+            ),
+            ("ref_type", ClaimShape::OneOf(&["branch", "tag"])),
+            ("ref_protected", ClaimShape::OneOf(&["true", "false"])),
+            (
+                "runner_environment",
+                ClaimShape::OneOf(&["github-hosted", "self-hosted"]),
+            ),
+            (
+                "repository_visibility",
+                ClaimShape::OneOf(&["public", "private", "internal"]),
+            ),
+            ("repository_id", ClaimShape::Digits),
+            ("repository_owner_id", ClaimShape::Digits),
+            ("actor_id", ClaimShape::Digits),
+            ("run_id", ClaimShape::Digits),
+            ("run_number", ClaimShape::Digits),
+            ("run_attempt", ClaimShape::Digits),
+        ],
+        ref_claims: &["ref"],
+        ref_or_environment: &["ref", "environment"],
+        protection: &[("environment", None), ("ref_protected", Some("true"))],
+        runner_claim: Some("runner_environment"),
     },
 };
 

@@ -3,7 +3,7 @@
 
 use url::Url;
 
-use super::{IssuerKind, Platform, WorkloadClaims, is_https_root};
+use super::{ClaimShape, IssuerKind, LintFacts, Platform, WorkloadClaims, is_https_root};
 
 pub(super) const PLATFORM: Platform = Platform {
     kind: IssuerKind::Gitlab,
@@ -36,6 +36,114 @@ pub(super) const PLATFORM: Platform = Platform {
         project_id: &["project_id"],
         pipeline_id: &["pipeline_id"],
         job_id: &["job_id"],
+    },
+    lint: LintFacts {
+        claims_sent: Some(&[
+            "iss",
+            "sub",
+            "aud",
+            "exp",
+            "iat",
+            "nbf",
+            "jti",
+            "project_id",
+            "project_path",
+            "namespace_id",
+            "namespace_path",
+            "user_id",
+            "user_login",
+            "user_email",
+            "user_access_level",
+            "user_identities",
+            "job_project_id",
+            "job_project_path",
+            "job_namespace_id",
+            "job_namespace_path",
+            "pipeline_id",
+            "pipeline_source",
+            "job_id",
+            "ref",
+            "ref_type",
+            "ref_path",
+            "ref_protected",
+            "runner_id",
+            "runner_environment",
+            "sha",
+            "ci_config_ref_uri",
+            "ci_config_sha",
+            "project_visibility",
+            "job_source",
+            "environment",
+            "environment_protected",
+            "deployment_tier",
+            "environment_action",
+            "groups_direct",
+            "job_config",
+        ]),
+        claim_prefixes: &[],
+        renamable: &[
+            ("project_path", &["project_id"]),
+            ("namespace_path", &["namespace_id", "project_id"]),
+            ("job_project_path", &["job_project_id"]),
+            (
+                "job_namespace_path",
+                &["job_namespace_id", "job_project_id"],
+            ),
+        ],
+        owner_prefixed: &[
+            ("project_path", "", '/'),
+            ("namespace_path", "", '/'),
+            ("job_project_path", "", '/'),
+            ("job_namespace_path", "", '/'),
+            ("sub", "project_path:", '/'),
+        ],
+        owner_ids: &["namespace_id", "project_id"],
+        shapes: &[
+            ("ref", ClaimShape::NotStartsWith("refs/")),
+            (
+                "ref_path",
+                ClaimShape::StartsWith(&["refs/heads/", "refs/tags/", "refs/"]),
+            ),
+            ("ref_type", ClaimShape::OneOf(&["branch", "tag"])),
+            ("ref_protected", ClaimShape::OneOf(&["true", "false"])),
+            (
+                "environment_protected",
+                ClaimShape::OneOf(&["true", "false"]),
+            ),
+            (
+                "runner_environment",
+                ClaimShape::OneOf(&["gitlab-hosted", "self-hosted"]),
+            ),
+            (
+                "project_visibility",
+                ClaimShape::OneOf(&["public", "private", "internal"]),
+            ),
+            (
+                "deployment_tier",
+                ClaimShape::OneOf(&["production", "staging", "testing", "development", "other"]),
+            ),
+            ("project_id", ClaimShape::Digits),
+            ("namespace_id", ClaimShape::Digits),
+            ("job_project_id", ClaimShape::Digits),
+            ("job_namespace_id", ClaimShape::Digits),
+            ("user_id", ClaimShape::Digits),
+            ("pipeline_id", ClaimShape::Digits),
+            ("job_id", ClaimShape::Digits),
+            ("runner_id", ClaimShape::Digits),
+        ],
+        ref_claims: &["ref", "ref_path"],
+        ref_or_environment: &[
+            "ref",
+            "ref_path",
+            "ref_protected",
+            "environment",
+            "environment_protected",
+        ],
+        protection: &[
+            ("ref_protected", Some("true")),
+            ("environment_protected", Some("true")),
+        ],
+        runner_claim: Some("runner_environment"),
     },
 };
 

@@ -44,6 +44,54 @@ pub struct Platform {
     pub ci_claims: ClaimNames,
     /// Which claims fill the audit record's job fields.
     pub workload: WorkloadClaims,
+    /// What the policy linter knows about the platform's tokens.
+    pub lint: LintFacts,
+}
+
+/// What `policy check` knows about a platform's tokens, from its documentation and
+/// recorded tokens (../shared/fixtures): which claims exist, what their values look like,
+/// which names can be re-registered.
+#[derive(Debug)]
+pub struct LintFacts {
+    /// Every claim the platform's tokens can carry; `None` when any claim may appear
+    /// (a generic issuer).
+    pub claims_sent: Option<ClaimNames>,
+    /// Prefixes of claim families whose names vary (GitHub's `repo_property_*`).
+    pub claim_prefixes: ClaimNames,
+    /// Names a customer can rename and someone else re-register, each with the
+    /// immutable ids that pin what the name named.
+    pub renamable: &'static [(&'static str, ClaimNames)],
+    /// Claims whose value starts with an owner: `(claim, text before the owner, the
+    /// character ending the owner)`. A pattern over them must spell the owner literally.
+    pub owner_prefixed: &'static [(&'static str, &'static str, char)],
+    /// Claims pinned by an owner-level id: when one of these is exact, no pattern can
+    /// reach another owner's repositories.
+    pub owner_ids: ClaimNames,
+    /// The shape every value of a claim has.
+    pub shapes: &'static [(&'static str, ClaimShape)],
+    /// Claims naming the branch or tag; a pattern there lets any pusher of a matching ref in.
+    pub ref_claims: ClaimNames,
+    /// Claims that restrict the ref or the environment; a write policy needs one.
+    pub ref_or_environment: ClaimNames,
+    /// Conditions that prove a protected ref or environment: a claim and the exact
+    /// value that says so; `None` as the value means any exact value (a named
+    /// environment, whose protection rules live on the platform).
+    pub protection: &'static [(&'static str, Option<&'static str>)],
+    /// The claim saying whether the runner is the platform's or self-hosted.
+    pub runner_claim: Option<&'static str>,
+}
+
+/// What every value of a claim looks like.
+#[derive(Debug)]
+pub enum ClaimShape {
+    /// One of these strings.
+    OneOf(ClaimNames),
+    /// Decimal digits (numeric ids, sent as strings or numbers).
+    Digits,
+    /// Starts with one of these.
+    StartsWith(ClaimNames),
+    /// Never starts with this (GitLab's bare `ref`).
+    NotStartsWith(&'static str),
 }
 
 /// Where each job field of the audit record comes from.

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::decision::{ConditionOutcome, Decision};
 use super::matcher::{self, Matcher, quote};
-use super::source::{self, Diagnostics, Shape};
+use super::source::{self, Diagnostics, Position, Shape};
 use super::{IssuerKind, PolicyContext, TargetKind};
 use crate::trust::verify::claims::VerifiedClaims;
 
@@ -28,6 +28,7 @@ const FIELDS: &[&str] = &[
     "mode",
     "enabled",
     "unbound",
+    "lint",
     "claims",
 ];
 
@@ -49,7 +50,7 @@ pub struct Condition {
     /// `matcher` as people read it, rendered once.
     expected: Arc<str>,
     binding: bool,
-    line: usize,
+    position: Position,
 }
 
 impl Condition {
@@ -70,8 +71,33 @@ impl Condition {
 
     /// The 1-based line of the condition in its file.
     pub fn line(&self) -> usize {
-        self.line
+        self.position.line
     }
+
+    /// Where the condition's claim name is written in its file.
+    pub fn position(&self) -> Position {
+        self.position
+    }
+}
+
+/// Where a policy's own fields are written, for findings about them; a field the
+/// policy does not set has the policy's own position.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FieldPositions {
+    pub policy: Position,
+    pub scopes: Position,
+    pub ttl: Position,
+    pub unbound: Position,
+    pub claims: Position,
+}
+
+/// A policy's `lint:` acknowledgement: the linter findings its authors accepted, and why.
+#[derive(Debug, Clone, Default)]
+pub struct LintAllow {
+    /// Rule ids (`TM004`), each one of [`super::lint::RULES`] other than `TM000`.
+    pub allow: Vec<String>,
+    /// Why the findings are acceptable; required and non-empty.
+    pub reason: String,
 }
 
 /// A policy that passed every load check; only [`super::load_source`] builds one.
@@ -90,6 +116,8 @@ pub struct CompiledPolicy {
     source_file: String,
     source_line: usize,
     source_sha256: String,
+    positions: FieldPositions,
+    lint: LintAllow,
     conditions: Vec<Condition>,
 }
 
@@ -152,6 +180,21 @@ impl CompiledPolicy {
     /// The 1-based line where the policy starts in its file.
     pub fn source_line(&self) -> usize {
         self.source_line
+    }
+
+    /// The 1-based column where the policy starts on its line.
+    pub fn source_column(&self) -> usize {
+        self.positions.policy.column
+    }
+
+    /// Where the policy's fields are written.
+    pub fn positions(&self) -> &FieldPositions {
+        &self.positions
+    }
+
+    /// The linter findings this policy acknowledges.
+    pub fn lint_allow(&self) -> &LintAllow {
+        &self.lint
     }
 
     /// Hex SHA-256 of the whole file's bytes.
@@ -375,7 +418,19 @@ fn compile_policy(
     diag: &mut Diagnostics,
 ) -> Option<CompiledPolicy> {
     let errors_before = diag.count();
-    let policy_line = map.span().start().map_or(1, |mark| mark.line());
+    let policy_position = map
+        .span()
+        .start()
+        .map_or(Position { line: 1, column: 1 }, Position::of);
+    let policy_line = policy_position.line;
+    let mut positions = FieldPositions {
+        policy: policy_position,
+        scopes: policy_position,
+        ttl: policy_position,
+        unbound: policy_position,
+        claims: policy_position,
+    };
+    let mut lint = LintAllow::default();
 
     let mut name = None;
     let mut description = None;
@@ -392,13 +447,20 @@ fn compile_policy(
         let field = key.as_str();
         let line = source::line_of(value);
         let located = |value: String| Located { value, line };
+        let key_position = source::key_position(key);
         match field {
             "name" => name = source::string(value, field, diag).map(located),
             "description" => description = source::string(value, field, diag),
             "issuer" => issuer = source::string(value, field, diag).map(located),
             "target" => target = source::string(value, field, diag).map(located),
-            "scopes" => scopes_node = Some(value),
-            "ttl" => ttl_node = Some(value),
+            "scopes" => {
+                positions.scopes = key_position;
+                scopes_node = Some(value);
+            }
+            "ttl" => {
+                positions.ttl = key_position;
+                ttl_node = Some(value);
+            }
             "mode" => {
                 if let Some(text) = source::string(value, field, diag) {
                     match text.as_str() {
@@ -413,8 +475,15 @@ fn compile_policy(
                 }
             }
             "enabled" => enabled = source::boolean(value, field, diag).unwrap_or(enabled),
-            "unbound" => unbound = source::boolean(value, field, diag).unwrap_or(unbound),
-            "claims" => claims_node = Some(value),
+            "unbound" => {
+                positions.unbound = key_position;
+                unbound = source::boolean(value, field, diag).unwrap_or(unbound);
+            }
+            "lint" => lint = compile_lint(value, diag),
+            "claims" => {
+                positions.claims = key_position;
+                claims_node = Some(value);
+            }
             unknown => diag.push(
                 source::key_line(key),
                 unknown,
@@ -610,6 +679,8 @@ fn compile_policy(
         source_file: file.label.to_owned(),
         source_line: policy_line,
         source_sha256: file.sha256.to_owned(),
+        positions,
+        lint,
         conditions,
     })
 }
@@ -707,11 +778,112 @@ fn compile_conditions(
                 expected: matcher.expected().into(),
                 matcher,
                 binding,
-                line: source::key_line(key),
+                position: source::key_position(key),
             });
         }
     }
     conditions
+}
+
+/// `lint: { allow: [TM004, ...], reason: "..." }`: known rule ids other than `TM000`
+/// (a load error cannot be acknowledged), and a reason a reviewer can read.
+fn compile_lint(node: &Node, diag: &mut Diagnostics) -> LintAllow {
+    let mut lint = LintAllow::default();
+    let Node::Mapping(map) = node else {
+        diag.push(
+            source::line_of(node),
+            "lint",
+            format!(
+                "expected a mapping {{allow: [rule ids], reason: \"...\"}}, found {}",
+                source::describe(node)
+            ),
+        );
+        return lint;
+    };
+    let mut has_allow = false;
+    let mut has_reason = false;
+    for (key, value) in map.iter() {
+        match key.as_str() {
+            "allow" => {
+                has_allow = true;
+                let Node::Sequence(items) = value else {
+                    diag.push(
+                        source::line_of(value),
+                        "lint.allow",
+                        format!(
+                            "expected a list of rule ids, found {}",
+                            source::describe(value)
+                        ),
+                    );
+                    continue;
+                };
+                if items.is_empty() {
+                    diag.push(
+                        source::line_of(value),
+                        "lint.allow",
+                        "list at least one rule id, or remove `lint`",
+                    );
+                }
+                for (index, item) in items.iter().enumerate() {
+                    let field = format!("lint.allow[{index}]");
+                    let Some(id) = source::string(item, &field, diag) else {
+                        continue;
+                    };
+                    if id == super::lint::LOAD_ERROR {
+                        diag.push(
+                            source::line_of(item),
+                            &field,
+                            "TM000 is a load error, which cannot be acknowledged: fix the file",
+                        );
+                    } else if super::lint::rule(&id).is_none() {
+                        diag.push(
+                            source::line_of(item),
+                            &field,
+                            format!(
+                                "unknown rule id {}; `tokenmint policy check` lists the rules with their ids",
+                                quote(&id)
+                            ),
+                        );
+                    } else if !lint.allow.contains(&id) {
+                        lint.allow.push(id);
+                    }
+                }
+            }
+            "reason" => {
+                has_reason = true;
+                if let Some(reason) = source::string(value, "lint.reason", diag) {
+                    if reason.trim().is_empty() {
+                        diag.push(
+                            source::line_of(value),
+                            "lint.reason",
+                            "say why the findings are acceptable",
+                        );
+                    }
+                    lint.reason = reason;
+                }
+            }
+            other => diag.push(
+                source::key_line(key),
+                &format!("lint.{other}"),
+                "unknown field; `lint` has allow and reason",
+            ),
+        }
+    }
+    if !has_allow {
+        diag.push(
+            source::line_of(node),
+            "lint.allow",
+            "required: the rule ids acknowledged",
+        );
+    }
+    if !has_reason {
+        diag.push(
+            source::line_of(node),
+            "lint.reason",
+            "required: why the acknowledged findings are acceptable",
+        );
+    }
+    lint
 }
 
 /// Counts evaluations on this thread, so a test can prove what a request looks at.

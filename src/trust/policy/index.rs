@@ -51,6 +51,7 @@ impl PolicySet {
                 errors.push(PolicyError {
                     file: policy.source_file().to_owned(),
                     line: policy.source_line(),
+                    column: policy.source_column(),
                     field: "name".to_owned(),
                     message: format!(
                         "duplicate policy name {}: also defined in {}:{}",

@@ -346,11 +346,11 @@ mod tests {
 
     /// Compiles the matcher of `claims.x` from YAML text.
     fn try_matcher(yaml: &str) -> Result<Matcher, Vec<super::super::PolicyError>> {
-        let mut diag = Diagnostics::new("p.yaml");
         let text = format!("x: {yaml}\n");
+        let mut diag = Diagnostics::new("p.yaml", &text);
         let node = marked_yaml::parse_yaml_with_options(
             0,
-            text,
+            &text,
             marked_yaml::LoaderOptions::default().prevent_coercion(true),
         )
         .expect("test YAML parses");

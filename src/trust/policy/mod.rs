@@ -15,6 +15,7 @@
 mod compile;
 mod decision;
 mod index;
+pub mod lint;
 mod matcher;
 pub mod reload;
 mod select;
@@ -26,11 +27,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use compile::{CompiledPolicy, Condition, Mode};
+pub use compile::{CompiledPolicy, Condition, FieldPositions, LintAllow, Mode};
 pub use decision::{ConditionOutcome, Decision};
 pub use index::PolicySet;
 pub use matcher::{Matcher, Pattern};
 pub use select::{NearestForOperator, OPERATOR_NEAREST_LIMIT, Selection};
+pub use source::Position;
 
 pub use crate::trust::platform::IssuerKind;
 
@@ -94,7 +96,8 @@ impl PolicyContext {
 /// One problem in a policy file, printed as `{file}:{line}: {field}: {message}`.
 ///
 /// `line` is 1-based; it is 0 only when the problem concerns no line (an unreadable
-/// file or directory). `field` is the dotted path of the offending field inside the
+/// file or directory). `column` is the 1-based column where the offending field's entry
+/// starts on that line (0 with line 0); `policy check` prints it, the service's log does not. `field` is the dotted path of the offending field inside the
 /// policy (`claims.workflow_ref.glob`), or `yaml` for problems of the file as a whole.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{file}:{line}: {field}: {message}")]
@@ -103,6 +106,8 @@ pub struct PolicyError {
     pub file: String,
     /// 1-based line of the offending node (0: the whole file).
     pub line: usize,
+    /// 1-based column of the offending entry on `line` (0: the whole file).
+    pub column: usize,
     /// Dotted path of the offending field.
     pub field: String,
     /// What is wrong, and when it helps, what to write instead.
@@ -134,6 +139,34 @@ pub fn load_dir(dir: &Path, ctx: &PolicyContext) -> Result<PolicySet, Vec<Policy
     }
 }
 
+/// What `policy check` loads: every file of `dir` exactly as [`load_dir`] reads it, but
+/// keeping the policies of the files that compiled beside the errors of those that did
+/// not, so a linter can still look at the good ones. Policies whose name another file
+/// already took are errors and left out.
+pub fn check_dir(dir: &Path, ctx: &PolicyContext) -> (Vec<CompiledPolicy>, Vec<PolicyError>) {
+    let (files, mut errors) = list_policy_files(dir);
+    let mut policies: Vec<CompiledPolicy> = Vec::new();
+    for path in files {
+        match load_file(&path, ctx) {
+            Ok(compiled) => {
+                for policy in compiled {
+                    match policies.iter().find(|kept| kept.name() == policy.name()) {
+                        // The set's own duplicate error, naming both files.
+                        Some(first) => errors.extend(
+                            PolicySet::new(vec![first.clone(), policy])
+                                .err()
+                                .unwrap_or_default(),
+                        ),
+                        None => policies.push(policy),
+                    }
+                }
+            }
+            Err(file_errors) => errors.extend(file_errors),
+        }
+    }
+    (policies, errors)
+}
+
 /// The policy files directly in `dir`, sorted by name: `*.yaml` and `*.yml`, not dotfiles,
 /// not directories (so never `tests/`), symlinks followed. Also the errors met listing it.
 pub fn list_policy_files(dir: &Path) -> (Vec<PathBuf>, Vec<PolicyError>) {
@@ -141,6 +174,7 @@ pub fn list_policy_files(dir: &Path) -> (Vec<PathBuf>, Vec<PolicyError>) {
     let dir_error = |message: String| PolicyError {
         file: dir_label.clone(),
         line: 0,
+        column: 0,
         field: "policies.dir".to_owned(),
         message,
     };
@@ -194,6 +228,7 @@ pub fn load_file(
         Err(err) => Err(vec![PolicyError {
             file: label,
             line: 0,
+            column: 0,
             field: "yaml".to_owned(),
             message: format!("cannot read the policy file (it must be UTF-8 text): {err}"),
         }]),
@@ -211,7 +246,7 @@ pub fn load_source(
     ctx: &PolicyContext,
 ) -> Result<Vec<CompiledPolicy>, Vec<PolicyError>> {
     let source_sha256 = crate::trust::hash::sha256_hex(text.as_bytes());
-    let mut diag = source::Diagnostics::new(file_label);
+    let mut diag = source::Diagnostics::new(file_label, text);
     let Some(shape) = source::parse(text, &mut diag) else {
         return Err(diag.into_errors());
     };
@@ -328,6 +363,7 @@ mod tests {
         let error = PolicyError {
             file: "policies/deploy.yaml".to_owned(),
             line: 12,
+            column: 5,
             field: "claims.workflow_ref.glob".to_owned(),
             message: "the glob ends with a lone `\\`".to_owned(),
         };

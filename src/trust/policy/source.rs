@@ -9,15 +9,18 @@ use super::PolicyError;
 
 /// Collects every error of one file, so an operator sees them all at once.
 #[derive(Debug)]
-pub(crate) struct Diagnostics {
+pub(crate) struct Diagnostics<'a> {
     file: String,
+    /// The file's text, to find the column an error's line starts its entry at.
+    text: &'a str,
     errors: Vec<PolicyError>,
 }
 
-impl Diagnostics {
-    pub(crate) fn new(file: &str) -> Self {
+impl<'a> Diagnostics<'a> {
+    pub(crate) fn new(file: &str, text: &'a str) -> Self {
         Self {
             file: file.to_owned(),
+            text,
             errors: Vec::new(),
         }
     }
@@ -26,6 +29,7 @@ impl Diagnostics {
         self.errors.push(PolicyError {
             file: self.file.clone(),
             line,
+            column: entry_column(self.text, line),
             field: field.to_owned(),
             message: message.into(),
         });
@@ -312,9 +316,58 @@ fn second_document_line(text: &str) -> Option<usize> {
     None
 }
 
+/// The 1-based column where line `line` of `text` starts its entry: past indentation and
+/// any `- ` list markers, so it points at the key (`ref: main`) or value the line holds.
+/// 0 for line 0 (the whole file); 1 for a line that does not exist.
+pub(crate) fn entry_column(text: &str, line: usize) -> usize {
+    if line == 0 {
+        return 0;
+    }
+    let Some(content) = text.lines().nth(line - 1) else {
+        return 1;
+    };
+    let mut column = 1;
+    let mut rest = content;
+    loop {
+        let trimmed = rest.trim_start_matches([' ', '\t']);
+        column += rest.chars().count() - trimmed.chars().count();
+        match trimmed.strip_prefix('-') {
+            Some(after) if after.starts_with([' ', '\t']) => {
+                column += 1;
+                rest = after;
+            }
+            _ => return column,
+        }
+    }
+}
+
 /// 1-based line where a node starts.
 pub(crate) fn line_of(node: &Node) -> usize {
     node.span().start().map_or(0, |mark| mark.line())
+}
+
+/// A 1-based line and column in a policy file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl Position {
+    pub(crate) fn of(mark: &marked_yaml::Marker) -> Position {
+        Position {
+            line: mark.line(),
+            column: mark.column(),
+        }
+    }
+}
+
+/// Where a scalar (a mapping key) starts.
+pub(crate) fn key_position(scalar: &MarkedScalarNode) -> Position {
+    scalar
+        .span()
+        .start()
+        .map_or_else(Position::default, Position::of)
 }
 
 /// 1-based line of a scalar (a mapping key).
@@ -379,7 +432,7 @@ mod tests {
     use super::*;
 
     fn parse_errors(text: &str) -> Vec<PolicyError> {
-        let mut diag = Diagnostics::new("policies/p.yaml");
+        let mut diag = Diagnostics::new("policies/p.yaml", text);
         let shape = parse(text, &mut diag);
         assert!(shape.is_none(), "expected a parse failure for {text:?}");
         diag.into_errors()
@@ -398,7 +451,7 @@ mod tests {
 
     #[test]
     fn top_level_list_and_mapping_are_both_accepted() {
-        let mut diag = Diagnostics::new("p.yaml");
+        let mut diag = Diagnostics::new("p.yaml", "");
         assert!(matches!(parse("a: b\n", &mut diag), Some(Shape::One(_))));
         assert!(matches!(
             parse("- a: b\n- c: d\n", &mut diag),
@@ -424,7 +477,7 @@ mod tests {
 
     #[test]
     fn a_single_leading_document_marker_is_fine() {
-        let mut diag = Diagnostics::new("p.yaml");
+        let mut diag = Diagnostics::new("p.yaml", "");
         assert!(parse("# c\n---\nname: a\n...\n", &mut diag).is_some());
         assert!(diag.is_empty(), "{:?}", diag.into_errors());
     }
@@ -494,7 +547,7 @@ mod tests {
 
     #[test]
     fn booleans_are_plain_true_or_false_only() {
-        let mut diag = Diagnostics::new("p.yaml");
+        let mut diag = Diagnostics::new("p.yaml", "");
         let Some(Shape::One(map)) = parse(
             "a: true\nb: false\nc: \"true\"\nd: yes\ne: True\nf:\n",
             &mut diag,

@@ -1,0 +1,293 @@
+//! `tokenmint policy check`: loading policies as `serve` does, running the linter, and
+//! printing its findings as text for people, JSON for scripts or SARIF 2.1.0 for code
+//! scanning.
+
+use std::path::{Component, Path, PathBuf};
+use std::process::ExitCode;
+
+use serde_json::{Value, json};
+
+use crate::config::{Config, ConfigSource, TargetKindConfig};
+use crate::edges::telemetry;
+use crate::trust::policy::lint::{self, Finding, RULES, Severity, TargetSettings};
+use crate::trust::policy::{self, PolicyContext, PolicySet};
+
+/// How `policy check` prints its findings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum CheckFormat {
+    /// `file:line:col: severity[TMnnn]: message`, a hint under each, and a summary.
+    #[default]
+    Text,
+    /// One JSON object: `findings` and `summary`.
+    Json,
+    /// SARIF 2.1.0, for GitHub code scanning.
+    Sarif,
+}
+
+/// What one `policy check` run found.
+#[derive(Debug)]
+pub struct CheckReport {
+    /// Every finding: load errors first, then per policy in file order, then targets.
+    pub findings: Vec<Finding>,
+    /// How many policies loaded.
+    pub policies: usize,
+    /// The policy directory, as given.
+    pub dir: PathBuf,
+    /// The version `serve` would report, when every file loaded.
+    pub version: Option<String>,
+}
+
+impl CheckReport {
+    fn count(&self, severity: Severity) -> usize {
+        self.findings
+            .iter()
+            .filter(|finding| finding.acknowledged.is_none() && finding.severity == severity)
+            .count()
+    }
+
+    fn acknowledged(&self) -> usize {
+        self.findings
+            .iter()
+            .filter(|finding| finding.acknowledged.is_some())
+            .count()
+    }
+
+    /// Whether the check fails: any error, or with `strict` any warning (acknowledged
+    /// findings never fail it).
+    pub fn fails(&self, strict: bool) -> bool {
+        self.findings.iter().any(|finding| finding.fails(strict))
+    }
+}
+
+/// `tokenmint policy check`.
+pub fn check(
+    config_file: Option<PathBuf>,
+    strict: bool,
+    format: CheckFormat,
+    dir: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let source = ConfigSource {
+        file: config_file,
+        listen: None,
+    };
+    let config = Config::load(&source)?;
+    let dir = dir.unwrap_or_else(|| config.policies.dir.clone());
+    let report = run_check(&config, source.file_in_use().as_deref(), &dir);
+    let output = match format {
+        CheckFormat::Text => render_text(&report),
+        CheckFormat::Json => format!("{:#}\n", render_json(&report)),
+        CheckFormat::Sarif => format!("{:#}\n", render_sarif(&report)),
+    };
+    print!("{output}");
+    Ok(if report.fails(strict) {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Loads and lints the policies of `dir` against `config` (whose file, when there is one,
+/// locates target findings).
+pub fn run_check(config: &Config, config_file: Option<&Path>, dir: &Path) -> CheckReport {
+    let ctx = PolicyContext::from_config(config);
+    let mut findings = Vec::new();
+    let (policies, errors) = if dir.is_dir() {
+        policy::check_dir(dir, &ctx)
+    } else {
+        let error = policy::PolicyError {
+            file: dir.display().to_string(),
+            line: 0,
+            column: 0,
+            field: "policies.dir".to_owned(),
+            message: "the policy directory does not exist".to_owned(),
+        };
+        (Vec::new(), vec![error])
+    };
+    findings.extend(errors.iter().map(lint::load_error));
+    for policy in &policies {
+        findings.extend(lint::lint_policy(policy, &ctx));
+    }
+    let config_text = config_file.and_then(|path| std::fs::read_to_string(path).ok());
+    for target in config.targets.values() {
+        let settings = TargetSettings {
+            name: target.name.clone(),
+            file: config_file.map_or_else(
+                || "(environment)".to_owned(),
+                |path| path.display().to_string(),
+            ),
+            line: config_text
+                .as_deref()
+                .map_or(0, |text| table_line(text, &target.name)),
+            max_ttl: target.max_ttl,
+            enforce_max_ttl: match &target.kind {
+                TargetKindConfig::Local { .. } => None,
+                TargetKindConfig::Remote(remote) => Some(remote.enforce_max_ttl),
+            },
+        };
+        findings.extend(lint::lint_target(&settings));
+    }
+    let version = errors
+        .is_empty()
+        .then(|| PolicySet::new(policies.clone()).ok())
+        .flatten()
+        .map(|set| set.version().to_owned());
+    CheckReport {
+        findings,
+        policies: policies.len(),
+        dir: dir.to_owned(),
+        version,
+    }
+}
+
+/// The 1-based line of `[targets.NAME]` in a TOML file; 0 when it is not written so.
+fn table_line(text: &str, name: &str) -> usize {
+    let headers = [
+        format!("[targets.{name}]"),
+        format!("[targets.\"{name}\"]"),
+        format!("[targets.'{name}']"),
+    ];
+    text.lines()
+        .position(|line| {
+            let line = line.trim();
+            headers
+                .iter()
+                .any(|header| line.starts_with(header.as_str()))
+        })
+        .map_or(0, |index| index + 1)
+}
+
+/// `file:line:col: severity[TMnnn]: message`, the hint indented under it, and a summary.
+pub fn render_text(report: &CheckReport) -> String {
+    let mut out = String::new();
+    for finding in &report.findings {
+        let label = match &finding.acknowledged {
+            Some(_) => "acknowledged",
+            None => finding.severity.as_str(),
+        };
+        out.push_str(&format!(
+            "{}:{}:{}: {label}[{}]: {}\n",
+            finding.file, finding.line, finding.column, finding.rule, finding.message
+        ));
+        match &finding.acknowledged {
+            Some(reason) => out.push_str(&format!("  reason: {reason}\n")),
+            None => out.push_str(&format!("  hint: {}\n", finding.hint)),
+        }
+    }
+    let version = report.version.as_ref().map_or_else(String::new, |version| {
+        format!("; policy set version {version}")
+    });
+    out.push_str(&format!(
+        "{} in {} loaded; {}, {}, {} acknowledged{version}\n",
+        telemetry::counted(report.policies, "policy", "policies"),
+        report.dir.display(),
+        telemetry::counted(report.count(Severity::Error), "error", "errors"),
+        telemetry::counted(report.count(Severity::Warning), "warning", "warnings"),
+        report.acknowledged(),
+    ));
+    out
+}
+
+/// `{"findings": [...], "summary": {...}}`.
+pub fn render_json(report: &CheckReport) -> Value {
+    json!({
+        "findings": report.findings,
+        "summary": {
+            "policies": report.policies,
+            "dir": report.dir.display().to_string(),
+            "errors": report.count(Severity::Error),
+            "warnings": report.count(Severity::Warning),
+            "acknowledged": report.acknowledged(),
+            "policy_set_version": report.version,
+        },
+    })
+}
+
+/// SARIF 2.1.0: every rule with its help, every finding as a result located in its file
+/// relative to the repository (the working directory); acknowledged findings carry an
+/// in-source suppression with the policy's reason.
+pub fn render_sarif(report: &CheckReport) -> Value {
+    let rules: Vec<Value> = RULES
+        .iter()
+        .map(|rule| {
+            json!({
+                "id": rule.id,
+                "name": rule.name,
+                "shortDescription": { "text": rule.summary },
+                "fullDescription": { "text": rule.help },
+                "help": { "text": format!("{} {}", rule.summary, rule.help) },
+                "defaultConfiguration": { "level": rule.severity.as_str() },
+                "properties": { "tags": ["security"] },
+            })
+        })
+        .collect();
+    let results: Vec<Value> = report
+        .findings
+        .iter()
+        .map(|finding| {
+            let rule_index = RULES
+                .iter()
+                .position(|rule| rule.id == finding.rule)
+                .unwrap_or_default();
+            let mut location = json!({
+                "artifactLocation": { "uri": repository_uri(&finding.file) },
+            });
+            if finding.line > 0 {
+                location["region"] = json!({
+                    "startLine": finding.line,
+                    "startColumn": finding.column.max(1),
+                });
+            }
+            let mut result = json!({
+                "ruleId": finding.rule,
+                "ruleIndex": rule_index,
+                "level": finding.severity.as_str(),
+                "message": { "text": format!("{} Hint: {}", finding.message, finding.hint) },
+                "locations": [{ "physicalLocation": location }],
+            });
+            if let Some(reason) = &finding.acknowledged {
+                result["suppressions"] = json!([{ "kind": "inSource", "justification": reason }]);
+            }
+            result
+        })
+        .collect();
+    json!({
+        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+        "version": "2.1.0",
+        "runs": [{
+            "tool": {
+                "driver": {
+                    "name": "tokenmint",
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "rules": rules,
+                }
+            },
+            "columnKind": "unicodeCodePoints",
+            "results": results,
+        }]
+    })
+}
+
+/// A file as a URI relative to the working directory (the repository root in CI):
+/// `./policies/a.yaml` becomes `policies/a.yaml`; a path outside it stays absolute.
+fn repository_uri(file: &str) -> String {
+    let path = Path::new(file);
+    let relative = if path.is_absolute() {
+        std::env::current_dir()
+            .ok()
+            .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf))
+    } else {
+        Some(
+            path.components()
+                .filter(|part| !matches!(part, Component::CurDir))
+                .collect::<PathBuf>(),
+        )
+    };
+    match relative {
+        Some(relative) => relative
+            .components()
+            .map(|part| part.as_os_str().to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join("/"),
+        None => format!("file://{}", path.display()),
+    }
+}
