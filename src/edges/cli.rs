@@ -137,6 +137,14 @@ enum PolicyCommand {
         /// Policy directory (default: policies.dir from the configuration).
         dir: Option<PathBuf>,
     },
+    /// Run the policy test cases in DIR/tests/*.yaml; exit 1 on any failure.
+    Test {
+        /// Configuration file (default: ./tokenmint.toml if present).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Policy directory (default: policies.dir from the configuration).
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -269,6 +277,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             format,
             dir,
         }) => policy_commands::check(config, strict, format, dir),
+        Command::Policy(PolicyCommand::Test { config, dir }) => policy_commands::test(config, dir),
         Command::Keys(KeysCommand::Rotate { config, force }) => keys_rotate(config, force),
         Command::Keys(KeysCommand::Reseal {
             new_key_file,

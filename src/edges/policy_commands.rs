@@ -1,6 +1,6 @@
-//! `tokenmint policy check`: loading policies as `serve` does, running the linter, and
-//! printing its findings as text for people, JSON for scripts or SARIF 2.1.0 for code
-//! scanning.
+//! The `tokenmint policy` commands: `check` (loading policies as `serve` does, running
+//! the linter, printing its findings as text for people, JSON for scripts or SARIF 2.1.0
+//! for code scanning) and `test` (running `policies/tests/*.yaml` like a test runner).
 
 use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use crate::config::{Config, ConfigSource, TargetKindConfig};
 use crate::edges::telemetry;
+use crate::trust::policy::cases::{self, CaseContext, Verdict};
 use crate::trust::policy::lint::{self, Finding, RULES, Severity, TargetSettings};
 use crate::trust::policy::{self, PolicyContext, PolicySet};
 
@@ -290,4 +291,100 @@ fn repository_uri(file: &str) -> String {
             .join("/"),
         None => format!("file://{}", path.display()),
     }
+}
+
+/// `tokenmint policy test`: every case of `DIR/tests/*.yaml`, one line each, then
+/// `N passed, M failed`; exit 1 on any failure, a test file that does not load, or
+/// policies that do not.
+pub fn test(config_file: Option<PathBuf>, dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&ConfigSource {
+        file: config_file,
+        listen: None,
+    })?;
+    let dir = dir.unwrap_or_else(|| config.policies.dir.clone());
+    let (report, failed) = run_tests(&config, &dir);
+    print!("{report}");
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The runner's output, and whether anything failed.
+pub fn run_tests(config: &Config, dir: &Path) -> (String, bool) {
+    let mut out = String::new();
+    let policies = match policy::load_dir(dir, &PolicyContext::from_config(config)) {
+        Ok(policies) => policies,
+        Err(errors) => {
+            for error in &errors {
+                out.push_str(&format!("{error}\n"));
+            }
+            out.push_str(&format!(
+                "the policies in {} do not load ({}); run tokenmint policy check\n",
+                dir.display(),
+                telemetry::counted(errors.len(), "error", "errors")
+            ));
+            return (out, true);
+        }
+    };
+    let ctx = CaseContext {
+        issuer_urls: config
+            .issuers
+            .iter()
+            .map(|(name, issuer)| (name.clone(), issuer.issuer.clone()))
+            .collect(),
+        target_audiences: config
+            .targets
+            .iter()
+            .map(|(name, target)| {
+                let url = target.match_audience_url.then(|| target.audience.clone());
+                (name.clone(), url)
+            })
+            .collect(),
+    };
+    let files = cases::list_case_files(dir);
+    if files.is_empty() {
+        out.push_str(&format!(
+            "no test cases: {} holds no *.yaml file\n",
+            dir.join("tests").display()
+        ));
+        return (out, true);
+    }
+    let (mut passed, mut failed) = (0usize, 0usize);
+    for file in files {
+        let cases = match cases::load_cases(&file) {
+            Ok(cases) => cases,
+            Err(errors) => {
+                for error in &errors {
+                    out.push_str(&format!("{error}\n"));
+                }
+                failed += 1;
+                continue;
+            }
+        };
+        for case in &cases {
+            match cases::run_case(case, &policies, &ctx) {
+                Verdict::Passed { summary } => {
+                    passed += 1;
+                    out.push_str(&format!(
+                        "ok      {}:{}: {} ({summary})\n",
+                        case.file, case.line, case.name
+                    ));
+                }
+                Verdict::Failed { reason, details } => {
+                    failed += 1;
+                    out.push_str(&format!(
+                        "FAILED  {}:{}: {}\n        {reason}\n",
+                        case.file, case.line, case.name
+                    ));
+                    for line in details {
+                        out.push_str(&format!("        {line}\n"));
+                    }
+                }
+            }
+        }
+    }
+    out.push_str(&format!("{passed} passed, {failed} failed\n"));
+    (out, failed > 0)
 }

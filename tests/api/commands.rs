@@ -469,3 +469,121 @@ fn policy_check_sarif_validates_against_the_sarif_2_1_0_schema() {
     );
     assert_eq!(results[1]["level"], "error");
 }
+
+/// The shipped policy tests pass: `.ci/run` runs them too.
+#[test]
+fn the_example_policy_tests_pass() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (config, cases) in [
+        ("examples/tokenmint.toml", 10),
+        ("examples/three-tenants/tokenmint.toml", 6),
+    ] {
+        let (code, stdout, stderr) = run(root, &["policy", "test", "--config", config]);
+        assert_eq!(code, 0, "{config}: {stdout}{stderr}");
+        assert!(
+            stdout.ends_with(&format!("\n{cases} passed, 0 failed\n")),
+            "{stdout}"
+        );
+    }
+}
+
+const CASES: &str = r#"- name: main deploys
+  issuer: github
+  claims: { repository_id: "89012345", ref: refs/heads/main }
+  audience: internal-api
+  expect: allow
+- name: a branch is refused
+  claims_file: branch.json
+  audience: https://api.internal.example
+  expect: deny
+"#;
+
+#[test]
+fn policy_test_runs_every_case_and_names_the_deciding_conditions_of_a_wrong_verdict() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(dir.path(), &[("deploy.yaml", QUIET_POLICY)]);
+    let tests = dir.path().join("policies/tests");
+    std::fs::create_dir_all(&tests).expect("tests dir");
+    std::fs::write(
+        tests.join("branch.json"),
+        r#"{"iss": "https://token.actions.githubusercontent.com", "repository_id": "89012345", "ref": "refs/heads/dev"}"#,
+    )
+    .expect("claims");
+    std::fs::write(tests.join("deploy.yaml"), CASES).expect("cases");
+    let (code, stdout, stderr) = run(dir.path(), &["policy", "test"]);
+    assert_eq!((code, stderr.as_str()), (0, ""), "{stdout}");
+    assert_eq!(
+        stdout,
+        "ok      ./policies/tests/deploy.yaml:1: main deploys (allow by deploy (read))\n\
+         ok      ./policies/tests/deploy.yaml:6: a branch is refused (deny (access_denied: no policy matches))\n\
+         2 passed, 0 failed\n"
+    );
+
+    // Both verdicts turned around: each failure names the case and what decided it.
+    std::fs::write(
+        tests.join("deploy.yaml"),
+        CASES
+            .replace("expect: allow", "expect: DENY")
+            .replace("expect: deny", "expect: allow")
+            .replace("DENY", "deny"),
+    )
+    .expect("cases");
+    let (code, stdout, _) = run(dir.path(), &["policy", "test"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        stdout,
+        "FAILED  ./policies/tests/deploy.yaml:1: main deploys\n        \
+         expected deny, got allow by \"deploy\" (read)\n        \
+         policy deploy matches:\n        \
+         \x20 ✔ claim \"repository_id\" is \"89012345\", expected \"89012345\"\n        \
+         \x20 ✔ claim \"ref\" is \"refs/heads/main\", expected \"refs/heads/main\"\n\
+         FAILED  ./policies/tests/deploy.yaml:6: a branch is refused\n        \
+         expected allow, got deny (access_denied: no policy matches)\n        \
+         policy deploy does not match:\n        \
+         \x20 ✔ claim \"repository_id\" is \"89012345\", expected \"89012345\"\n        \
+         \x20 ✘ claim \"ref\" is \"refs/heads/dev\", expected \"refs/heads/main\"\n\
+         0 passed, 2 failed\n"
+    );
+}
+
+#[test]
+fn policy_test_fails_on_cases_that_cannot_run_and_on_wrong_deciding_policies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(dir.path(), &[("deploy.yaml", QUIET_POLICY)]);
+    let (code, stdout, _) = run(dir.path(), &["policy", "test"]);
+    assert_eq!(
+        (code, stdout.as_str()),
+        (1, "no test cases: ./policies/tests holds no *.yaml file\n")
+    );
+
+    let tests = dir.path().join("policies/tests");
+    std::fs::create_dir_all(&tests).expect("tests dir");
+    std::fs::write(
+        tests.join("a.yaml"),
+        "- name: unknown target\n  issuer: github\n  claims: {repository_id: \"1\"}\n  audience: nope\n  expect: deny\n\
+         - name: no issuer\n  claims: {repository_id: \"1\"}\n  audience: internal-api\n  expect: deny\n\
+         - name: wrong policy\n  issuer: github\n  claims: {repository_id: \"89012345\", ref: refs/heads/main}\n  audience: internal-api\n  expect: deny\n  policy: missing\n",
+    )
+    .expect("cases");
+    std::fs::write(
+        tests.join("b.yaml"),
+        "- name: typo\n  isuer: github\n  expect: maybe\n",
+    )
+    .expect("cases");
+    let (code, stdout, _) = run(dir.path(), &["policy", "test"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        stdout,
+        "FAILED  ./policies/tests/a.yaml:1: unknown target\n        \
+         unknown target \"nope\"; configured targets: internal-api\n\
+         FAILED  ./policies/tests/a.yaml:6: no issuer\n        \
+         set `issuer`, or give the claims an `iss`\n\
+         FAILED  ./policies/tests/a.yaml:10: wrong policy\n        \
+         no policy named \"missing\"\n\
+         ./policies/tests/b.yaml:2: isuer: unknown field; a test case has name, issuer, claims, claims_file, audience, scope, expect, policy\n\
+         ./policies/tests/b.yaml:3: expect: expected allow or deny, found \"maybe\"\n\
+         ./policies/tests/b.yaml:1: claims: required: claims or claims_file\n\
+         ./policies/tests/b.yaml:1: audience: required\n\
+         0 passed, 4 failed\n"
+    );
+}

@@ -16,7 +16,7 @@ use super::decision::{ConditionOutcome, Decision};
 use super::matcher::{self, Matcher, quote};
 use super::source::{self, Diagnostics, Position, Shape};
 use super::{IssuerKind, PolicyContext, TargetKind};
-use crate::trust::verify::claims::VerifiedClaims;
+use crate::trust::verify::claims::ClaimsView;
 
 const FIELDS: &[&str] = &[
     "name",
@@ -214,7 +214,7 @@ impl CompiledPolicy {
 
     /// Whether this policy names the workload: it has a binding condition and the
     /// claims satisfy every one of them. Only then may its content be disclosed.
-    pub fn binds(&self, claims: &VerifiedClaims) -> bool {
+    pub fn binds(&self, claims: &impl ClaimsView) -> bool {
         #[cfg(test)]
         counter::record();
 
@@ -231,7 +231,7 @@ impl CompiledPolicy {
     /// in enforce mode is the caller's business; this answers only "do the claims match".
     /// It does not check that the claims come from this policy's issuer; the
     /// [`super::PolicySet`] methods only evaluate policies of the token's issuer.
-    pub fn evaluate(&self, claims: &VerifiedClaims) -> Decision {
+    pub fn evaluate(&self, claims: &impl ClaimsView) -> Decision {
         #[cfg(test)]
         counter::record();
 
@@ -281,7 +281,7 @@ impl CompiledPolicy {
 
 /// The platform's dangerous triggers that a token's `event_name` carries (a string, or,
 /// should it ever be one, an array).
-fn dangerous_triggers(kind: IssuerKind, claims: &VerifiedClaims) -> Vec<&'static str> {
+fn dangerous_triggers(kind: IssuerKind, claims: &impl ClaimsView) -> Vec<&'static str> {
     let triggers = kind.platform().dangerous_triggers;
     if triggers.is_empty() {
         return Vec::new();

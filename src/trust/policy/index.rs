@@ -16,7 +16,7 @@ use crate::trust::hash::sha256_of_parts;
 use super::PolicyError;
 use super::compile::CompiledPolicy;
 use super::matcher::{claim_texts, quote};
-use crate::trust::verify::claims::VerifiedClaims;
+use crate::trust::verify::claims::ClaimsView;
 
 /// The policies of one (issuer, target) pair.
 #[derive(Debug, Default)]
@@ -157,7 +157,7 @@ impl PolicySet {
     /// in policy order. Cost depends on these, not on the size of the set.
     pub(super) fn relevant(
         &self,
-        claims: &VerifiedClaims,
+        claims: &impl ClaimsView,
         target: &str,
     ) -> Vec<&Arc<CompiledPolicy>> {
         let Some(group) = self.group(claims.issuer_name(), target) else {
@@ -202,7 +202,7 @@ impl PolicySet {
     /// condition; a disabled policy names nobody any more).
     pub(super) fn binding_candidates(
         &self,
-        claims: &VerifiedClaims,
+        claims: &impl ClaimsView,
         target: &str,
     ) -> Vec<&Arc<CompiledPolicy>> {
         self.relevant(claims, target)

@@ -12,6 +12,7 @@
 //! says), `index` ([`PolicySet`] and its per-workload index), `select` (choosing the
 //! policy, binding and disclosure questions).
 
+pub mod cases;
 mod compile;
 mod decision;
 mod index;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::compile::{CompiledPolicy, Mode};
 use super::decision::Decision;
 use super::index::PolicySet;
-use crate::trust::verify::claims::VerifiedClaims;
+use crate::trust::verify::claims::ClaimsView;
 
 /// The outcome of choosing a policy for one exchange.
 #[derive(Debug, Clone)]
@@ -123,7 +123,7 @@ impl PolicySet {
     /// `audit_only`. An empty `requested_scopes` is treated as no request.
     pub fn select(
         &self,
-        claims: &VerifiedClaims,
+        claims: &impl ClaimsView,
         target: &str,
         requested_scopes: Option<&[String]>,
         pinned_policy: Option<&str>,
@@ -257,7 +257,7 @@ impl PolicySet {
     /// amount of work however many policies there are.
     pub fn nearest_for_operator(
         &self,
-        claims: &VerifiedClaims,
+        claims: &impl ClaimsView,
         target: &str,
     ) -> NearestForOperator {
         let all = self.all_for(claims.issuer_name(), target);
@@ -285,14 +285,14 @@ impl PolicySet {
     /// Whether the token satisfies every binding condition of at least one policy (with
     /// at least one binding condition) for its issuer and `target`. A policy without a
     /// binding condition (`unbound: true`) never makes a caller bound: it names no one.
-    pub fn is_bound(&self, claims: &VerifiedClaims, target: &str) -> bool {
+    pub fn is_bound(&self, claims: &impl ClaimsView, target: &str) -> bool {
         self.binding_candidates(claims, target)
             .into_iter()
             .any(|policy| policy.binds(claims))
     }
 
     /// Whether the token is bound for some target of its issuer.
-    pub fn is_known(&self, claims: &VerifiedClaims) -> bool {
+    pub fn is_known(&self, claims: &impl ClaimsView) -> bool {
         self.targets_of(claims.issuer_name())
             .any(|target| self.is_bound(claims, target))
     }
@@ -300,7 +300,7 @@ impl PolicySet {
     /// Evaluates every policy for the token's issuer and `target`, in policy order, for
     /// `policy explain`. This looks at every policy of the pair; the request path uses
     /// the decisions in [`Selection`] instead, which come from the index.
-    pub fn evaluate_all(&self, claims: &VerifiedClaims, target: &str) -> Vec<Decision> {
+    pub fn evaluate_all(&self, claims: &impl ClaimsView, target: &str) -> Vec<Decision> {
         self.all_for(claims.issuer_name(), target)
             .into_iter()
             .map(|policy| policy.evaluate(claims))
