@@ -14,7 +14,9 @@ use crate::config::{Config, ConfigSource, config_env_vars_present};
 use crate::edges::audit_commands;
 use crate::edges::exchange_client;
 use crate::edges::metrics::Metrics;
-use crate::edges::policy_commands::{self, CheckFormat};
+use crate::edges::policy_commands::{
+    self, CheckFormat, ExplainFormat, ExplainInput, ExplainRequest,
+};
 use crate::edges::service::{self, Service};
 use crate::edges::telemetry::{self, LogFormat};
 
@@ -134,6 +136,39 @@ enum PolicyCommand {
         /// Output format: text for people, json for scripts, sarif for code scanning.
         #[arg(long, value_enum, default_value_t = CheckFormat::Text)]
         format: CheckFormat,
+        /// Policy directory (default: policies.dir from the configuration).
+        dir: Option<PathBuf>,
+    },
+    /// Explain which policy would decide an exchange, condition by condition.
+    #[command(group(clap::ArgGroup::new("input").required(true).args(["claims", "token_file", "token_stdin"])))]
+    Explain {
+        /// Configuration file (default: ./tokenmint.toml if present).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// A JSON file of claims.
+        #[arg(long, value_name = "FILE")]
+        claims: Option<PathBuf>,
+        /// A file holding a CI token, decoded without verification.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// Read the CI token from standard input (never give a token as an argument).
+        #[arg(long)]
+        token_stdin: bool,
+        /// The issuer name (default: the issuer whose URL is the claims' iss).
+        #[arg(long)]
+        issuer: Option<String>,
+        /// The target name or audience URL.
+        #[arg(long)]
+        audience: String,
+        /// Space-separated scopes to request.
+        #[arg(long)]
+        scope: Option<String>,
+        /// Pin the policy.
+        #[arg(long)]
+        policy: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ExplainFormat::Text)]
+        format: ExplainFormat,
         /// Policy directory (default: policies.dir from the configuration).
         dir: Option<PathBuf>,
     },
@@ -278,6 +313,39 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dir,
         }) => policy_commands::check(config, strict, format, dir),
         Command::Policy(PolicyCommand::Test { config, dir }) => policy_commands::test(config, dir),
+        Command::Policy(PolicyCommand::Explain {
+            config,
+            claims,
+            token_file,
+            token_stdin,
+            issuer,
+            audience,
+            scope,
+            policy,
+            format,
+            dir,
+        }) => {
+            let input = match (claims, token_file) {
+                (Some(path), _) => ExplainInput::Claims(path),
+                (None, Some(path)) => ExplainInput::Token(path),
+                (None, None) => {
+                    debug_assert!(token_stdin, "clap requires one input");
+                    ExplainInput::Token(PathBuf::from("-"))
+                }
+            };
+            policy_commands::explain_command(
+                config,
+                ExplainRequest {
+                    input,
+                    issuer,
+                    audience,
+                    scope,
+                    policy,
+                    format,
+                    dir,
+                },
+            )
+        }
         Command::Keys(KeysCommand::Rotate { config, force }) => keys_rotate(config, force),
         Command::Keys(KeysCommand::Reseal {
             new_key_file,

@@ -409,8 +409,9 @@ fn shown_path(path: &Path) -> String {
     }
 }
 
-/// The file's content (or stdin's) less one trailing newline.
-fn read_token_file(path: &Path) -> Result<SecretString, ClientError> {
+/// The file's content (or stdin's, for `-`) less one trailing newline: at most
+/// [`MAX_SUBJECT_TOKEN_BYTES`], UTF-8, not empty.
+pub fn read_token_file(path: &Path) -> Result<SecretString, ClientError> {
     let limit = (MAX_SUBJECT_TOKEN_BYTES + 2) as u64;
     let mut bytes = Vec::new();
     let read = if path.as_os_str() == "-" {

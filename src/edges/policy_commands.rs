@@ -1,17 +1,22 @@
 //! The `tokenmint policy` commands: `check` (loading policies as `serve` does, running
 //! the linter, printing its findings as text for people, JSON for scripts or SARIF 2.1.0
-//! for code scanning) and `test` (running `policies/tests/*.yaml` like a test runner).
+//! for code scanning), `test` (running `policies/tests/*.yaml` like a test runner) and
+//! `explain` (every candidate policy's verdict on some claims, and what follows).
 
 use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 
-use serde_json::{Value, json};
+use secrecy::ExposeSecret as _;
+use serde_json::{Map, Value, json};
 
 use crate::config::{Config, ConfigSource, TargetKindConfig};
-use crate::edges::telemetry;
+use crate::edges::{exchange_client, telemetry};
+use crate::trust::exchange::explain::{self, Explanation};
 use crate::trust::policy::cases::{self, CaseContext, Verdict};
 use crate::trust::policy::lint::{self, Finding, RULES, Severity, TargetSettings};
 use crate::trust::policy::{self, PolicyContext, PolicySet};
+use crate::trust::verify::claims::SimulatedClaims;
+use crate::trust::verify::unverified;
 
 /// How `policy check` prints its findings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -328,21 +333,7 @@ pub fn run_tests(config: &Config, dir: &Path) -> (String, bool) {
             return (out, true);
         }
     };
-    let ctx = CaseContext {
-        issuer_urls: config
-            .issuers
-            .iter()
-            .map(|(name, issuer)| (name.clone(), issuer.issuer.clone()))
-            .collect(),
-        target_audiences: config
-            .targets
-            .iter()
-            .map(|(name, target)| {
-                let url = target.match_audience_url.then(|| target.audience.clone());
-                (name.clone(), url)
-            })
-            .collect(),
-    };
+    let ctx = CaseContext::from_config(config);
     let files = cases::list_case_files(dir);
     if files.is_empty() {
         out.push_str(&format!(
@@ -387,4 +378,198 @@ pub fn run_tests(config: &Config, dir: &Path) -> (String, bool) {
     }
     out.push_str(&format!("{passed} passed, {failed} failed\n"));
     (out, failed > 0)
+}
+
+/// Where `policy explain` gets its claims. A token is never a command-line argument:
+/// arguments are visible to every user of the machine and kept in shell history.
+#[derive(Debug, Clone)]
+pub enum ExplainInput {
+    /// A JSON object of claims.
+    Claims(PathBuf),
+    /// A CI token in a file, or on standard input for `-`.
+    Token(PathBuf),
+}
+
+/// How `policy explain` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ExplainFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// What `policy explain` was asked.
+#[derive(Debug, Clone)]
+pub struct ExplainRequest {
+    pub input: ExplainInput,
+    /// The issuer name; default: the one whose URL is the claims' `iss`.
+    pub issuer: Option<String>,
+    pub audience: String,
+    pub scope: Option<String>,
+    pub policy: Option<String>,
+    pub format: ExplainFormat,
+    pub dir: Option<PathBuf>,
+}
+
+/// `tokenmint policy explain`: exit 0 with the explanation whatever its verdict; 1 when
+/// the input, the configuration or the policies cannot be read.
+pub fn explain_command(
+    config_file: Option<PathBuf>,
+    request: ExplainRequest,
+) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&ConfigSource {
+        file: config_file,
+        listen: None,
+    })?;
+    let dir = request
+        .dir
+        .clone()
+        .unwrap_or_else(|| config.policies.dir.clone());
+    let policies =
+        policy::load_dir(&dir, &PolicyContext::from_config(&config)).map_err(|errors| {
+            anyhow::anyhow!(
+                "the policies in {} do not load ({}); run tokenmint policy check",
+                dir.display(),
+                errors.first().map(ToString::to_string).unwrap_or_default()
+            )
+        })?;
+    let (claims, provenance) = read_explain_input(&request.input)?;
+    let names = CaseContext::from_config(&config);
+    let issuer = names
+        .issuer_for(request.issuer.as_deref(), &claims)
+        .map_err(anyhow::Error::msg)?;
+    let target = names
+        .target_for(&request.audience)
+        .map_err(anyhow::Error::msg)?;
+    let claims = SimulatedClaims::new(&issuer, claims);
+    let scopes: Option<Vec<String>> = request
+        .scope
+        .as_deref()
+        .map(|scope| scope.split_whitespace().map(str::to_owned).collect());
+    let policy = request
+        .policy
+        .as_deref()
+        .filter(|policy| !policy.is_empty());
+    let explanation = explain::explain(
+        &policies,
+        &claims,
+        &target,
+        &request.audience,
+        scopes.as_deref(),
+        policy,
+    );
+    match request.format {
+        ExplainFormat::Text => print!("{}", render_explanation(&provenance, &explanation)),
+        ExplainFormat::Json => {
+            let mut value = serde_json::to_value(&explanation)?;
+            value["verified"] = json!(false);
+            value["input"] = json!(provenance);
+            println!("{value:#}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The claims, and the first line saying where they came from and that nothing was verified.
+fn read_explain_input(input: &ExplainInput) -> anyhow::Result<(Map<String, Value>, String)> {
+    match input {
+        ExplainInput::Claims(path) => {
+            let claims = cases::read_claims_file(path).map_err(anyhow::Error::msg)?;
+            let line = format!(
+                "claims from {}, simulated: nothing here was verified",
+                path.display()
+            );
+            Ok((claims, line))
+        }
+        ExplainInput::Token(path) => {
+            let token = exchange_client::read_token_file(path)?;
+            let claims = unverified::claims_without_verification(token.expose_secret())
+                .map_err(|err| anyhow::anyhow!("the token cannot be decoded: {err}"))?;
+            let line = "token decoded WITHOUT verification: its signature, issuer, audience and \
+                        lifetime were not checked, and an exchange checks them first"
+                .to_owned();
+            Ok((claims, line))
+        }
+    }
+}
+
+/// The explanation for people: provenance first, then every policy with its conditions.
+pub fn render_explanation(provenance: &str, explanation: &Explanation) -> String {
+    let mut out = format!("{provenance}\n");
+    out.push_str(&format!(
+        "issuer {}, target {}, requested scope: {}, pinned policy: {}\n",
+        explanation.issuer,
+        explanation.target,
+        explanation.requested_scope.as_deref().unwrap_or("(none)"),
+        explanation.pinned_policy.as_deref().unwrap_or("(none)"),
+    ));
+    if explanation.policies.is_empty() {
+        out.push_str("\nno policy exists for this issuer and target\n");
+    }
+    for verdict in &explanation.policies {
+        let mut notes = vec![match verdict.mode {
+            policy::Mode::Enforce => "enforce".to_owned(),
+            policy::Mode::Audit => "audit".to_owned(),
+        }];
+        if !verdict.enabled {
+            notes.push("disabled".to_owned());
+        }
+        notes.push(format!("scopes {}", verdict.scopes.join(" ")));
+        let mut state = if verdict.matches {
+            "matches"
+        } else {
+            "does not match"
+        }
+        .to_owned();
+        if verdict.matches && !verdict.covers_requested_scope {
+            state.push_str(", but lacks a requested scope");
+        }
+        if verdict.chosen {
+            state.push_str("  <- chosen");
+        } else if explanation.would_allow.contains(&verdict.name) {
+            state.push_str("  <- would allow (audit mode: grants nothing)");
+        }
+        out.push_str(&format!(
+            "\npolicy {} ({}): {state}\n",
+            verdict.name,
+            notes.join("; ")
+        ));
+        for condition in &verdict.conditions {
+            let mark = if condition.passed { "✔" } else { "✘" };
+            out.push_str(&format!("  {mark} {}\n", condition.describe()));
+        }
+    }
+    let result = &explanation.result;
+    out.push('\n');
+    match (&result.policy, result.error) {
+        (Some(policy), _) => out.push_str(&format!(
+            "result: allow by {policy}, scopes {}\n",
+            result.scopes.join(" ")
+        )),
+        (None, error) => out.push_str(&format!("result: deny ({})\n", error.unwrap_or("denied"))),
+    }
+    out.push_str(&format!("  how: {}\n", result.how));
+    if !explanation.would_allow.is_empty() {
+        out.push_str(&format!(
+            "would_allow: {} (recorded in the audit record; mode: audit grants nothing)\n",
+            explanation.would_allow.join(", ")
+        ));
+    }
+    let disclosure = &explanation.disclosure;
+    let bound = if disclosure.bound {
+        "bound for this target (its claims satisfy every binding condition of a policy)"
+    } else {
+        "not bound for this target (no policy's binding conditions all match)"
+    };
+    out.push_str(&format!("caller: {bound}\n"));
+    match &disclosure.told {
+        None => out.push_str("told: the token (nothing is withheld)\n"),
+        Some(told) => {
+            out.push_str(&format!("told: {told}\n"));
+            if disclosure.names_nearest_policy.is_none() && !disclosure.bound {
+                out.push_str("  (the policies' content is disclosed only to callers they name)\n");
+            }
+        }
+    }
+    out
 }

@@ -587,3 +587,190 @@ fn policy_test_fails_on_cases_that_cannot_run_and_on_wrong_deciding_policies() {
          0 passed, 4 failed\n"
     );
 }
+
+fn write_explain_fixture(dir: &Path) {
+    write_config(
+        dir,
+        &[
+            ("deploy.yaml", QUIET_POLICY),
+            (
+                "shadow.yaml",
+                "issuer: github\ntarget: internal-api\nscopes: [read]\nmode: audit\nclaims:\n  repository_id: \"89012345\"\n",
+            ),
+        ],
+    );
+    std::fs::write(
+        dir.join("main.json"),
+        r#"{"iss": "https://token.actions.githubusercontent.com", "repository_id": "89012345", "ref": "refs/heads/main"}"#,
+    )
+    .expect("claims");
+}
+
+#[test]
+fn policy_explain_shows_every_policy_the_choice_and_what_the_caller_is_told() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_explain_fixture(dir.path());
+    let (code, stdout, stderr) = run(
+        dir.path(),
+        &[
+            "policy",
+            "explain",
+            "--claims",
+            "main.json",
+            "--audience",
+            "internal-api",
+        ],
+    );
+    assert_eq!((code, stderr.as_str()), (0, ""), "{stdout}");
+    assert_eq!(
+        stdout,
+        "claims from main.json, simulated: nothing here was verified\n\
+         issuer github, target internal-api, requested scope: (none), pinned policy: (none)\n\
+         \n\
+         policy deploy (enforce; scopes read): matches  <- chosen\n\
+         \x20 ✔ claim \"repository_id\" is \"89012345\", expected \"89012345\"\n\
+         \x20 ✔ claim \"ref\" is \"refs/heads/main\", expected \"refs/heads/main\"\n\
+         \n\
+         policy shadow (audit; scopes read): matches  <- would allow (audit mode: grants nothing)\n\
+         \x20 ✔ claim \"repository_id\" is \"89012345\", expected \"89012345\"\n\
+         \n\
+         result: allow by deploy, scopes read\n\
+         \x20 how: no scope was requested: the matching policy whose scopes are a subset of every other matching policy's wins, and the grant is its scopes\n\
+         would_allow: shadow (recorded in the audit record; mode: audit grants nothing)\n\
+         caller: bound for this target (its claims satisfy every binding condition of a policy)\n\
+         told: the token (nothing is withheld)\n"
+    );
+}
+
+#[test]
+fn policy_explain_says_what_an_unbound_caller_is_told_and_prints_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_explain_fixture(dir.path());
+    std::fs::write(
+        dir.path().join("stranger.json"),
+        r#"{"repository_id": "1", "ref": "refs/heads/main"}"#,
+    )
+    .expect("claims");
+    let (code, stdout, _) = run(
+        dir.path(),
+        &[
+            "policy",
+            "explain",
+            "--claims",
+            "stranger.json",
+            "--issuer",
+            "github",
+            "--audience",
+            "https://api.internal.example",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(code, 0, "{stdout}");
+    let explanation: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(explanation["verified"], false);
+    assert_eq!(explanation["target"], "internal-api");
+    assert_eq!(
+        explanation["result"],
+        serde_json::json!({
+            "outcome": "deny",
+            "error": "access_denied",
+            "policy": null,
+            "scopes": [],
+            "how": "no enabled enforce policy for this issuer and target has every condition matching",
+        })
+    );
+    assert_eq!(
+        explanation["disclosure"],
+        serde_json::json!({
+            "bound": false,
+            "told": "no trust policy for target \"https://api.internal.example\" matches this workload",
+            "names_nearest_policy": null,
+        })
+    );
+    let policies = explanation["policies"].as_array().expect("policies");
+    assert_eq!(policies.len(), 2);
+    assert_eq!(policies[0]["name"], "deploy");
+    assert_eq!(policies[0]["conditions"][0]["passed"], false);
+    assert_eq!(policies[0]["conditions"][0]["actual"], "\"1\"");
+}
+
+/// A token is read from a file or stdin, decoded without verification, and the output
+/// says so first; a defect is an error naming it.
+#[test]
+fn policy_explain_decodes_a_token_without_verification_and_says_so_first() {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_explain_fixture(dir.path());
+    let b64 = |json: &str| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+    };
+    let token = format!(
+        "{}.{}.c2ln",
+        b64(r#"{"alg":"RS256","kid":"k"}"#),
+        b64(
+            r#"{"iss":"https://token.actions.githubusercontent.com","repository_id":"89012345","ref":"refs/heads/dev"}"#
+        )
+    );
+    let mut child = tokenmint()
+        .args([
+            "policy",
+            "explain",
+            "--token-stdin",
+            "--audience",
+            "internal-api",
+            "--scope",
+            "read",
+        ])
+        .current_dir(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(token.as_bytes())
+        .expect("write");
+    let output = child.wait_with_output().expect("run");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.starts_with("token decoded WITHOUT verification: its signature, issuer, audience and lifetime were not checked, and an exchange checks them first\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  ✘ claim \"ref\" is \"refs/heads/dev\", expected \"refs/heads/main\"\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\ntold: no trust policy for target \"internal-api\" matches this workload; nearest policy \"deploy\": claim \"ref\" is \"refs/heads/dev\", expected \"refs/heads/main\"\n"), "{stdout}");
+    assert!(!stdout.contains(&token) && !String::from_utf8_lossy(&output.stderr).contains(&token));
+
+    std::fs::write(dir.path().join("bad.jwt"), "not-a-jwt\n").expect("token");
+    let (code, stdout, stderr) = run(
+        dir.path(),
+        &[
+            "policy",
+            "explain",
+            "--token-file",
+            "bad.jwt",
+            "--audience",
+            "internal-api",
+        ],
+    );
+    assert_eq!((code, stdout.as_str()), (1, ""));
+    assert!(
+        stderr.starts_with("tokenmint: the token cannot be decoded: "),
+        "{stderr}"
+    );
+    // One input is required, and only one.
+    let (code, _, _) = run(
+        dir.path(),
+        &["policy", "explain", "--audience", "internal-api"],
+    );
+    assert_eq!(code, 2);
+}

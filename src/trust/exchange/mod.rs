@@ -18,6 +18,7 @@
 //! - policy content reaches only callers bound for the target (see [`Refusal`]).
 
 mod decide;
+pub mod explain;
 mod in_flight;
 mod record;
 mod refusal;

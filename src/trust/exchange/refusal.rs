@@ -46,6 +46,35 @@ pub enum ExchangeError {
     },
 }
 
+impl ExchangeError {
+    /// The `/token` error code the caller gets (`invalid_grant`, `access_denied`, ...).
+    pub fn error_code(&self) -> &'static str {
+        match self {
+            ExchangeError::InvalidGrant(_) => "invalid_grant",
+            ExchangeError::InvalidTarget(_) => "invalid_target",
+            ExchangeError::InvalidRequest(_) => "invalid_request",
+            ExchangeError::AccessDenied(_) => "access_denied",
+            ExchangeError::InvalidScope(_) => "invalid_scope",
+            ExchangeError::UpstreamFailed(_) | ExchangeError::Unavailable { .. } => {
+                "temporarily_unavailable"
+            }
+        }
+    }
+
+    /// The `error_description` the caller gets.
+    pub fn description(&self) -> &str {
+        match self {
+            ExchangeError::InvalidGrant(text)
+            | ExchangeError::InvalidTarget(text)
+            | ExchangeError::InvalidRequest(text)
+            | ExchangeError::InvalidScope(text)
+            | ExchangeError::UpstreamFailed(text) => text,
+            ExchangeError::AccessDenied(denial) => &denial.description,
+            ExchangeError::Unavailable { description, .. } => description,
+        }
+    }
+}
+
 /// An `access_denied` answer. `nearest` is set only for callers bound for the target.
 #[derive(Debug)]
 pub struct Denial {

@@ -59,10 +59,34 @@ pub struct CaseContext {
 }
 
 impl CaseContext {
-    fn issuer_for(&self, case: &Case) -> Result<String, String> {
-        if let Some(issuer) = &case.issuer {
+    /// The issuers' URLs and the targets' audiences from the configuration.
+    pub fn from_config(config: &crate::config::Config) -> CaseContext {
+        CaseContext {
+            issuer_urls: config
+                .issuers
+                .iter()
+                .map(|(name, issuer)| (name.clone(), issuer.issuer.clone()))
+                .collect(),
+            target_audiences: config
+                .targets
+                .iter()
+                .map(|(name, target)| {
+                    let url = target.match_audience_url.then(|| target.audience.clone());
+                    (name.clone(), url)
+                })
+                .collect(),
+        }
+    }
+
+    /// The issuer named `issuer`, or else the one whose URL is `claims.iss`.
+    pub fn issuer_for(
+        &self,
+        issuer: Option<&str>,
+        claims: &Map<String, Value>,
+    ) -> Result<String, String> {
+        if let Some(issuer) = issuer {
             return match self.issuer_urls.contains_key(issuer) {
-                true => Ok(issuer.clone()),
+                true => Ok(issuer.to_owned()),
                 false => Err(format!(
                     "unknown issuer {}; configured issuers: {}",
                     quote(issuer),
@@ -70,7 +94,7 @@ impl CaseContext {
                 )),
             };
         }
-        let Some(iss) = case.claims.get("iss").and_then(Value::as_str) else {
+        let Some(iss) = claims.get("iss").and_then(Value::as_str) else {
             return Err("set `issuer`, or give the claims an `iss`".to_owned());
         };
         self.issuer_urls
@@ -85,7 +109,8 @@ impl CaseContext {
             })
     }
 
-    fn target_for(&self, audience: &str) -> Result<String, String> {
+    /// The target named `audience`, or else the one whose audience URL it is.
+    pub fn target_for(&self, audience: &str) -> Result<String, String> {
         if self.target_audiences.contains_key(audience) {
             return Ok(audience.to_owned());
         }
@@ -301,7 +326,7 @@ pub fn parse_cases(label: &str, text: &str, base: &Path) -> Result<Vec<Case>, Ve
 }
 
 /// A JSON object of claims; a fixture may also wrap them as `{"claims": {...}}`.
-fn read_claims_file(path: &Path) -> Result<Map<String, Value>, String> {
+pub fn read_claims_file(path: &Path) -> Result<Map<String, Value>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|err| format!("cannot read {}: {err}", path.display()))?;
     match serde_json::from_str::<Value>(&text) {
@@ -342,7 +367,7 @@ pub fn run_case(case: &Case, policies: &PolicySet, ctx: &CaseContext) -> Verdict
         reason,
         details: Vec::new(),
     };
-    let issuer = match ctx.issuer_for(case) {
+    let issuer = match ctx.issuer_for(case.issuer.as_deref(), &case.claims) {
         Ok(issuer) => issuer,
         Err(reason) => return failed(reason),
     };

@@ -112,6 +112,14 @@ impl<'a> UnverifiedToken<'a> {
     }
 }
 
+/// A CI token's claims for `policy explain`, decoded **without verification**: the
+/// caller wraps them in `SimulatedClaims`, which can never reach an exchange, and says on
+/// its first line that nothing was verified. Every defect `verify` would report before
+/// the signature check (not a JWS, bad header, duplicate claims) is reported here too.
+pub fn claims_without_verification(token: &str) -> Result<Map<String, Value>, VerifyError> {
+    UnverifiedToken::parse(token).map(|token| token.claims)
+}
+
 /// The claims of an access token a remote target issued to tokenmint, read to check
 /// the scope and lifetime it carries; `None` when the token is not a compact JWS with
 /// a JSON payload.
