@@ -1,12 +1,13 @@
 //! The typed configuration tree: loading (defaults, TOML file, `TOKENMINT_*__*` variables) and validation.
 
+pub mod deny;
 mod duration;
 mod env;
 mod issuer;
 mod raw;
 mod target;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -41,6 +42,12 @@ pub struct Config {
     pub keys: KeysConfig,
     pub issuers: BTreeMap<String, IssuerConfig>,
     pub targets: BTreeMap<String, TargetConfig>,
+    /// `[deny]`, an incident switch: binding-claim values refused before any policy is
+    /// evaluated (claim name to values); re-read on SIGHUP.
+    pub deny: BTreeMap<String, BTreeSet<String>>,
+    /// The file the configuration was read from, re-read on SIGHUP for the incident
+    /// switches; `None` without one (dev mode, variables only).
+    pub file: Option<PathBuf>,
     /// Dev mode: the dev CI issuer is served and nothing real is ever contacted.
     pub dev: bool,
 }
@@ -109,6 +116,9 @@ pub struct TargetConfig {
     pub name: String,
     pub audience: String,
     pub match_audience_url: bool,
+    /// An incident switch (`enabled = false`): every exchange for the target is refused;
+    /// re-read on SIGHUP.
+    pub enabled: bool,
     pub max_ttl: Duration,
     pub kind: TargetKindConfig,
 }

@@ -28,6 +28,8 @@ pub(super) struct RawConfig {
     issuers: BTreeMap<String, RawIssuer>,
     #[serde(default)]
     targets: BTreeMap<String, super::target::RawTarget>,
+    #[serde(default)]
+    deny: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -485,6 +487,8 @@ impl RawConfig {
         }
 
         check_key_encryption_key(&self.storage, &targets, &fail)?;
+        let deny = super::deny::check_deny_list(&self.deny)
+            .map_err(|(key, message)| fail(&format!("deny.{key}"), message))?;
 
         Ok(Config {
             server: ServerConfig {
@@ -508,6 +512,8 @@ impl RawConfig {
             },
             issuers,
             targets,
+            deny,
+            file: file.map(Path::to_path_buf),
             dev: false,
         })
     }

@@ -17,6 +17,9 @@ pub(super) struct RawTarget {
     audience: Option<String>,
     #[serde(default = "yes")]
     match_audience_url: bool,
+    /// An incident switch: `false` refuses every exchange for this target.
+    #[serde(default = "yes")]
+    enabled: bool,
     #[serde(default = "default_max_ttl")]
     max_ttl: HumanDuration,
     // local
@@ -168,7 +171,8 @@ pub enum AudienceParam {
     None,
 }
 
-/// The keys each kind takes besides `kind`, `audience`, `match_audience_url`, `max_ttl`.
+/// The keys each kind takes besides `kind`, `audience`, `match_audience_url`, `enabled`,
+/// `max_ttl`.
 const LOCAL_KEYS: &[&str] = &["algorithm", "signing_key_file"];
 const REMOTE_KEYS: &[&str] = &[
     "client_id",
@@ -271,6 +275,7 @@ impl RawTarget {
             name: name.to_owned(),
             audience,
             match_audience_url: self.match_audience_url,
+            enabled: self.enabled,
             max_ttl: self.max_ttl.get(),
             kind: TargetKindConfig::Local {
                 algorithm,
@@ -432,6 +437,7 @@ impl RawTarget {
             name: name.to_owned(),
             audience,
             match_audience_url: self.match_audience_url,
+            enabled: self.enabled,
             max_ttl: self.max_ttl.get(),
             kind: TargetKindConfig::Remote(Box::new(RemoteTargetConfig {
                 provider,

@@ -153,6 +153,7 @@ pub fn dev_config(listen: SocketAddr) -> anyhow::Result<Config> {
             name: DEV_TARGET_NAME.to_owned(),
             audience: format!("{public_url}/{DEV_TARGET_NAME}"),
             match_audience_url: true,
+            enabled: true,
             max_ttl: Duration::from_secs(3600),
             kind: TargetKindConfig::Local {
                 algorithm: SigningAlgorithm::ES256,
@@ -182,6 +183,8 @@ pub fn dev_config(listen: SocketAddr) -> anyhow::Result<Config> {
         },
         issuers,
         targets,
+        deny: BTreeMap::new(),
+        file: None,
         dev: true,
     })
 }

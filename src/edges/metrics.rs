@@ -33,6 +33,11 @@ struct PolicyFileLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabels {
+    policy: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FetchLabels {
     issuer: Arc<str>,
     outcome: &'static str,
@@ -55,6 +60,9 @@ pub struct Metrics {
     records_per_commit: Histogram,
     commit_latency: Histogram,
     policy_files: Family<PolicyFileLabels, Gauge>,
+    would_allow: Family<PolicyLabels, Counter>,
+    /// The same counts, readable for the admin readiness detail.
+    would_allow_counts: Mutex<std::collections::BTreeMap<String, u64>>,
     /// Issuer and target names as shared label values, made once per name.
     names: RwLock<HashMap<String, Arc<str>>>,
     /// Per reason of a request refused before verification: when one was last logged,
@@ -129,8 +137,16 @@ impl Metrics {
             "Policy files by state after the last reload: ok, stale (last good version served), dropped, never_loaded",
             policy_files.clone(),
         );
+        let would_allow = Family::<PolicyLabels, Counter>::default();
+        registry.register(
+            "policy_would_allow",
+            "Exchanges an audit-mode policy would have allowed, by policy",
+            would_allow.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
+            would_allow,
+            would_allow_counts: Mutex::new(std::collections::BTreeMap::new()),
             records_per_commit,
             commit_latency,
             policy_files,
@@ -224,6 +240,27 @@ impl PolicyFilesObserver for Metrics {
 impl ExchangeObserver for Metrics {
     fn concluded(&self, outcome: Outcome, reason: Reason, seconds: f64) {
         self.count_exchange(outcome.as_str(), reason.as_str(), seconds);
+    }
+
+    fn would_allow(&self, policy: &str) {
+        self.would_allow
+            .get_or_create(&PolicyLabels {
+                policy: self.name(policy),
+            })
+            .inc();
+        if let Ok(mut counts) = self.would_allow_counts.lock() {
+            *counts.entry(policy.to_owned()).or_default() += 1;
+        }
+    }
+}
+
+impl Metrics {
+    /// How many exchanges each audit-mode policy would have allowed since start.
+    pub fn would_allow_counts(&self) -> std::collections::BTreeMap<String, u64> {
+        self.would_allow_counts
+            .lock()
+            .map(|counts| counts.clone())
+            .unwrap_or_default()
     }
 }
 

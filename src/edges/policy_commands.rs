@@ -10,10 +10,11 @@ use secrecy::ExposeSecret as _;
 use serde_json::{Map, Value, json};
 
 use crate::config::{Config, ConfigSource, TargetKindConfig};
-use crate::edges::{exchange_client, telemetry};
-use crate::trust::exchange::explain::{self, Explanation};
+use crate::edges::{exchange_client, service, telemetry};
+use crate::trust::exchange::explain::{self, ExplainQuery, Explanation};
 use crate::trust::policy::cases::{self, CaseContext, Verdict};
 use crate::trust::policy::lint::{self, Finding, RULES, Severity, TargetSettings};
+use crate::trust::policy::switches;
 use crate::trust::policy::{self, PolicyContext, PolicySet};
 use crate::trust::verify::claims::SimulatedClaims;
 use crate::trust::verify::unverified;
@@ -110,6 +111,9 @@ pub fn run_check(config: &Config, config_file: Option<&Path>, dir: &Path) -> Che
         (Vec::new(), vec![error])
     };
     findings.extend(errors.iter().map(lint::load_error));
+    if let Err(deny_errors) = switches::load_deny_file(dir) {
+        findings.extend(deny_errors.iter().map(lint::load_error));
+    }
     for policy in &policies {
         findings.extend(lint::lint_policy(policy, &ctx));
     }
@@ -132,8 +136,7 @@ pub fn run_check(config: &Config, config_file: Option<&Path>, dir: &Path) -> Che
         };
         findings.extend(lint::lint_target(&settings));
     }
-    let version = errors
-        .is_empty()
+    let version = (errors.is_empty() && !findings.iter().any(|f| f.rule == lint::LOAD_ERROR))
         .then(|| PolicySet::new(policies.clone()).ok())
         .flatten()
         .map(|set| set.version().to_owned());
@@ -319,7 +322,8 @@ pub fn test(config_file: Option<PathBuf>, dir: Option<PathBuf>) -> anyhow::Resul
 /// The runner's output, and whether anything failed.
 pub fn run_tests(config: &Config, dir: &Path) -> (String, bool) {
     let mut out = String::new();
-    let policies = match policy::load_dir(dir, &PolicyContext::from_config(config)) {
+    // With the incident switches, exactly as `serve` loads them.
+    let policies = match service::load_policies(config, dir) {
         Ok(policies) => policies,
         Err(errors) => {
             for error in &errors {
@@ -425,14 +429,14 @@ pub fn explain_command(
         .dir
         .clone()
         .unwrap_or_else(|| config.policies.dir.clone());
-    let policies =
-        policy::load_dir(&dir, &PolicyContext::from_config(&config)).map_err(|errors| {
-            anyhow::anyhow!(
-                "the policies in {} do not load ({}); run tokenmint policy check",
-                dir.display(),
-                errors.first().map(ToString::to_string).unwrap_or_default()
-            )
-        })?;
+    // With the incident switches, exactly as `serve` loads them.
+    let policies = service::load_policies(&config, &dir).map_err(|errors| {
+        anyhow::anyhow!(
+            "the policies in {} do not load ({}); run tokenmint policy check",
+            dir.display(),
+            errors.first().cloned().unwrap_or_default()
+        )
+    })?;
     let (claims, provenance) = read_explain_input(&request.input)?;
     let names = CaseContext::from_config(&config);
     let issuer = names
@@ -450,13 +454,20 @@ pub fn explain_command(
         .policy
         .as_deref()
         .filter(|policy| !policy.is_empty());
+    let kind = config
+        .issuers
+        .get(&issuer)
+        .map_or(policy::IssuerKind::Generic, |issuer| issuer.kind);
     let explanation = explain::explain(
         &policies,
         &claims,
-        &target,
-        &request.audience,
-        scopes.as_deref(),
-        policy,
+        ExplainQuery {
+            kind,
+            target: &target,
+            audience: &request.audience,
+            requested_scopes: scopes.as_deref(),
+            pinned_policy: policy,
+        },
     );
     match request.format {
         ExplainFormat::Text => print!("{}", render_explanation(&provenance, &explanation)),

@@ -30,6 +30,7 @@ use crate::edges::metrics::Metrics;
 use crate::trust::exchange::{Exchanger, Target};
 use crate::trust::mint::Minter;
 use crate::trust::policy::reload::PolicyReloader;
+use crate::trust::policy::switches::{self, ConfigSwitches, SwitchSource, Switches};
 use crate::trust::policy::{self, PolicyContext, PolicySet};
 use crate::trust::store::Store;
 use crate::trust::verify::{TrustedIssuer, Verifier};
@@ -116,8 +117,13 @@ pub fn load_policies(config: &Config, dir: &Path) -> Result<PolicySet, Vec<Strin
             dir.display()
         )]);
     }
-    policy::load_dir(dir, &PolicyContext::from_config(config))
-        .map_err(|errors| errors.iter().map(ToString::to_string).collect())
+    let set = policy::load_dir(dir, &PolicyContext::from_config(config))
+        .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    // A deny list that does not load stops `serve`: running without it would admit the
+    // workloads it names.
+    let deny = switches::load_deny_file(dir)
+        .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    Ok(set.with_switches(Switches::new(&ConfigSwitches::of(config), &deny)))
 }
 
 impl Service {
@@ -358,6 +364,7 @@ impl Service {
                     config.policies.max_stale,
                     policies,
                     metrics.clone(),
+                    SwitchSource::new(&config),
                 ));
                 tasks.push(reloader.clone().spawn());
                 Some(reloader)
@@ -370,6 +377,7 @@ impl Service {
             metrics,
             stopping: Arc::new(AtomicBool::new(false)),
             dev,
+            reloader: reloader.clone(),
         };
         Ok(Service {
             state,

@@ -64,6 +64,8 @@ pub enum Reason {
     TokenInUse,
 
     // The request against the policies.
+    Denylisted,
+    TargetDisabled,
     UnknownTarget,
     UnknownPolicy,
     NoPolicyMatched,
@@ -118,6 +120,8 @@ impl Reason {
             R::LifetimeTooLong => "lifetime_too_long",
             R::TokenReplayed => "token_replayed",
             R::TokenInUse => "token_in_use",
+            R::Denylisted => "denylisted",
+            R::TargetDisabled => "target_disabled",
             R::UnknownTarget => "unknown_target",
             R::UnknownPolicy => "unknown_policy",
             R::NoPolicyMatched => "no_policy_matched",
@@ -168,6 +172,8 @@ impl Reason {
             | R::LifetimeTooLong
             | R::TokenReplayed
             | R::TokenInUse
+            | R::Denylisted
+            | R::TargetDisabled
             | R::UnknownTarget
             | R::UnknownPolicy
             | R::NoPolicyMatched

@@ -26,4 +26,5 @@ mod replay;
 mod shared_keys;
 mod store_faults;
 mod stores;
+mod switches;
 mod verification;

@@ -417,3 +417,83 @@ async fn at_trace_level_no_credential_reaches_the_log() {
         }
     }
 }
+
+/// The admin readiness detail says, per policy file, what a reload found (and since
+/// when a file fails), which incident switches are on, and what audit-mode policies
+/// would have allowed.
+#[tokio::test]
+async fn the_readiness_detail_shows_policy_files_switches_and_would_allow_counts() {
+    let fake = FakeIssuer::start(Shape::Github).await;
+    let app = crate::exchange::deploy_builder(&fake, "")
+        .policy(
+            "shadow.yaml",
+            "issuer: github\ntarget: internal-api\nscopes: [read]\nmode: audit\nclaims:\n  repository_id: \"89012345\"\n",
+        )
+        .spawn()
+        .await;
+    assert_eq!(
+        app.exchange(
+            &fake.token("github-push-main"),
+            "internal-api",
+            &[("scope", "read")]
+        )
+        .await
+        .status,
+        200
+    );
+    std::fs::write(
+        app.policies_dir.join("shadow.yaml"),
+        "issuer: github\nclaims: [\n",
+    )
+    .expect("break");
+    std::fs::write(
+        app.policies_dir.join("deny.yaml"),
+        "repository_owner_id: [\"9\", \"10\"]\n",
+    )
+    .expect("deny");
+    let before = time::OffsetDateTime::now_utc() - time::Duration::seconds(1);
+    let report = app.service.reloader.as_ref().expect("reloader").reload();
+    assert_eq!(report.kept_stale.len(), 1, "{report:?}");
+
+    let (status, bytes) = admin_get(&app, "/readyz").await;
+    assert_eq!(status, 200);
+    let detail: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+    let files = detail["policy_files"].as_array().expect("policy_files");
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert_eq!(
+        files[0],
+        serde_json::json!({
+            "file": app.policies_dir.join("deploy-api.yaml").display().to_string(),
+            "state": "ok",
+            "line": null,
+            "error": null,
+            "failing_since": null,
+        })
+    );
+    assert_eq!(files[1]["state"], "stale");
+    assert_eq!(files[1]["line"], 3);
+    assert!(
+        files[1]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("shadow.yaml:3: yaml: ")),
+        "{}",
+        files[1]
+    );
+    let since = time::OffsetDateTime::parse(
+        files[1]["failing_since"].as_str().expect("since"),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .expect("RFC 3339");
+    assert!(since >= before, "{since} {before}");
+    assert_eq!(
+        detail["switches"],
+        serde_json::json!({ "denied_values": 2, "disabled_targets": [] })
+    );
+    assert_eq!(detail["would_allow"], serde_json::json!({ "shadow": 1 }));
+    let (_, bytes) = admin_get(&app, "/metrics").await;
+    let metrics = String::from_utf8_lossy(&bytes);
+    assert!(
+        metrics.contains("tokenmint_policy_would_allow_total{policy=\"shadow\"} 1"),
+        "{metrics}"
+    );
+}

@@ -33,6 +33,8 @@ pub struct AppState {
     pub stopping: Arc<AtomicBool>,
     /// Dev mode's CI issuer; `None` outside dev mode.
     pub dev: Option<Arc<DevIssuer>>,
+    /// The policy reloader, for the per-file detail of the admin readiness; `None` in dev mode.
+    pub reloader: Option<Arc<crate::trust::policy::reload::PolicyReloader>>,
 }
 
 /// The public listener: the exchange, discovery, JWKS, health; in dev mode also the dev

@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+use time::format_description::well_known::Rfc3339;
 
 use super::AppState;
 
@@ -61,10 +62,32 @@ pub async fn readyz_detail(State(app): State<AppState>) -> Response {
             })
         })
         .collect();
+    let policy_files: Vec<_> = app
+        .reloader
+        .iter()
+        .flat_map(|reloader| reloader.file_details())
+        .map(|file| {
+            json!({
+                "file": file.file,
+                "state": file.state.as_str(),
+                "line": file.line,
+                "error": file.error,
+                "failing_since": file.failing_since.and_then(|since| since.format(&Rfc3339).ok()),
+            })
+        })
+        .collect();
+    let switches = policies.switches();
+    let (denied_values, _) = switches.counts();
     let body = json!({
         "ready": ready,
         "policies": policies.len(),
         "policy_set_version": policies.version(),
+        "policy_files": policy_files,
+        "switches": {
+            "denied_values": denied_values,
+            "disabled_targets": switches.disabled_targets().collect::<Vec<_>>(),
+        },
+        "would_allow": app.metrics.would_allow_counts(),
         "issuers": issuers,
         "store_healthy": app.exchanger.store.healthy().await,
     });

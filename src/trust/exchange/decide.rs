@@ -35,12 +35,24 @@ impl Exchanger {
             would_allow: Vec::new(),
         };
         let audience = request.audience.as_str();
+        // Incident switch: a denied binding-claim value is refused before any policy is
+        // evaluated, whatever the target.
+        if let Some(hit) = policies.switches().denylisted(verified.issuer.kind, claims) {
+            return (evaluation, Err(Refusal::denylisted(audience, &hit)));
+        }
         let Some(target) = self.resolve_target(audience) else {
             let refusal = Refusal::unknown_target(audience, policies.is_known(claims));
             return (evaluation, Err(refusal));
         };
         let target_name = target.config.name.as_str();
         evaluation.target = Some(target_name.to_owned());
+        // Incident switch: a target switched off answers like an unknown one to callers
+        // the policies do not know.
+        if policies.switches().target_disabled(target_name) {
+            let refusal =
+                Refusal::target_disabled(audience, target_name, policies.is_known(claims));
+            return (evaluation, Err(refusal));
+        }
         let selection = policies.select(
             claims,
             target_name,
@@ -48,6 +60,9 @@ impl Exchanger {
             request.policy.as_deref(),
         );
         evaluation.would_allow = selection.audit_only().to_vec();
+        for policy in &evaluation.would_allow {
+            self.observer.would_allow(policy);
+        }
         let refusal = match selection {
             Selection::Granted {
                 policy,

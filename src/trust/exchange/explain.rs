@@ -7,7 +7,7 @@
 use serde::Serialize;
 
 use super::refusal::{ExchangeError, Refusal};
-use crate::trust::policy::{ConditionOutcome, Mode, PolicySet, Selection};
+use crate::trust::policy::{ConditionOutcome, IssuerKind, Mode, PolicySet, Selection};
 use crate::trust::verify::claims::{ClaimsView, SimulatedClaims};
 
 /// One policy of the issuer and target, as the selection saw it.
@@ -65,75 +65,110 @@ pub struct Explanation {
     pub disclosure: Disclosure,
 }
 
-/// Explains the exchange `claims` would get for `target`, requested as `audience` (the
-/// target's name or audience URL, as the caller would send it).
+/// What is asked: the claims' issuer kind, the target, and the request's fields.
+#[derive(Debug, Clone, Copy)]
+pub struct ExplainQuery<'a> {
+    pub kind: IssuerKind,
+    pub target: &'a str,
+    /// The target's name or audience URL, as the caller would send it.
+    pub audience: &'a str,
+    pub requested_scopes: Option<&'a [String]>,
+    pub pinned_policy: Option<&'a str>,
+}
+
+/// Explains the exchange `claims` would get, in the exchange's order: the incident
+/// switches first, then the policies.
 pub fn explain(
     policies: &PolicySet,
     claims: &SimulatedClaims,
-    target: &str,
-    audience: &str,
-    requested_scopes: Option<&[String]>,
-    pinned_policy: Option<&str>,
+    query: ExplainQuery<'_>,
 ) -> Explanation {
+    let ExplainQuery {
+        kind,
+        target,
+        audience,
+        requested_scopes,
+        pinned_policy,
+    } = query;
     let requested = requested_scopes.filter(|scopes| !scopes.is_empty());
     let selection = policies.select(claims, target, requested, pinned_policy);
     let bound = policies.is_bound(claims, target);
     let would_allow = selection.audit_only().to_vec();
-    let (result, refusal) = match selection {
-        Selection::Granted { policy, scopes, .. } => {
-            let how = match (pinned_policy, requested) {
+    let switched = if let Some(hit) = policies.switches().denylisted(kind, claims) {
+        Some((
+            deny(format!(
+                "the deny list refuses {hit} before any policy is evaluated"
+            )),
+            Refusal::denylisted(audience, &hit),
+        ))
+    } else if policies.switches().target_disabled(target) {
+        Some((
+            deny(format!(
+                "target {target:?} is switched off (enabled = false)"
+            )),
+            Refusal::target_disabled(audience, target, policies.is_known(claims)),
+        ))
+    } else {
+        None
+    };
+    let (result, refusal) = match (switched, selection) {
+        (Some((result, refusal)), _) => (result, Some(refusal)),
+        (None, selection) => match selection {
+            Selection::Granted { policy, scopes, .. } => {
+                let how = match (pinned_policy, requested) {
                 (Some(_), _) => "the policy was pinned; its conditions match and its scopes include the request".to_owned(),
                 (None, Some(_)) => "of the matching policies whose scopes include every requested scope, the one with the fewest scopes wins (ties: byte order of name); the grant is the requested scope".to_owned(),
                 (None, None) => "no scope was requested: the matching policy whose scopes are a subset of every other matching policy's wins, and the grant is its scopes".to_owned(),
             };
-            let result = ExplainedResult {
-                outcome: "allow",
-                error: None,
-                policy: Some(policy.name().to_owned()),
-                scopes,
-                how,
-            };
-            (result, None)
-        }
-        Selection::Ambiguous { candidates, .. } => (
-            deny(format!(
-                "several policies match ({}) and no one's scopes are a subset of every other's",
-                candidates.join(", ")
-            )),
-            Some(Refusal::ambiguous(&candidates)),
-        ),
-        Selection::ScopeExceeded { matching, .. } => (
-            deny(format!(
-                "policies match ({}) but none includes every requested scope",
-                matching.join(", ")
-            )),
-            Some(Refusal::scope_exceeded(&matching, bound)),
-        ),
-        Selection::NoMatch { nearest, .. } => {
-            let nearest = nearest.map(|nearest| {
-                let described = nearest.describe_failures();
-                let failures = nearest.failures().cloned().collect();
-                (nearest.policy, failures, described)
-            });
-            (
+                let result = ExplainedResult {
+                    outcome: "allow",
+                    error: None,
+                    policy: Some(policy.name().to_owned()),
+                    scopes,
+                    how,
+                };
+                (result, None)
+            }
+            Selection::Ambiguous { candidates, .. } => (
+                deny(format!(
+                    "several policies match ({}) and no one's scopes are a subset of every other's",
+                    candidates.join(", ")
+                )),
+                Some(Refusal::ambiguous(&candidates)),
+            ),
+            Selection::ScopeExceeded { matching, .. } => (
+                deny(format!(
+                    "policies match ({}) but none includes every requested scope",
+                    matching.join(", ")
+                )),
+                Some(Refusal::scope_exceeded(&matching, bound)),
+            ),
+            Selection::NoMatch { nearest, .. } => {
+                let nearest = nearest.map(|nearest| {
+                    let described = nearest.describe_failures();
+                    let failures = nearest.failures().cloned().collect();
+                    (nearest.policy, failures, described)
+                });
+                (
                 deny("no enabled enforce policy for this issuer and target has every condition matching".to_owned()),
                 Some(Refusal::no_match(audience, nearest, String::new())),
             )
-        }
-        Selection::UnknownPinnedPolicy => (
-            deny(format!(
-                "the pinned policy {:?} is not a policy of issuer {:?} for target {:?}",
-                pinned_policy.unwrap_or_default(),
-                claims.issuer_name(),
-                target
-            )),
-            Some(Refusal::unknown_policy(
-                pinned_policy.unwrap_or_default(),
-                target,
-                audience,
-                bound,
-            )),
-        ),
+            }
+            Selection::UnknownPinnedPolicy => (
+                deny(format!(
+                    "the pinned policy {:?} is not a policy of issuer {:?} for target {:?}",
+                    pinned_policy.unwrap_or_default(),
+                    claims.issuer_name(),
+                    target
+                )),
+                Some(Refusal::unknown_policy(
+                    pinned_policy.unwrap_or_default(),
+                    target,
+                    audience,
+                    bound,
+                )),
+            ),
+        },
     };
     let mut result = result;
     let disclosure = match &refusal {

@@ -83,6 +83,8 @@ pub struct Issued {
 /// Sees how every answered exchange ended (metrics implement it).
 pub trait ExchangeObserver: Send + Sync + 'static {
     fn concluded(&self, outcome: Outcome, reason: Reason, seconds: f64);
+    /// An audit-mode policy would have allowed this exchange (`would_allow`).
+    fn would_allow(&self, _policy: &str) {}
 }
 
 /// A target as the exchange needs it.

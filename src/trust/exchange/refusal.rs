@@ -9,6 +9,7 @@
 use crate::trust::audit::Reason;
 use crate::trust::mint::MintError;
 use crate::trust::policy::ConditionOutcome;
+use crate::trust::policy::switches::Denylisted;
 use crate::trust::store::StoreError;
 use crate::trust::verify::VerifyError;
 
@@ -130,6 +131,32 @@ impl Refusal {
             Reason::UnknownTarget,
             answer,
             format!("no target named or with audience {audience:?}"),
+        )
+    }
+
+    /// The token carries a denied binding-claim value (`[deny]`, `deny.yaml`). The caller
+    /// gets the generic denial, so a stolen token's holder does not learn it was noticed;
+    /// the record and the log name the value.
+    pub fn denylisted(audience: &str, hit: &Denylisted) -> Self {
+        Self::new(
+            Reason::Denylisted,
+            denied(generic_denial(audience), None),
+            format!("denylisted: {hit} is on the deny list"),
+        )
+    }
+
+    /// The target is switched off (`enabled = false`). Only a caller that some policy of
+    /// its issuer binds is told so; any other gets the answer an unknown target gets.
+    pub fn target_disabled(audience: &str, target: &str, caller_known: bool) -> Self {
+        let answer = if caller_known {
+            ExchangeError::InvalidTarget(format!("target {target:?} is disabled"))
+        } else {
+            denied(generic_denial(audience), None)
+        };
+        Self::new(
+            Reason::TargetDisabled,
+            answer,
+            format!("target {target:?} is disabled (enabled = false)"),
         )
     }
 

@@ -16,6 +16,7 @@ use crate::trust::hash::sha256_of_parts;
 use super::PolicyError;
 use super::compile::CompiledPolicy;
 use super::matcher::{claim_texts, quote};
+use super::switches::Switches;
 use crate::trust::verify::claims::ClaimsView;
 
 /// The policies of one (issuer, target) pair.
@@ -37,6 +38,8 @@ pub struct PolicySet {
     /// Issuer name -> target name -> group.
     groups: HashMap<String, HashMap<String, Group>>,
     version: String,
+    /// The incident switches in force with these policies.
+    switches: Switches,
 }
 
 impl PolicySet {
@@ -113,6 +116,7 @@ impl PolicySet {
             by_name,
             groups,
             version,
+            switches: Switches::default(),
         })
     }
 
@@ -123,7 +127,32 @@ impl PolicySet {
             by_name: HashMap::new(),
             groups: HashMap::new(),
             version: version_of(&[]),
+            switches: Switches::default(),
         }
+    }
+
+    /// The same policies with these incident switches in force. A set with switches has
+    /// its own version (the policies' version and the switches hashed together), so an
+    /// audit record says which deny list decided it.
+    pub fn with_switches(mut self, switches: Switches) -> PolicySet {
+        let policies_version = version_of(&self.policies);
+        self.version = if switches == Switches::default() {
+            policies_version
+        } else {
+            let described = format!("{switches:?}");
+            hex::encode(sha256_of_parts([
+                policies_version.as_bytes(),
+                b"\0switches\0",
+                described.as_bytes(),
+            ]))
+        };
+        self.switches = switches;
+        self
+    }
+
+    /// The incident switches in force.
+    pub fn switches(&self) -> &Switches {
+        &self.switches
     }
 
     /// How many policies the set holds.

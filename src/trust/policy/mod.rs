@@ -21,6 +21,7 @@ mod matcher;
 pub mod reload;
 mod select;
 mod source;
+pub mod switches;
 #[cfg(test)]
 mod testing;
 
@@ -169,7 +170,7 @@ pub fn check_dir(dir: &Path, ctx: &PolicyContext) -> (Vec<CompiledPolicy>, Vec<P
 }
 
 /// The policy files directly in `dir`, sorted by name: `*.yaml` and `*.yml`, not dotfiles,
-/// not directories (so never `tests/`), symlinks followed. Also the errors met listing it.
+/// not `deny.yaml` (the deny list), not directories (so never `tests/`), symlinks followed. Also the errors met listing it.
 pub fn list_policy_files(dir: &Path) -> (Vec<PathBuf>, Vec<PolicyError>) {
     let dir_label = dir.display().to_string();
     let dir_error = |message: String| PolicyError {
@@ -207,6 +208,7 @@ pub fn list_policy_files(dir: &Path) -> (Vec<PathBuf>, Vec<PolicyError>) {
             continue;
         };
         let is_policy_name = !file_name.starts_with('.')
+            && file_name != switches::DENY_FILE
             && (file_name.ends_with(".yaml") || file_name.ends_with(".yml"));
         let path = entry.path();
         // `is_file` follows symlinks, so a linked policy file is loaded like any other.

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use notify::Watcher as _;
 
+use crate::trust::policy::switches::SwitchSource;
 use crate::trust::policy::{self, CompiledPolicy, PolicyContext, PolicyError, PolicySet};
 
 fn join_errors(errors: &[PolicyError]) -> String {
@@ -52,6 +53,28 @@ struct FileState {
     failing_since: Option<Instant>,
     /// Whether any version of the file ever compiled in this process.
     ever_loaded: bool,
+    /// What the failing text says, and since when by the wall clock.
+    failure: Option<Failure>,
+}
+
+#[derive(Debug, Clone)]
+struct Failure {
+    since: time::OffsetDateTime,
+    line: usize,
+    error: String,
+}
+
+/// One policy file as the admin readiness detail shows it.
+#[derive(Debug, Clone)]
+pub struct PolicyFileDetail {
+    pub file: String,
+    pub state: PolicyFileState,
+    /// The line of the first error, while the file fails.
+    pub line: Option<usize>,
+    /// Every error of the failing text.
+    pub error: Option<String>,
+    /// When the file started failing.
+    pub failing_since: Option<time::OffsetDateTime>,
 }
 
 impl FileState {
@@ -123,6 +146,9 @@ pub struct ReloadReport {
     pub dropped: Vec<String>,
     /// The reload was refused as a whole (the directory could not be listed); the previous set stays.
     pub refused: Option<String>,
+    /// A switch source (the configuration, `deny.yaml`) that did not load and kept its
+    /// previous value.
+    pub switch_problems: Vec<String>,
 }
 
 /// Reloads the policy directory into the shared policy set.
@@ -133,6 +159,8 @@ pub struct PolicyReloader {
     files: Mutex<BTreeMap<PathBuf, FileState>>,
     policies: Arc<ArcSwap<PolicySet>>,
     observer: Arc<dyn PolicyFilesObserver>,
+    /// The incident switches, reloaded with the policies.
+    switches: SwitchSource,
     /// Reloads done, for metrics and tests.
     reloads: AtomicU64,
 }
@@ -145,6 +173,7 @@ impl PolicyReloader {
         max_stale: Duration,
         policies: Arc<ArcSwap<PolicySet>>,
         observer: Arc<dyn PolicyFilesObserver>,
+        switches: SwitchSource,
     ) -> Self {
         let mut files = BTreeMap::new();
         let mut by_file: BTreeMap<String, Vec<CompiledPolicy>> = BTreeMap::new();
@@ -161,6 +190,7 @@ impl PolicyReloader {
                     good: Some(compiled),
                     failing_since: None,
                     ever_loaded: true,
+                    failure: None,
                 },
             );
         }
@@ -172,6 +202,7 @@ impl PolicyReloader {
             files: Mutex::new(files),
             policies,
             observer,
+            switches,
             reloads: AtomicU64::new(0),
         }
     }
@@ -201,9 +232,9 @@ impl PolicyReloader {
         for path in paths {
             let label = path.display().to_string();
             let loaded = policy::load_file(&path, &self.ctx)
-                .map_err(|errors| join_errors(&errors))
+                .map_err(|errors| (errors.first().map_or(0, |e| e.line), join_errors(&errors)))
                 .and_then(|compiled| match name_clash(&compiled, &owners) {
-                    Some(clash) => Err(clash),
+                    Some(clash) => Err((compiled.first().map_or(0, |p| p.source_line()), clash)),
                     None => Ok(compiled),
                 });
             let state = match loaded {
@@ -211,8 +242,9 @@ impl PolicyReloader {
                     good: Some(compiled),
                     failing_since: None,
                     ever_loaded: true,
+                    failure: None,
                 },
-                Err(text) => {
+                Err((line, text)) => {
                     let previous = files.get(&path);
                     let failing_since = previous.and_then(|p| p.failing_since).unwrap_or(now);
                     let good = previous
@@ -226,10 +258,18 @@ impl PolicyReloader {
                         tracing::error!(file = %label, error = %text, "policy file fails to load; its policies are dropped");
                         report.dropped.push(label.clone());
                     }
+                    let since = previous
+                        .and_then(|p| p.failure.as_ref())
+                        .map_or_else(time::OffsetDateTime::now_utc, |failure| failure.since);
                     FileState {
                         good,
                         failing_since: Some(failing_since),
                         ever_loaded: previous.is_some_and(|p| p.ever_loaded),
+                        failure: Some(Failure {
+                            since,
+                            line,
+                            error: text,
+                        }),
                     }
                 }
             };
@@ -239,8 +279,15 @@ impl PolicyReloader {
             }
             next.insert(path, state);
         }
+        let (switches, switch_problems) = self.switches.reload(&self.dir);
+        for problem in &switch_problems {
+            tracing::error!(error = %problem, "incident switches not reloaded");
+        }
+        report.switch_problems = switch_problems;
         match PolicySet::new(all) {
             Ok(set) => {
+                let (denied_values, disabled_targets) = switches.counts();
+                let set = set.with_switches(switches);
                 report.policies = set.len();
                 let version = set.version().to_owned();
                 self.policies.store(Arc::new(set));
@@ -251,6 +298,8 @@ impl PolicyReloader {
                     policy_set_version = %version,
                     stale_files = report.kept_stale.len(),
                     dropped_files = report.dropped.len(),
+                    denied_values,
+                    disabled_targets,
                     "policies reloaded"
                 );
             }
@@ -263,6 +312,23 @@ impl PolicyReloader {
             }
         }
         report
+    }
+
+    /// Every policy file with its state, and for a failing one its error and since when.
+    pub fn file_details(&self) -> Vec<PolicyFileDetail> {
+        let Ok(files) = self.files.lock() else {
+            return Vec::new();
+        };
+        files
+            .iter()
+            .map(|(path, state)| PolicyFileDetail {
+                file: path.display().to_string(),
+                state: state.state(),
+                line: state.failure.as_ref().map(|failure| failure.line),
+                error: state.failure.as_ref().map(|failure| failure.error.clone()),
+                failing_since: state.failure.as_ref().map(|failure| failure.since),
+            })
+            .collect()
     }
 
     /// How many reloads ran (start-up's initial load not included).
