@@ -23,6 +23,7 @@ mod reload;
 mod remote;
 mod remote_config;
 mod replay;
+mod schema;
 mod shared_keys;
 mod store_faults;
 mod stores;

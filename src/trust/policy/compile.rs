@@ -18,7 +18,7 @@ use super::source::{self, Diagnostics, Position, Shape};
 use super::{IssuerKind, PolicyContext, TargetKind};
 use crate::trust::verify::claims::ClaimsView;
 
-const FIELDS: &[&str] = &[
+pub(super) const FIELDS: &[&str] = &[
     "name",
     "description",
     "issuer",

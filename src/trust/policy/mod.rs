@@ -19,6 +19,7 @@ mod index;
 pub mod lint;
 mod matcher;
 pub mod reload;
+pub mod schema;
 mod select;
 mod source;
 pub mod switches;
