@@ -510,23 +510,39 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let service = Service::open(config, metrics).await?;
     if service.config.dev {
-        announce_dev_mode(&service.config.server.public_url);
+        let policies = service.state.exchanger.policies.load();
+        let names: Vec<&str> = policies.iter().map(|policy| policy.name()).collect();
+        announce_dev_mode(&service.config.server.public_url, &names);
     }
     let shutdown = shutdown_signal()?;
     tracing::info!(listen = %bound, public_url = %service.config.server.public_url, "tokenmint is serving");
     service.serve(listener, admin, shutdown).await
 }
 
-fn announce_dev_mode(public_url: &str) {
-    let banner = format!(
+fn announce_dev_mode(public_url: &str, policies: &[&str]) {
+    let banner = dev_banner(public_url, policies);
+    eprintln!("{banner}");
+    tracing::warn!(issuer = %format!("{public_url}/dev"), "dev mode: the dev CI issuer is on; never expose this listener");
+}
+
+/// The dev-mode banner: the issuer's URL, which policies decide, and how to try it.
+fn dev_banner(public_url: &str, policies: &[&str]) -> String {
+    let loaded = if policies == [crate::edges::dev::DEV_POLICY_NAME] {
+        format!(
+            "Policy: the built-in {} (any repository gets read write on dev-api); put dev policies in ./policies to replace it.",
+            crate::edges::dev::DEV_POLICY_NAME
+        )
+    } else {
+        format!("Policies from ./policies: {}.", policies.join(", "))
+    };
+    format!(
         "\n  *** DEV MODE: the dev CI issuer is ON at {public_url}/dev ***\n  \
          Anyone who can reach this address can mint CI tokens for it. State and keys are in memory.\n  \
+         {loaded}\n  \
          Try:\n    curl -sS --fail-with-body -X POST {public_url}/dev/ci-token -H 'content-type: application/json' \\\n      \
          -d '{{\"repository\":\"acme/app\",\"ref\":\"refs/heads/main\"}}' | sed 's/.*\"token\":\"\\([^\"]*\\)\".*/\\1/' \\\n      \
          | tokenmint exchange --url {public_url} --audience dev-api --token-file -\n"
-    );
-    eprintln!("{banner}");
-    tracing::warn!(issuer = %format!("{public_url}/dev"), "dev mode: the dev CI issuer is on; never expose this listener");
+    )
 }
 
 /// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is called, not when
@@ -716,4 +732,23 @@ fn keys_in(url: &str) -> String {
         "the signing keys in PostgreSQL at {}",
         crate::adapters::store::Location::Postgres(url.to_owned()).describe()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dev_banner;
+
+    #[test]
+    fn the_dev_banner_says_which_policies_decide() {
+        let built_in = dev_banner("http://127.0.0.1:8080", &["dev-any-repository"]);
+        assert!(
+            built_in.contains("\n  Policy: the built-in dev-any-repository (any repository gets read write on dev-api); put dev policies in ./policies to replace it.\n"),
+            "{built_in}"
+        );
+        let own = dev_banner("http://127.0.0.1:8080", &["dev-main", "dev-tags"]);
+        assert!(
+            own.contains("\n  Policies from ./policies: dev-main, dev-tags.\n"),
+            "{own}"
+        );
+    }
 }

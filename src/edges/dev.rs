@@ -26,12 +26,16 @@ pub const DEV_ISSUER_NAME: &str = "dev";
 pub const DEV_TARGET_NAME: &str = "dev-api";
 /// Lifetime of a dev CI token unless the request sets `exp`.
 pub const DEV_TOKEN_LIFETIME_SECS: i64 = 600;
-/// The built-in dev policy.
+/// The built-in dev policy's name.
+pub const DEV_POLICY_NAME: &str = "dev-any-repository";
+/// The built-in dev policy, used while `./policies` holds no dev policy. It pins no
+/// binding claim (`unbound: true`), so its denials disclose nothing.
 pub const DEV_POLICY_YAML: &str = r#"name: dev-any-repository
 description: Built-in dev mode policy - any dev token with a repository claim gets read and write on dev-api
 issuer: dev
 target: dev-api
 scopes: [read, write]
+unbound: true
 claims:
   repository: { regex: '.+' }
 "#;
@@ -130,7 +134,7 @@ pub fn dev_config(listen: SocketAddr) -> anyhow::Result<Config> {
             name: DEV_ISSUER_NAME.to_owned(),
             issuer: format!("{public_url}/dev"),
             issuer_url: url::Url::parse(&format!("{public_url}/dev")).context("dev issuer URL")?,
-            kind: IssuerKind::Generic,
+            kind: IssuerKind::Dev,
             audience: public_url.clone(),
             jwks_uri: None,
             jwks_file: None,
@@ -189,13 +193,13 @@ pub fn dev_config(listen: SocketAddr) -> anyhow::Result<Config> {
     })
 }
 
-/// Dev mode's policies: the built-in one, plus `./policies` files for issuer `dev` and
-/// target `dev-api`. A file that does not load (another issuer or target, a syntax error, a
-/// clashing name) is skipped with one warning: dev mode never fails on them.
+/// Dev mode's policies: the `./policies` files for issuer `dev` and target `dev-api` when
+/// any loads, so a newcomer can try a policy exactly as it would decide; otherwise the
+/// built-in `dev-any-repository`. A file that does not load (another issuer or target, a
+/// syntax error, a clashing name) is skipped with one warning: dev mode never fails on them.
 pub fn dev_policies(config: &Config) -> anyhow::Result<PolicySet> {
     let ctx = PolicyContext::from_config(config);
-    let mut policies = policy::load_source("built-in dev policy", DEV_POLICY_YAML, &ctx)
-        .map_err(|errors| anyhow::anyhow!("built-in dev policy: {}", errors[0]))?;
+    let mut policies: Vec<policy::CompiledPolicy> = Vec::new();
     let dir = &config.policies.dir;
     if dir.is_dir() {
         let (files, _) = policy::list_policy_files(dir);
@@ -209,12 +213,16 @@ pub fn dev_policies(config: &Config) -> anyhow::Result<PolicySet> {
             match loaded {
                 Ok(loaded) => policies.extend(loaded),
                 Err(errors) => tracing::warn!(
-                    "dev mode: skipping {} (dev mode loads only policies for issuer \"dev\" and target \"dev-api\"): {}",
+                    "dev mode: skipping {} (dev mode loads only policies for issuer \"dev\" and target \"dev-api\", pinning `repository`): {}",
                     file.display(),
                     errors[0]
                 ),
             }
         }
+    }
+    if policies.is_empty() {
+        policies = policy::load_source("built-in dev policy", DEV_POLICY_YAML, &ctx)
+            .map_err(|errors| anyhow::anyhow!("built-in dev policy: {}", errors[0]))?;
     }
     PolicySet::new(policies).map_err(|errors| anyhow::anyhow!("{}", errors[0]))
 }

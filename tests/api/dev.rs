@@ -192,20 +192,41 @@ fn help_lists_only_working_commands() {
     }
 }
 
+/// A dev token for `claims`, exchanged for `dev-api` with `extra` fields.
+async fn dev_exchange(
+    router: &axum::Router,
+    claims: serde_json::Value,
+    extra: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let (_, body) = post_json(router, "/dev/ci-token", claims).await;
+    let mut request = json!({
+        "grant_type": TOKEN_EXCHANGE,
+        "subject_token": body["token"].as_str().expect("token"),
+        "subject_token_type": ID_TOKEN,
+        "audience": "dev-api",
+    });
+    for (key, value) in extra.as_object().expect("object") {
+        request[key] = value.clone();
+    }
+    post_json(router, "/token", request).await
+}
+
+/// Dev mode is a policy playground: dev policies in `./policies` replace the built-in one,
+/// and `repository` binds, so a denial to a named repository says which condition failed.
 #[tokio::test]
-async fn dev_mode_loads_only_dev_policies_from_the_policy_directory() {
+async fn dev_policies_replace_the_built_in_one_and_denials_show_their_conditions() {
     let dir = tempfile::tempdir().expect("tempdir");
     let policies = dir.path().join("policies");
     std::fs::create_dir_all(&policies).expect("dir");
     std::fs::write(
         policies.join("dev-main.yaml"),
-        "name: dev-main\nissuer: dev\ntarget: dev-api\nscopes: [deploy]\nclaims:\n  ref: refs/heads/main\n",
+        "name: dev-main\nissuer: dev\ntarget: dev-api\nscopes: [deploy]\nclaims:\n  repository: acme/app\n  ref: refs/heads/main\n",
     )
     .expect("write");
     std::fs::write(policies.join("prod.yaml"), crate::exchange::DEPLOY_POLICY).expect("write");
     std::fs::write(
-        policies.join("clash.yaml"),
-        "name: dev-any-repository\nissuer: dev\ntarget: dev-api\nscopes: [x]\nclaims:\n  ref: x\n",
+        policies.join("unpinned.yaml"),
+        "name: unpinned\nissuer: dev\ntarget: dev-api\nscopes: [x]\nclaims:\n  ref: x\n",
     )
     .expect("write");
     let mut config = dev_config(loopback(8080)).expect("dev config");
@@ -214,9 +235,67 @@ async fn dev_mode_loads_only_dev_policies_from_the_policy_directory() {
         .await
         .expect("dev service");
     let loaded = service.state.exchanger.policies.load();
-    let mut names: Vec<&str> = loaded.iter().map(|p| p.name()).collect();
-    names.sort_unstable();
-    assert_eq!(names, ["dev-any-repository", "dev-main"]);
+    let names: Vec<&str> = loaded.iter().map(|p| p.name()).collect();
+    assert_eq!(
+        names,
+        ["dev-main"],
+        "other issuers' and unpinned policies are skipped"
+    );
+    let router = tokenmint::edges::http::router(service.state.clone());
+
+    // No built-in policy beside it: no scope needed, no ambiguity.
+    let (status, body) = dev_exchange(
+        &router,
+        json!({"repository": "acme/app", "ref": "refs/heads/main"}),
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["policy"], &body["scope"]),
+        (200, &json!("dev-main"), &json!("deploy")),
+        "{body}"
+    );
+    // The named repository on another branch is told why.
+    let (status, body) = dev_exchange(
+        &router,
+        json!({"repository": "acme/app", "ref": "refs/heads/dev"}),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        body["error_description"],
+        "no trust policy for target \"dev-api\" matches this workload; nearest policy \"dev-main\": \
+         claim \"ref\" is \"refs/heads/dev\", expected \"refs/heads/main\""
+    );
+    // Another repository is not named by any policy: it learns nothing.
+    let (status, body) = dev_exchange(
+        &router,
+        json!({"repository": "acme/other", "ref": "refs/heads/main"}),
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["error_description"]),
+        (
+            403,
+            &json!("no trust policy for target \"dev-api\" matches this workload")
+        )
+    );
+}
+
+/// Without dev policies the built-in one decides, and it binds no one.
+#[tokio::test]
+async fn the_built_in_dev_policy_is_used_when_policies_holds_no_dev_policy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = dev_config(loopback(8080)).expect("dev config");
+    config.policies.dir = dir.path().join("missing");
+    let service = Service::build(config, Arc::new(Metrics::new()))
+        .await
+        .expect("dev service");
+    let loaded = service.state.exchanger.policies.load();
+    let names: Vec<&str> = loaded.iter().map(|p| p.name()).collect();
+    assert_eq!(names, ["dev-any-repository"]);
 }
 
 /// The start-up banner's suggestion uses `tokenmint exchange`, which fails loudly on a

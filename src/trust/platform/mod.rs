@@ -6,6 +6,7 @@
 //! local token's `ci` object and in the audit record. Adding a platform means one new
 //! file here and one variant of [`IssuerKind`]; nothing else changes.
 
+mod dev;
 mod generic;
 mod github;
 mod gitlab;
@@ -22,6 +23,9 @@ pub enum IssuerKind {
     Gitlab,
     Terraform,
     Generic,
+    /// Dev mode's issuer; never read from a configuration.
+    #[serde(skip_deserializing)]
+    Dev,
 }
 
 /// Claim names, tried in order: the first one present gives the value.
@@ -129,6 +133,7 @@ impl IssuerKind {
             IssuerKind::Gitlab => &gitlab::PLATFORM,
             IssuerKind::Terraform => &terraform::PLATFORM,
             IssuerKind::Generic => &generic::PLATFORM,
+            IssuerKind::Dev => &dev::PLATFORM,
         }
     }
 
@@ -144,6 +149,7 @@ impl IssuerKind {
             IssuerKind::Gitlab => "gitlab",
             IssuerKind::Terraform => "terraform",
             IssuerKind::Generic => "generic",
+            IssuerKind::Dev => "dev",
         }
     }
 }
