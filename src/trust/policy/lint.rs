@@ -762,6 +762,9 @@ fn literal_prefix(pattern: PatternRef<'_>) -> String {
                 other => prefix.push(other),
             }
         }
+    } else if has_top_level_alternation(source) {
+        // `acme/app|.*` matches anything: no prefix is guaranteed.
+        return String::new();
     } else {
         while let Some(c) = chars.next() {
             match c {
@@ -781,6 +784,28 @@ fn literal_prefix(pattern: PatternRef<'_>) -> String {
         }
     }
     prefix
+}
+
+/// Whether a regex has a `|` outside every group and class, so that no text is common to
+/// all its matches.
+fn has_top_level_alternation(source: &str) -> bool {
+    let mut depth = 0usize;
+    let mut in_class = false;
+    let mut chars = source.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                chars.next();
+            }
+            '[' if !in_class => in_class = true,
+            ']' if in_class => in_class = false,
+            '(' if !in_class => depth += 1,
+            ')' if !in_class => depth = depth.saturating_sub(1),
+            '|' if !in_class && depth == 0 => return true,
+            _ => {}
+        }
+    }
+    false
 }
 
 /// Whether a pattern spells `before_owner`, then an owner, then `separator`, literally.
@@ -1086,7 +1111,12 @@ mod tests {
         ] {
             assert!(rules(&unbound(reaching)).contains(&"TM003"), "{reaching}");
         }
+        for reaching in ["{regex: 'acme/app|.*'}", "{regex: 'acme/(app|web)|evil/x'}"] {
+            assert!(rules(&unbound(reaching)).contains(&"TM003"), "{reaching}");
+        }
         for literal in [
+            "{regex: 'acme/(app|web)'}",
+            "{regex: 'acme/[|]x'}",
             "{glob: 'acme/*'}",
             "{regex: 'acme/app-[a-z]+'}",
             "{regex: 'acme\\/.*'}",
@@ -1344,6 +1374,14 @@ mod tests {
         assert_eq!(
             rules(&github("read:clients", "  ref: {glob: 'main*'}\n")),
             ["TM016"]
+        );
+        // An alternative that can match keeps the condition alive.
+        assert!(
+            rules(&github(
+                "read:clients",
+                "  ref: {regex: 'main|refs/heads/main'}\n"
+            ))
+            .is_empty()
         );
         assert_eq!(
             rules(&github(
