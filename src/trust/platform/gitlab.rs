@@ -100,10 +100,7 @@ pub(super) const PLATFORM: Platform = Platform {
         owner_ids: &["namespace_id", "project_id"],
         shapes: &[
             ("ref", ClaimShape::NotStartsWith("refs/")),
-            (
-                "ref_path",
-                ClaimShape::StartsWith(&["refs/heads/", "refs/tags/", "refs/"]),
-            ),
+            ("ref_path", ClaimShape::StartsWith(&["refs/"])),
             ("ref_type", ClaimShape::OneOf(&["branch", "tag"])),
             ("ref_protected", ClaimShape::OneOf(&["true", "false"])),
             (
