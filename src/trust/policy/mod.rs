@@ -10,7 +10,9 @@
 //! Submodules: `source` (YAML text to nodes with line numbers), `matcher` (the claim
 //! matchers), `compile` (nodes to [`CompiledPolicy`]), `decision` (what an evaluation
 //! says), `index` ([`PolicySet`] and its per-workload index), `select` (choosing the
-//! policy, binding and disclosure questions).
+//! policy, binding and disclosure questions), `reload` (hot reload), `switches` (the
+//! incident switches), `lint` (`policy check`'s rules), `cases` (`policy test`'s cases),
+//! `schema` (the JSON Schema of policy files).
 
 pub mod cases;
 mod compile;

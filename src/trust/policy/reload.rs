@@ -1,9 +1,11 @@
 //! Policy hot reload: on file change (within 2 s) and on SIGHUP, per file, keeping a file's
-//! last good version for at most `policies.max_stale` while it fails to compile.
+//! last good version for at most `policies.max_stale` while it fails to compile, and the
+//! incident switches (`deny.yaml`, and `enabled`/`[deny]` from the configuration file)
+//! with them.
 //!
 //! Rules: a deleted file's policies stop matching at the next reload; a file that fails to
 //! compile keeps its last good policies until it has failed for `max_stale`, then they are
-//! dropped and readiness fails until the file compiles again. A policy name belongs to the
+//! dropped until the file compiles again (readiness does not depend on it). A policy name belongs to the
 //! first file (in name order) that defines it; a later file reusing it fails the same way.
 //! Access events (our own reads) never trigger a reload.
 
