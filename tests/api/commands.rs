@@ -774,3 +774,68 @@ fn policy_explain_decodes_a_token_without_verification_and_says_so_first() {
     );
     assert_eq!(code, 2);
 }
+
+/// Two matching policies whose scopes are not nested: without a scope the request is
+/// ambiguous; a scope or a pinned policy decides it.
+#[test]
+fn policy_explain_says_how_the_selection_rules_chose_or_why_they_could_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_config(
+        dir.path(),
+        &[
+            ("deploy.yaml", QUIET_POLICY),
+            (
+                "other.yaml",
+                "issuer: github\ntarget: internal-api\nscopes: [write]\nclaims:\n  repository_id: \"89012345\"\n",
+            ),
+        ],
+    );
+    std::fs::write(
+        dir.path().join("main.json"),
+        r#"{"iss": "https://token.actions.githubusercontent.com", "repository_id": "89012345", "ref": "refs/heads/main"}"#,
+    )
+    .expect("claims");
+    let explain = |extra: &[&str]| {
+        let mut args = vec![
+            "policy",
+            "explain",
+            "--claims",
+            "main.json",
+            "--audience",
+            "internal-api",
+            "--format",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        let (code, stdout, stderr) = run(dir.path(), &args);
+        assert_eq!(code, 0, "{stdout}{stderr}");
+        serde_json::from_str::<serde_json::Value>(&stdout).expect("JSON")
+    };
+    let ambiguous = explain(&[]);
+    assert_eq!(ambiguous["result"]["error"], "invalid_scope");
+    assert_eq!(
+        ambiguous["result"]["how"],
+        "several policies match (deploy, other) and no one's scopes are a subset of every other's"
+    );
+    assert_eq!(
+        ambiguous["disclosure"]["told"],
+        "several policies match with different scopes; request a scope or pin a policy"
+    );
+    let scoped = explain(&["--scope", "write"]);
+    assert_eq!(
+        (&scoped["result"]["outcome"], &scoped["result"]["policy"]),
+        (&serde_json::json!("allow"), &serde_json::json!("other"))
+    );
+    let pinned = explain(&["--policy", "deploy"]);
+    assert_eq!(pinned["result"]["policy"], "deploy");
+    assert_eq!(
+        pinned["result"]["how"],
+        "the policy was pinned; its conditions match and its scopes include the request"
+    );
+    let exceeded = explain(&["--scope", "admin"]);
+    assert_eq!(exceeded["result"]["error"], "invalid_scope");
+    assert_eq!(
+        exceeded["disclosure"]["told"],
+        "the requested scope exceeds every matching policy (\"deploy\", \"other\")"
+    );
+}
