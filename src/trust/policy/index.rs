@@ -139,11 +139,11 @@ impl PolicySet {
         self.version = if switches == Switches::default() {
             policies_version
         } else {
-            let described = format!("{switches:?}");
+            let canonical = switches.canonical();
             hex::encode(sha256_of_parts([
                 policies_version.as_bytes(),
                 b"\0switches\0",
-                described.as_bytes(),
+                canonical.as_bytes(),
             ]))
         };
         self.switches = switches;

@@ -108,6 +108,21 @@ impl Switches {
         )
     }
 
+    /// One line per switch, sorted (`target\tNAME`, `deny\tCLAIM\tVALUE`): what the
+    /// policy set version hashes. Values are escaped, so the encoding is unambiguous.
+    pub fn canonical(&self) -> String {
+        let mut out = String::new();
+        for target in &self.disabled_targets {
+            out.push_str(&format!("target\t{target}\n"));
+        }
+        for (claim, values) in &self.denied {
+            for value in values {
+                out.push_str(&format!("deny\t{claim}\t{}\n", value.escape_debug()));
+            }
+        }
+        out
+    }
+
     /// The targets switched off.
     pub fn disabled_targets(&self) -> impl Iterator<Item = &str> {
         self.disabled_targets.iter().map(String::as_str)
@@ -266,5 +281,83 @@ impl SwitchSource {
             )),
         }
         (Switches::new(&last.0, &last.1), problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trust::policy::PolicySet;
+
+    fn deny(claim: &str, values: &[&str]) -> DenyList {
+        BTreeMap::from([(
+            claim.to_owned(),
+            values.iter().map(|value| (*value).to_owned()).collect(),
+        )])
+    }
+
+    #[test]
+    fn the_policy_set_version_covers_the_switches() {
+        let none = PolicySet::empty();
+        let unchanged = PolicySet::empty().with_switches(Switches::default());
+        assert_eq!(none.version(), unchanged.version());
+        let denied = Switches::new(&ConfigSwitches::default(), &deny("repository_id", &["1"]));
+        let other = Switches::new(&ConfigSwitches::default(), &deny("repository_id", &["2"]));
+        let with_denied = PolicySet::empty().with_switches(denied.clone());
+        assert_ne!(with_denied.version(), none.version());
+        assert_ne!(
+            with_denied.version(),
+            PolicySet::empty().with_switches(other).version()
+        );
+        assert_eq!(
+            with_denied.version(),
+            PolicySet::empty().with_switches(denied).version()
+        );
+    }
+
+    #[test]
+    fn the_configuration_and_the_file_lists_add_up() {
+        let config = ConfigSwitches {
+            disabled_targets: BTreeSet::from(["tenant-prod".to_owned()]),
+            deny: deny("project_id", &["7"]),
+        };
+        let switches = Switches::new(&config, &deny("project_id", &["8"]));
+        assert_eq!(switches.counts(), (2, 1));
+        assert!(switches.target_disabled("tenant-prod"));
+        assert_eq!(
+            switches.canonical(),
+            "target\ttenant-prod\ndeny\tproject_id\t7\ndeny\tproject_id\t8\n"
+        );
+    }
+
+    #[test]
+    fn deny_files_name_binding_claims_with_values() {
+        assert_eq!(
+            parse_deny("deny.yaml", "# nothing yet\n"),
+            Ok(BTreeMap::new())
+        );
+        assert_eq!(
+            parse_deny(
+                "deny.yaml",
+                "repository_id: \"1\"\nnamespace_id: [\"2\", \"3\"]\n"
+            ),
+            Ok(BTreeMap::from([
+                (
+                    "namespace_id".to_owned(),
+                    BTreeSet::from(["2".to_owned(), "3".to_owned()])
+                ),
+                ("repository_id".to_owned(), BTreeSet::from(["1".to_owned()])),
+            ]))
+        );
+        let errors =
+            parse_deny("deny.yaml", "repository_id: [\"\"]\nrepository: [x]\n").expect_err("bad");
+        let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            messages,
+            [
+                "deny.yaml:1: repository_id[0]: a value cannot be empty",
+                "deny.yaml:2: repository: a deny list names binding-claim values; use one of repository_id, repository_owner_id, project_id, namespace_id, terraform_workspace_id, terraform_organization_id",
+            ]
+        );
     }
 }
