@@ -504,9 +504,15 @@ impl PolicyLint<'_> {
                             "TM003",
                             at,
                             format!(
-                                "{field} {} can match other owners' {}: its owner part is not literal",
+                                "{field} {} can match {}: its owner part is not literal",
                                 pattern.describe(),
-                                what_it_names(claim)
+                                match what_it_names(claim) {
+                                    "owner" => "other owners",
+                                    "workflow" => "workflows of other owners",
+                                    "project" => "projects of other owners",
+                                    "workspace" => "workspaces of other owners",
+                                    _ => "repositories of other owners",
+                                }
                             ),
                             format!(
                                 "spell the owner literally and end it with {:?} (e.g. glob \"{before_owner}acme{separator}*\"), or pin {}",
@@ -929,13 +935,15 @@ fn what_it_names(claim: &str) -> &'static str {
     } else if claim.contains("workspace") {
         "workspace"
     } else if claim.contains("workflow") {
-        "workflows"
+        "workflow"
+    } else if claim.contains("project") {
+        "project"
     } else {
         "repository"
     }
 }
 
-/// The known claim name within edit distance 2 of `claim`, if exactly one is closest.
+/// The known claim name nearest to `claim` within edit distance 2 (the first of equals).
 fn closest<'a>(claim: &str, known: &[&'a str]) -> Option<&'a str> {
     let mut best: Option<(usize, &str)> = None;
     for &name in known {
@@ -1133,7 +1141,7 @@ mod tests {
         .expect("TM003");
         assert_eq!(
             finding.message,
-            "policy \"p\": claims.repository glob \"acme*\" can match other owners' repository: its owner part is not literal"
+            "policy \"p\": claims.repository glob \"acme*\" can match repositories of other owners: its owner part is not literal"
         );
         // A pinned owner id keeps every pattern inside that owner.
         assert!(
