@@ -29,23 +29,8 @@ use crate::edges::service::{self, KeyHome, keystore_settings};
 use crate::edges::telemetry::counted;
 use crate::trust::audit::{AuditRecord, Reason, log_decision, token_sha256};
 use crate::trust::policy::PolicySet;
+use crate::trust::policy::lint::TAKEOVER_SCOPES;
 use crate::trust::store::{Finish, Settle, Store};
-
-/// Scopes that let the holder take over tokenmint's own client or widen its access:
-/// it could grant itself more scopes, read or replace its credentials, or rewrite the client.
-pub const TAKEOVER_SCOPES: &[&str] = &[
-    "create:client_grants",
-    "update:client_grants",
-    "delete:client_grants",
-    "read:client_keys",
-    "update:client_keys",
-    "update:clients",
-    "delete:clients",
-    "create:client_credentials",
-    "read:client_credentials",
-    "update:client_credentials",
-    "delete:client_credentials",
-];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {

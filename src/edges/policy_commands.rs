@@ -546,8 +546,7 @@ pub fn render_explanation(provenance: &str, explanation: &Explanation) -> String
             notes.join("; ")
         ));
         for condition in &verdict.conditions {
-            let mark = if condition.passed { "✔" } else { "✘" };
-            out.push_str(&format!("  {mark} {}\n", condition.describe()));
+            out.push_str(&format!("  {}\n", condition.marked()));
         }
     }
     let result = &explanation.result;

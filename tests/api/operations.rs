@@ -452,7 +452,7 @@ async fn the_readiness_detail_shows_policy_files_switches_and_would_allow_counts
     )
     .expect("deny");
     let before = time::OffsetDateTime::now_utc() - time::Duration::seconds(1);
-    let report = app.service.reloader.as_ref().expect("reloader").reload();
+    let report = crate::reload::reload(&app);
     assert_eq!(report.kept_stale.len(), 1, "{report:?}");
 
     let (status, bytes) = admin_get(&app, "/readyz").await;

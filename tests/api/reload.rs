@@ -14,7 +14,8 @@ async fn app(max_stale: &str) -> (FakeIssuer, TestApp) {
     (fake, app)
 }
 
-fn reload(app: &TestApp) -> tokenmint::trust::policy::reload::ReloadReport {
+/// Runs one reload of `app`'s policy directory and switches.
+pub fn reload(app: &TestApp) -> tokenmint::trust::policy::reload::ReloadReport {
     app.service.reloader.as_ref().expect("reloader").reload()
 }
 

@@ -3,10 +3,7 @@
 
 use crate::exchange::{DEPLOY_POLICY, github_app};
 use crate::helpers::*;
-
-fn reload(app: &TestApp) -> tokenmint::trust::policy::reload::ReloadReport {
-    app.service.reloader.as_ref().expect("reloader").reload()
-}
+use crate::reload::reload;
 
 const GENERIC: &str = "no trust policy for target \"internal-api\" matches this workload";
 
@@ -153,16 +150,13 @@ async fn the_deny_section_of_the_configuration_denies_too() {
     );
 }
 
-#[test]
-fn serve_and_policy_check_refuse_a_deny_list_that_does_not_load() {
+/// A directory for the offline commands: `tokenmint.toml`, the deploy policy, and
+/// `policies/deny.yaml` holding `deny`.
+fn offline_dir(deny: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir_all(dir.path().join("policies")).expect("dir");
     std::fs::write(dir.path().join("policies/deploy.yaml"), DEPLOY_POLICY).expect("policy");
-    std::fs::write(
-        dir.path().join("policies/deny.yaml"),
-        "repository: [acme/app]\n",
-    )
-    .expect("deny");
+    std::fs::write(dir.path().join("policies/deny.yaml"), deny).expect("deny");
     std::fs::write(
         dir.path().join("tokenmint.toml"),
         "[server]\npublic_url = \"https://sts.example.com\"\n[storage]\ndata_dir = \"./data\"\n\
@@ -170,6 +164,12 @@ fn serve_and_policy_check_refuse_a_deny_list_that_does_not_load() {
          [targets.internal-api]\nkind = \"local\"\naudience = \"https://api.internal.example\"\n",
     )
     .expect("config");
+    dir
+}
+
+#[test]
+fn serve_and_policy_check_refuse_a_deny_list_that_does_not_load() {
+    let dir = offline_dir("repository: [acme/app]\n");
     let output = tokenmint()
         .args(["serve", "--listen", "127.0.0.1:0"])
         .current_dir(dir.path())
@@ -196,26 +196,12 @@ fn serve_and_policy_check_refuse_a_deny_list_that_does_not_load() {
 
 #[test]
 fn policy_explain_applies_the_switches_as_the_exchange_does() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::create_dir_all(dir.path().join("policies")).expect("dir");
-    std::fs::write(dir.path().join("policies/deploy.yaml"), DEPLOY_POLICY).expect("policy");
-    std::fs::write(
-        dir.path().join("policies/deny.yaml"),
-        "repository_id: \"89012345\"\n",
-    )
-    .expect("deny");
+    let dir = offline_dir("repository_id: \"89012345\"\n");
     std::fs::write(
         dir.path().join("claims.json"),
         r#"{"iss": "https://token.actions.githubusercontent.com", "repository_id": "89012345", "ref": "refs/heads/main"}"#,
     )
     .expect("claims");
-    std::fs::write(
-        dir.path().join("tokenmint.toml"),
-        "[server]\npublic_url = \"https://sts.example.com\"\n[storage]\ndata_dir = \"./data\"\n\
-         [issuers.github]\nissuer = \"https://token.actions.githubusercontent.com\"\n\
-         [targets.internal-api]\nkind = \"local\"\naudience = \"https://api.internal.example\"\n",
-    )
-    .expect("config");
     let output = tokenmint()
         .args([
             "policy",

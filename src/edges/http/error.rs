@@ -71,30 +71,22 @@ impl TokenError {
 
 impl From<ExchangeError> for TokenError {
     fn from(err: ExchangeError) -> Self {
+        // The error code is the refusal's own; this maps it to a status and a label.
+        let code = err.error_code();
         match err {
-            ExchangeError::InvalidGrant(text) => Self::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_grant",
-                text,
-                "invalid_grant",
-            ),
-            ExchangeError::InvalidTarget(text) => Self::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_target",
-                text,
-                "invalid_target",
-            ),
+            ExchangeError::InvalidGrant(text) => {
+                Self::new(StatusCode::BAD_REQUEST, code, text, "invalid_grant")
+            }
+            ExchangeError::InvalidTarget(text) => {
+                Self::new(StatusCode::BAD_REQUEST, code, text, "invalid_target")
+            }
             ExchangeError::InvalidRequest(text) => Self::invalid_request(text),
             ExchangeError::AccessDenied(Denial {
                 description,
                 nearest,
             }) => {
-                let mut error = Self::new(
-                    StatusCode::FORBIDDEN,
-                    "access_denied",
-                    description,
-                    "access_denied",
-                );
+                let mut error =
+                    Self::new(StatusCode::FORBIDDEN, code, description, "access_denied");
                 if let Some((policy, failures)) = nearest {
                     let failed = failures
                         .into_iter()
@@ -108,15 +100,12 @@ impl From<ExchangeError> for TokenError {
                 }
                 error
             }
-            ExchangeError::InvalidScope(text) => Self::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_scope",
-                text,
-                "invalid_scope",
-            ),
+            ExchangeError::InvalidScope(text) => {
+                Self::new(StatusCode::BAD_REQUEST, code, text, "invalid_scope")
+            }
             ExchangeError::UpstreamFailed(description) => Self::new(
                 StatusCode::BAD_GATEWAY,
-                "temporarily_unavailable",
+                code,
                 description,
                 "upstream_failed",
             ),
@@ -126,7 +115,7 @@ impl From<ExchangeError> for TokenError {
             } => {
                 let mut error = Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "temporarily_unavailable",
+                    code,
                     description,
                     "unavailable",
                 );

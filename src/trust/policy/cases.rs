@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use marked_yaml::Node;
 use serde_json::{Map, Value};
 
+use super::compile::known;
 use super::matcher::quote;
 use super::source::{self, Diagnostics, Shape};
 use super::{Decision, PolicyError, PolicySet, Selection};
@@ -90,7 +91,7 @@ impl CaseContext {
                 false => Err(format!(
                     "unknown issuer {}; configured issuers: {}",
                     quote(issuer),
-                    names(self.issuer_urls.keys())
+                    known(self.issuer_urls.keys())
                 )),
             };
         }
@@ -125,18 +126,9 @@ impl CaseContext {
             _ => Err(format!(
                 "unknown target {}; configured targets: {}",
                 quote(audience),
-                names(self.target_audiences.keys())
+                known(self.target_audiences.keys())
             )),
         }
-    }
-}
-
-fn names<'a>(names: impl Iterator<Item = &'a String>) -> String {
-    let names: Vec<&str> = names.map(String::as_str).collect();
-    if names.is_empty() {
-        "none".to_owned()
-    } else {
-        names.join(", ")
     }
 }
 
@@ -491,8 +483,7 @@ fn describe(decisions: &[Decision]) -> Vec<String> {
         };
         lines.push(format!("policy {} {verdict}:", decision.policy));
         for condition in &decision.conditions {
-            let mark = if condition.passed { "✔" } else { "✘" };
-            lines.push(format!("  {mark} {}", condition.describe()));
+            lines.push(format!("  {}", condition.marked()));
         }
     }
     lines

@@ -685,7 +685,7 @@ fn compile_policy(
     })
 }
 
-fn known<'a>(names: impl Iterator<Item = &'a String>) -> String {
+pub(super) fn known<'a>(names: impl Iterator<Item = &'a String>) -> String {
     let names: Vec<&str> = names.map(String::as_str).collect();
     if names.is_empty() {
         "none".to_owned()

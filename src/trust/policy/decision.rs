@@ -38,6 +38,13 @@ pub struct ConditionOutcome {
 }
 
 impl ConditionOutcome {
+    /// `✔ ` or `✘ ` and [`describe`](Self::describe): one line of `policy test` and
+    /// `policy explain`.
+    pub fn marked(&self) -> String {
+        let mark = if self.passed { "✔" } else { "✘" };
+        format!("{mark} {}", self.describe())
+    }
+
     /// `claim "ref" is "refs/heads/dev", expected "refs/heads/main"`, or
     /// `claim "environment" is absent, expected "production"`.
     pub fn describe(&self) -> String {

@@ -329,9 +329,9 @@ pub fn is_write_scope(scope: &str) -> bool {
         || scope.ends_with(".readonly"))
 }
 
-/// Auth0 Management API scopes that let a job take over tokenmint's own client or widen
-/// its access.
-const TAKEOVER_SCOPES: &[&str] = &[
+/// Auth0 Management API scopes that let the holder take over tokenmint's own client or widen its access:
+/// it could grant itself more scopes, read or replace its credentials, or rewrite the client.
+pub const TAKEOVER_SCOPES: &[&str] = &[
     "create:client_grants",
     "update:client_grants",
     "delete:client_grants",
@@ -340,6 +340,7 @@ const TAKEOVER_SCOPES: &[&str] = &[
     "update:clients",
     "delete:clients",
     "create:client_credentials",
+    "read:client_credentials",
     "update:client_credentials",
     "delete:client_credentials",
 ];

@@ -281,7 +281,8 @@ impl PolicyReloader {
             }
             next.insert(path, state);
         }
-        let (switches, switch_problems) = self.switches.reload(&self.dir);
+        let in_force = self.policies.load_full();
+        let (switches, switch_problems) = self.switches.reload(&self.dir, in_force.switches());
         for problem in &switch_problems {
             tracing::error!(error = %problem, "incident switches not reloaded");
         }

@@ -22,12 +22,12 @@ use crate::trust::verify::claims::ClaimsView;
 /// The file in `policies.dir` that holds a deny list; it is not a policy file.
 pub const DENY_FILE: &str = "deny.yaml";
 
-/// The switches in force.
+/// The switches in force, kept by source so that a reload can keep the part whose
+/// source fails while it takes the other.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Switches {
-    disabled_targets: BTreeSet<String>,
-    /// Claim name to refused values: the union of `[deny]` and `deny.yaml`.
-    denied: BTreeMap<String, BTreeSet<String>>,
+    config: ConfigSwitches,
+    file_deny: DenyList,
 }
 
 /// Why the deny list refuses a token.
@@ -63,37 +63,55 @@ impl ConfigSwitches {
 }
 
 impl Switches {
-    /// The configuration's switches plus `deny.yaml`'s list.
+    /// The configuration's switches plus `deny.yaml`'s list (claims listed without a
+    /// value deny nothing and are left out).
     pub fn new(config: &ConfigSwitches, file_deny: &DenyList) -> Switches {
-        let mut denied = config.deny.clone();
-        for (claim, values) in file_deny {
+        let non_empty = |list: &DenyList| -> DenyList {
+            list.iter()
+                .filter(|(_, values)| !values.is_empty())
+                .map(|(claim, values)| (claim.clone(), values.clone()))
+                .collect()
+        };
+        Switches {
+            config: ConfigSwitches {
+                disabled_targets: config.disabled_targets.clone(),
+                deny: non_empty(&config.deny),
+            },
+            file_deny: non_empty(file_deny),
+        }
+    }
+
+    /// Claim name to refused values: the union of `[deny]` and `deny.yaml`.
+    fn denied(&self) -> DenyList {
+        let mut denied = self.config.deny.clone();
+        for (claim, values) in &self.file_deny {
             denied
                 .entry(claim.clone())
                 .or_default()
                 .extend(values.iter().cloned());
         }
-        denied.retain(|_, values| !values.is_empty());
-        Switches {
-            disabled_targets: config.disabled_targets.clone(),
-            denied,
-        }
+        denied
     }
 
     /// Whether `enabled = false` switched the target off.
     pub fn target_disabled(&self, target: &str) -> bool {
-        self.disabled_targets.contains(target)
+        self.config.disabled_targets.contains(target)
     }
 
     /// The first binding claim of the token's issuer kind whose value is denied.
     pub fn denylisted(&self, kind: IssuerKind, claims: &impl ClaimsView) -> Option<Denylisted> {
+        let listed = |list: &DenyList, claim: &str, text: &String| {
+            list.get(claim).is_some_and(|values| values.contains(text))
+        };
         kind.binding_claims().iter().find_map(|claim| {
-            let values = self.denied.get(*claim)?;
             let text = claims.get(claim).and_then(|value| match value {
                 serde_json::Value::String(text) => Some(text.clone()),
                 serde_json::Value::Number(number) => Some(number.to_string()),
                 _ => None,
             })?;
-            values.contains(&text).then(|| Denylisted {
+            let denied =
+                listed(&self.config.deny, claim, &text) || listed(&self.file_deny, claim, &text);
+            denied.then(|| Denylisted {
                 claim: (*claim).to_owned(),
                 value: text,
             })
@@ -103,8 +121,8 @@ impl Switches {
     /// How many values are denied, and how many targets are off (for the log and readiness).
     pub fn counts(&self) -> (usize, usize) {
         (
-            self.denied.values().map(BTreeSet::len).sum(),
-            self.disabled_targets.len(),
+            self.denied().values().map(BTreeSet::len).sum(),
+            self.config.disabled_targets.len(),
         )
     }
 
@@ -112,10 +130,10 @@ impl Switches {
     /// policy set version hashes. Values are escaped, so the encoding is unambiguous.
     pub fn canonical(&self) -> String {
         let mut out = String::new();
-        for target in &self.disabled_targets {
+        for target in &self.config.disabled_targets {
             out.push_str(&format!("target\t{target}\n"));
         }
-        for (claim, values) in &self.denied {
+        for (claim, values) in &self.denied() {
             for value in values {
                 out.push_str(&format!("deny\t{claim}\t{}\n", value.escape_debug()));
             }
@@ -125,7 +143,7 @@ impl Switches {
 
     /// The targets switched off.
     pub fn disabled_targets(&self) -> impl Iterator<Item = &str> {
-        self.disabled_targets.iter().map(String::as_str)
+        self.config.disabled_targets.iter().map(String::as_str)
     }
 }
 
@@ -223,34 +241,29 @@ impl std::fmt::Display for Denylisted {
 
 /// Where a reload gets the switches: the configuration file (re-read for `enabled` and
 /// `[deny]` only; every other key needs a restart) and `deny.yaml`. Each part that fails
-/// to load keeps its previous value (see the module's invariant).
+/// to load keeps its value in the switches in force (see the module's invariant).
 #[derive(Debug)]
 pub struct SwitchSource {
     config_file: Option<std::path::PathBuf>,
     /// Targets configured at start: a reload cannot add one.
     known_targets: BTreeSet<String>,
-    last: std::sync::Mutex<(ConfigSwitches, DenyList)>,
 }
 
 impl SwitchSource {
-    /// The switches `config` started with; `deny.yaml` is read again at the first reload.
+    /// Where the switches of `config` come from.
     pub fn new(config: &crate::config::Config) -> SwitchSource {
-        let file_deny = load_deny_file(&config.policies.dir).unwrap_or_default();
         SwitchSource {
             config_file: config.file.clone(),
             known_targets: config.targets.keys().cloned().collect(),
-            last: std::sync::Mutex::new((ConfigSwitches::of(config), file_deny)),
         }
     }
 
-    /// Reads both parts again; a part that fails keeps its previous value, and the
+    /// Reads both parts again; a part that fails keeps its value in `in_force`, and the
     /// failure is returned to be reported.
-    pub fn reload(&self, dir: &Path) -> (Switches, Vec<String>) {
+    pub fn reload(&self, dir: &Path, in_force: &Switches) -> (Switches, Vec<String>) {
         let mut problems = Vec::new();
-        let mut last = match self.last.lock() {
-            Ok(last) => last,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut config_part = in_force.config.clone();
+        let mut file_part = in_force.file_deny.clone();
         if let Some(file) = &self.config_file {
             let source = crate::config::ConfigSource {
                 file: Some(file.clone()),
@@ -262,7 +275,7 @@ impl SwitchSource {
                     fresh
                         .disabled_targets
                         .retain(|target| self.known_targets.contains(target));
-                    last.0 = fresh;
+                    config_part = fresh;
                 }
                 Err(err) => problems.push(format!(
                     "the configuration does not load, so its incident switches stay as they were: {err}"
@@ -270,7 +283,7 @@ impl SwitchSource {
             }
         }
         match load_deny_file(dir) {
-            Ok(deny) => last.1 = deny,
+            Ok(deny) => file_part = deny,
             Err(errors) => problems.push(format!(
                 "{DENY_FILE} does not load, so the deny list stays as it was: {}",
                 errors
@@ -280,7 +293,7 @@ impl SwitchSource {
                     .join("; ")
             )),
         }
-        (Switches::new(&last.0, &last.1), problems)
+        (Switches::new(&config_part, &file_part), problems)
     }
 }
 
