@@ -10,6 +10,7 @@
 //!
 //! Migrations under `migrations/{sqlite,postgres}` are compiled in and applied at start.
 
+mod db;
 mod migrate;
 pub mod reader;
 mod steps;
@@ -130,33 +131,41 @@ fn sqlite_url(path: &Path, params: &str) -> String {
     url
 }
 
-async fn sqlite_pragmas(conn: &mut AnyConnection, writer: bool) -> Result<(), sqlx::Error> {
+/// Every SQLite connection's set-up: wait for the write lock rather than fail at once.
+async fn sqlite_pragmas(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
     sqlx::query(&format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}"))
         .execute(&mut *conn)
         .await?;
-    if writer {
-        sqlx::query("PRAGMA journal_mode = WAL")
-            .execute(&mut *conn)
-            .await?;
-        // Checkpoints run beside the writer (see `spawn_checkpointer`), not in its commits.
-        sqlx::query("PRAGMA wal_autocheckpoint = 0")
-            .execute(&mut *conn)
-            .await?;
-        // A WAL file that grew during a burst is cut back to 64 MiB once checkpointed.
-        sqlx::query("PRAGMA journal_size_limit = 67108864")
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query("PRAGMA synchronous = FULL")
-            .execute(&mut *conn)
-            .await?;
-        // A multi-row insert keeps a statement journal (to undo itself alone); past 64 KiB
-        // SQLite spills it to a temporary file, created, written and deleted per batch.
-        // In memory it costs a few hundred KiB at most.
-        sqlx::query("PRAGMA temp_store = MEMORY")
-            .execute(&mut *conn)
-            .await?;
-    }
     Ok(())
+}
+
+/// The writer connection's set-up, after [`sqlite_pragmas`]'s.
+const WRITER_PRAGMAS: &str = concat!(
+    "PRAGMA journal_mode = WAL;",
+    // Checkpoints run beside the writer (see `spawn_checkpointer`) and between its batches,
+    // never inside a commit.
+    "PRAGMA wal_autocheckpoint = 0;",
+    // A WAL file that grew during a burst is cut back to 64 MiB once checkpointed.
+    "PRAGMA journal_size_limit = 67108864;",
+    "PRAGMA synchronous = FULL;",
+    // A multi-row insert keeps a statement journal (to undo itself alone); past 64 KiB
+    // SQLite spills it to a temporary file, created, written and deleted per batch.
+    // In memory it costs a few hundred KiB at most.
+    "PRAGMA temp_store = MEMORY;",
+);
+
+/// Opens the single writer's connection on `path`, in-process (see `db`).
+fn open_sqlite_writer(path: &Path) -> Result<rusqlite::Connection, rusqlite::Error> {
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_millis(u64::from(SQLITE_BUSY_TIMEOUT_MS)))?;
+    conn.execute_batch(WRITER_PRAGMAS)?;
+    // Every statement shape the steps use stays prepared (the seven insert shapes and
+    // about twenty others).
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
 }
 
 /// Copies what it can of the WAL into the database without waiting for anyone.
@@ -228,7 +237,11 @@ impl SqlStore {
                 let mut conn = AnyConnection::connect(&sqlite_url(&path, "mode=rwc"))
                     .await
                     .map_err(|err| anyhow::anyhow!("opening the SQLite store {what}: {err}"))?;
-                sqlite_pragmas(&mut conn, true)
+                sqlite_pragmas(&mut conn)
+                    .await
+                    .map_err(|err| anyhow::anyhow!("setting up the SQLite store {what}: {err}"))?;
+                sqlx::raw_sql(WRITER_PRAGMAS)
+                    .execute(&mut conn)
                     .await
                     .map_err(|err| anyhow::anyhow!("setting up the SQLite store {what}: {err}"))?;
                 migrate::run(&mut conn, Backend::Sqlite, &what).await?;
@@ -237,11 +250,17 @@ impl SqlStore {
                     .map_err(|err| anyhow::anyhow!("reading the SQLite store {what}: {err}"))?;
                 let pool = AnyPoolOptions::new()
                     .max_connections(4)
-                    .after_connect(|conn, _| Box::pin(sqlite_pragmas(conn, false)))
+                    .after_connect(|conn, _| Box::pin(sqlite_pragmas(conn)))
                     .connect(&sqlite_url(&path, "mode=rw"))
                     .await
                     .map_err(|err| anyhow::anyhow!("opening the SQLite store {what}: {err}"))?;
-                let writer = Writer::spawn(conn, replica.clone(), observer);
+                // Migrations ran on sqlx; from here on the writer is the only one to write.
+                conn.close()
+                    .await
+                    .map_err(|err| anyhow::anyhow!("setting up the SQLite store {what}: {err}"))?;
+                let writer_conn = open_sqlite_writer(&path)
+                    .map_err(|err| anyhow::anyhow!("opening the SQLite store {what}: {err}"))?;
+                let writer = Writer::spawn(writer_conn, replica.clone(), observer);
                 let checkpointer = spawn_checkpointer(pool.clone());
                 Ok(SqlStore {
                     location,
@@ -303,10 +322,13 @@ impl SqlStore {
             Mode::Postgres => {
                 let mut tx = self.pool.begin().await.map_err(write_error)?;
                 let mut chain = ChainCursor::new(self.replica.clone(), Backend::Postgres);
-                let answer = apply(&mut tx, &mut chain, &op, now, false)
+                let answer = apply(&mut *tx, &mut chain, &op, now)
                     .await
-                    .map_err(write_error)?;
-                chain.write_head(&mut tx).await.map_err(write_error)?;
+                    .map_err(StoreError::Write)?;
+                chain
+                    .write_head(&mut *tx)
+                    .await
+                    .map_err(StoreError::Write)?;
                 tx.commit().await.map_err(write_error)?;
                 Ok(answer)
             }

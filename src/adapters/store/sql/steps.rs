@@ -1,14 +1,15 @@
 //! The store's steps in SQL, written once for both databases: each [`Op`] is applied
 //! inside a transaction the caller opened (a SQLite batch, or one PostgreSQL transaction),
-//! and answers as the trust core's [`Store`](crate::trust::store::Store) promises.
+//! on any [`Db`], and answers as the trust core's [`Store`](crate::trust::store::Store)
+//! promises.
 //!
 //! Taking a CI token is an `INSERT ... ON CONFLICT DO NOTHING` on its primary key, then a
 //! locked read of the row that is there: two replicas racing with one CI token serialise
 //! on that key, so at most one of them marks it used.
 
-use sqlx::{AnyConnection, Row};
 use time::OffsetDateTime;
 
+use super::db::{Arg, Cell, Db, DbError};
 use super::{Backend, micros};
 use crate::adapters::store::chain::link_hash;
 use crate::trust::audit::AuditRecord;
@@ -226,7 +227,7 @@ fn power_of_two_chunks<T>(items: &[T]) -> Vec<&[T]> {
     chunks
 }
 
-/// `audit_records`' columns, in the order [`bind_audit_row`] binds them: the chain's,
+/// `audit_records`' columns, in the order [`audit_row_args`] gives them: the chain's,
 /// the query columns ([`QUERY_COLUMN_NAMES`]), then the record.
 const AUDIT_COLUMNS: [&str; 14] = {
     let chain = ["replica_id", "seq", "prev_hash", "hash"];
@@ -244,72 +245,24 @@ const AUDIT_COLUMNS: [&str; 14] = {
     all
 };
 
-/// `replay`'s columns, in the order [`bind_claim`] binds them.
-const REPLAY_COLUMNS: [&str; 5] = [
-    "key_hash",
-    "used",
-    "holder",
-    "lease_until_us",
-    "keep_until_us",
-];
-
-type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
-
-fn bind_audit_row<'q>(
-    query: AnyQuery<'q>,
-    replica: &'q str,
-    row: &'q AuditRow<'_>,
-) -> AnyQuery<'q> {
+fn audit_row_args<'q>(replica: &'q str, row: &'q AuditRow<'_>) -> [Arg<'q>; 14] {
     let record = row.record;
-    query
-        .bind(replica)
-        .bind(row.seq)
-        .bind(&row.prev_hash)
-        .bind(&row.hash)
-        .bind(record.time_us)
-        .bind(&record.request_id)
-        .bind(record.outcome)
-        .bind(record.reason)
-        .bind(&record.repository)
-        .bind(&record.policy)
-        .bind(&record.target)
-        .bind(&record.token_sha256)
-        .bind(&record.token_jti)
-        .bind(&record.json)
-}
-
-/// Binds `count` NULLs: the unused slots of a padded statement.
-fn bind_nulls(query: AnyQuery<'_>, count: usize) -> AnyQuery<'_> {
-    (0..count).fold(query, |query, _| query.bind(None::<String>))
-}
-
-/// SQLite's writer sends a whole batch in two calls to sqlx's SQLite thread, because each
-/// call is a round trip between threads that costs more than the statements in it. A
-/// call holds several statements, so their text must not depend on the batch's size
-/// (each distinct text is prepared again): rows go in fixed statements of
-/// [`ROWS_PER_INSERT`] slots, the unused slots bound to NULL and skipped by a `WHERE`.
-/// A batch of up to 512 steps needs at most eight such statements of each kind.
-fn padded_chunks<T>(items: &[T]) -> Vec<Vec<Option<&T>>> {
-    items
-        .chunks(ROWS_PER_INSERT)
-        .map(|chunk| {
-            let mut slots: Vec<Option<&T>> = chunk.iter().map(Some).collect();
-            slots.resize(ROWS_PER_INSERT, None);
-            slots
-        })
-        .collect()
-}
-
-/// `INSERT INTO table (columns) SELECT * FROM (VALUES (?, ...), ...) WHERE column1 IS
-/// NOT NULL` with [`ROWS_PER_INSERT`] rows of one parameter per column; `tail` follows it
-/// (an `ON CONFLICT` clause, which SQLite parses after a `WHERE` only).
-fn padded_insert(table: &str, columns: &[&str], tail: &str) -> String {
-    let row = format!("({})", vec!["?"; columns.len()].join(", "));
-    format!(
-        "INSERT INTO {table} ({}) SELECT * FROM (VALUES {}) WHERE column1 IS NOT NULL{tail}",
-        columns.join(", "),
-        vec![row; ROWS_PER_INSERT].join(", ")
-    )
+    [
+        replica.into(),
+        row.seq.into(),
+        (&row.prev_hash).into(),
+        (&row.hash).into(),
+        record.time_us.into(),
+        (&record.request_id).into(),
+        record.outcome.into(),
+        record.reason.into(),
+        (&record.repository).into(),
+        (&record.policy).into(),
+        (&record.target).into(),
+        (&record.token_sha256).into(),
+        (&record.token_jti).into(),
+        (&record.json).into(),
+    ]
 }
 
 impl<'r> ChainCursor<'r> {
@@ -339,79 +292,41 @@ impl<'r> ChainCursor<'r> {
         self.head.clone()
     }
 
-    /// SQLite only: inserts the appended rows, writes the chain head and runs `trailer`
-    /// (`COMMIT`), all in one call to the database (see [`padded_chunks`]).
-    pub(super) async fn write_all_then(
-        &mut self,
-        conn: &mut AnyConnection,
-        trailer: &str,
-    ) -> Result<(), sqlx::Error> {
-        let rows = std::mem::take(&mut self.unwritten);
-        let chunks = padded_chunks(&rows);
-        let mut sql = String::new();
-        for _ in &chunks {
-            sql.push_str(&padded_insert("audit_records", &AUDIT_COLUMNS, ""));
-            sql.push_str("; ");
-        }
-        let head = self.head.as_ref().filter(|_| self.appended > 0);
-        if head.is_some() {
-            sql.push_str("UPDATE replicas SET last_seq = ?, last_hash = ? WHERE replica_id = ?; ");
-        }
-        sql.push_str(trailer);
-        let mut query = sqlx::query(&sql);
-        for chunk in chunks {
-            for slot in chunk {
-                query = match slot {
-                    Some(row) => bind_audit_row(query, &self.replica, row),
-                    None => bind_nulls(query, AUDIT_COLUMNS.len()),
-                };
-            }
-        }
-        if let Some((seq, hash)) = head {
-            query = query.bind(*seq as i64).bind(hash).bind(&self.replica);
-        }
-        query.execute(&mut *conn).await?;
-        Ok(())
-    }
-
     /// Reads (with PostgreSQL: locks until the transaction ends) this replica's chain head.
-    async fn read_head(&self, conn: &mut AnyConnection) -> Result<(u64, String), sqlx::Error> {
+    async fn read_head(&self, db: &mut impl Db) -> Result<(u64, String), DbError> {
         let sql = match self.backend {
             Backend::Sqlite => "SELECT last_seq, last_hash FROM replicas WHERE replica_id = $1",
             Backend::Postgres => {
                 "SELECT last_seq, last_hash FROM replicas WHERE replica_id = $1 FOR UPDATE"
             }
         };
-        let row = sqlx::query(sql)
-            .bind(&self.replica)
-            .fetch_one(&mut *conn)
-            .await?;
-        Ok((
-            row.try_get::<i64, _>(0)? as u64,
-            row.try_get::<String, _>(1)?,
-        ))
+        let row = db
+            .fetch(sql, &[self.replica.as_str().into()])
+            .await?
+            .into_iter()
+            .next()
+            .ok_or("this replica's chain is not in the store")?;
+        let [seq, hash] =
+            <[Cell; 2]>::try_from(row).map_err(|_| "the chain head has two columns")?;
+        Ok((seq.int()? as u64, hash.text()?))
     }
 
     /// Holds the chain head from now until the transaction ends (PostgreSQL: its row lock),
     /// so that what this transaction reads next cannot miss an append of this replica
     /// whose commit is in flight on another connection.
-    async fn hold_head(&mut self, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    async fn hold_head(&mut self, db: &mut impl Db) -> Result<(), DbError> {
         if self.head.is_none() {
-            self.head = Some(self.read_head(conn).await?);
+            self.head = Some(self.read_head(db).await?);
         }
         Ok(())
     }
 
     /// Appends `record` after the chain's tail. The first append of a transaction reads
     /// (with PostgreSQL: locks) the chain head, so one replica's appends are serialised.
-    async fn append(
-        &mut self,
-        conn: &mut AnyConnection,
-        record: &'r Prepared,
-    ) -> Result<Seq, sqlx::Error> {
+    async fn append(&mut self, db: &mut impl Db, record: &'r Prepared) -> Result<Seq, DbError> {
         let (last_seq, last_hash) = match self.head.take() {
             Some(head) => head,
-            None => self.read_head(conn).await?,
+            None => self.read_head(db).await?,
         };
         let seq = last_seq + 1;
         let hash = link_hash(&self.replica, seq, &last_hash, &record.json);
@@ -426,8 +341,8 @@ impl<'r> ChainCursor<'r> {
         Ok(Seq(seq))
     }
 
-    /// Inserts the rows appended so far.
-    pub(super) async fn flush(&mut self, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    /// Inserts the rows appended so far, in multi-row statements of seven shapes.
+    pub(super) async fn flush(&mut self, db: &mut impl Db) -> Result<(), DbError> {
         let rows = std::mem::take(&mut self.unwritten);
         let columns = AUDIT_COLUMNS.len();
         for chunk in power_of_two_chunks(&rows) {
@@ -453,26 +368,29 @@ impl<'r> ChainCursor<'r> {
                 }
                 sql.push(')');
             }
-            let mut query = sqlx::query(&sql);
-            for row in chunk {
-                query = bind_audit_row(query, &self.replica, row);
-            }
-            query.execute(&mut *conn).await?;
+            let args: Vec<Arg<'_>> = chunk
+                .iter()
+                .flat_map(|row| audit_row_args(&self.replica, row))
+                .collect();
+            db.exec(&sql, &args).await?;
         }
         Ok(())
     }
 
     /// Inserts the appended rows and writes the new chain head, if anything was appended.
     /// Part of the same transaction.
-    pub(super) async fn write_head(&mut self, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
-        self.flush(conn).await?;
+    pub(super) async fn write_head(&mut self, db: &mut impl Db) -> Result<(), DbError> {
+        self.flush(db).await?;
         if let (Some((seq, hash)), true) = (&self.head, self.appended > 0) {
-            sqlx::query("UPDATE replicas SET last_seq = $2, last_hash = $3 WHERE replica_id = $1")
-                .bind(&self.replica)
-                .bind(*seq as i64)
-                .bind(hash)
-                .execute(&mut *conn)
-                .await?;
+            db.exec(
+                "UPDATE replicas SET last_seq = $2, last_hash = $3 WHERE replica_id = $1",
+                &[
+                    self.replica.as_str().into(),
+                    (*seq as i64).into(),
+                    hash.into(),
+                ],
+            )
+            .await?;
         }
         Ok(())
     }
@@ -539,11 +457,11 @@ pub(crate) const QUERY_COLUMN_NAMES: [&str; 9] = [
 ];
 
 async fn standing(
-    conn: &mut AnyConnection,
+    db: &mut impl Db,
     backend: Backend,
     key: &str,
     now: i64,
-) -> Result<Option<Standing>, sqlx::Error> {
+) -> Result<Option<Standing>, DbError> {
     let sql = match backend {
         Backend::Sqlite => {
             "SELECT used, holder, lease_until_us, keep_until_us FROM replay WHERE key_hash = $1"
@@ -552,17 +470,13 @@ async fn standing(
             "SELECT used, holder, lease_until_us, keep_until_us FROM replay WHERE key_hash = $1 FOR UPDATE"
         }
     };
-    let Some(row) = sqlx::query(sql)
-        .bind(key)
-        .fetch_optional(&mut *conn)
-        .await?
-    else {
+    let Some(row) = db.fetch(sql, &[key.into()]).await?.into_iter().next() else {
         return Ok(None);
     };
-    let used: i64 = row.try_get(0)?;
-    let holder: Option<String> = row.try_get(1)?;
-    let lease_until: Option<i64> = row.try_get(2)?;
-    let keep_until: i64 = row.try_get(3)?;
+    let [used, holder, lease_until, keep_until] =
+        <[Cell; 4]>::try_from(row).map_err(|_| "a replay row has four columns")?;
+    let (used, lease_until, keep_until) = (used.int()?, lease_until.opt_int()?, keep_until.int()?);
+    let holder = holder.opt_text()?;
     Ok(Some(if keep_until <= now {
         Standing::Free
     } else if used != 0 {
@@ -577,176 +491,77 @@ async fn standing(
 
 /// Writes `claim` into the CI token's row unless `allowed` refuses what is there.
 /// Returns what the row said before (`Free` when there was none, or it had expired).
+///
+/// The first step on a fresh CI token (almost every step) costs one insert: the row is
+/// not there, so the insert takes it.
 async fn take(
-    conn: &mut AnyConnection,
+    db: &mut impl Db,
     backend: Backend,
     claim: &Claim,
     now: i64,
-    taken: bool,
     allowed: impl Fn(&Standing) -> bool,
-) -> Result<Standing, sqlx::Error> {
-    if taken {
-        // Inserted fresh by `take_fresh` in this transaction.
-        return Ok(Standing::Free);
-    }
+) -> Result<Standing, DbError> {
     // A row that disappears between the insert and the read (released by an earlier step
     // of this transaction, or by another replica) is inserted again.
     for _ in 0..3 {
-        let insert = sqlx::query(
-            "INSERT INTO replay (key_hash, used, holder, lease_until_us, keep_until_us) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key_hash) DO NOTHING",
-        );
-        let inserted = bind_claim(insert, claim)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
+        let inserted = db
+            .exec(
+                "INSERT INTO replay (key_hash, used, holder, lease_until_us, keep_until_us) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key_hash) DO NOTHING",
+                &claim_args(claim),
+            )
+            .await?;
         if inserted == 1 {
             return Ok(Standing::Free);
         }
         // A row is there (with PostgreSQL, committed: the insert waited for its writer),
         // and is now locked by this transaction until it ends.
-        let Some(before) = standing(conn, backend, &claim.key, now).await? else {
+        let Some(before) = standing(db, backend, &claim.key, now).await? else {
             continue;
         };
         if allowed(&before) {
-            let update = sqlx::query(
+            db.exec(
                 "UPDATE replay SET used = $2, holder = $3, lease_until_us = $4, keep_until_us = $5 \
                  WHERE key_hash = $1",
-            );
-            bind_claim(update, claim).execute(&mut *conn).await?;
+                &claim_args(claim),
+            )
+            .await?;
         }
         return Ok(before);
     }
-    Err(sqlx::Error::Protocol(
-        "the CI token's replay row kept disappearing while it was taken".to_owned(),
-    ))
+    Err("the CI token's replay row kept disappearing while it was taken".into())
 }
 
-/// Binds `claim` as (key_hash, used, holder, lease_until_us, keep_until_us).
-fn bind_claim<'q>(query: AnyQuery<'q>, claim: &'q Claim) -> AnyQuery<'q> {
-    query
-        .bind(&claim.key)
-        .bind(claim.used())
-        .bind(claim.holder.as_deref())
-        .bind(claim.lease_until)
-        .bind(claim.keep_until)
-}
-
-/// The claim a step would write into a CI token's replay row, if any.
-pub(super) fn claim_of(op: &Op) -> Option<&Claim> {
-    match op {
-        Op::Begin {
-            reserve: Some(claim),
-            ..
-        }
-        | Op::Finish {
-            settle: OwnedSettle::Use(claim),
-            ..
-        } => Some(claim),
-        _ => None,
-    }
-}
-
-/// The replay row a step reads or writes, if any.
-pub(super) fn key_of(op: &Op) -> Option<&str> {
-    match op {
-        Op::Begin { reserve, .. } => reserve.as_ref().map(|c| c.key.as_str()),
-        Op::Finish { settle, .. } => match settle {
-            OwnedSettle::Nothing => None,
-            OwnedSettle::Unused(key)
-            | OwnedSettle::Consume { key, .. }
-            | OwnedSettle::Release { key, .. } => Some(key),
-            OwnedSettle::Use(claim) => Some(&claim.key),
-        },
-        Op::Abandon { reservation, .. } => reservation.as_ref().map(|(key, _)| key.as_str()),
-        Op::PurgeReplay { .. } | Op::PurgeAudit { .. } | Op::Probe => None,
-    }
-}
-
-/// Inserts the rows of `claims` that are new and returns the keys inserted. The caller
-/// passes only claims on rows no earlier step of its transaction touches, so for those
-/// steps the insert is exactly what their own [`take`] would have done first.
-///
-/// SQLite only: `leader` (`BEGIN IMMEDIATE`), a query for which of the rows are already
-/// there and the insert of the others go in one call (see [`padded_chunks`]). Under the
-/// write lock `leader` takes, nothing else writes until the commit, so the rows the query
-/// finds are exactly those the insert skips. Asking which rows are *present* (almost
-/// never any) rather than `RETURNING` the inserted ones matters: sqlx hands each returned
-/// row from its SQLite thread to the caller separately, a round trip per CI token.
-pub(super) async fn take_fresh(
-    conn: &mut AnyConnection,
-    leader: &str,
-    claims: &[&Claim],
-) -> Result<std::collections::HashSet<String>, sqlx::Error> {
-    let chunks = padded_chunks(claims);
-    let mut statements = vec![leader.to_owned()];
-    for _ in &chunks {
-        statements.push(format!(
-            "SELECT key_hash FROM replay WHERE key_hash IN ({})",
-            vec!["?"; ROWS_PER_INSERT].join(", ")
-        ));
-        statements.push(padded_insert(
-            "replay",
-            &REPLAY_COLUMNS,
-            " ON CONFLICT (key_hash) DO NOTHING",
-        ));
-    }
-    let sql = statements.join("; ");
-    let mut query = sqlx::query(&sql);
-    for chunk in &chunks {
-        for slot in chunk {
-            query = query.bind(slot.map(|claim| claim.key.as_str()));
-        }
-        for slot in chunk {
-            query = match slot {
-                Some(claim) => bind_claim(query, claim),
-                None => bind_nulls(query, REPLAY_COLUMNS.len()),
-            };
-        }
-    }
-    let present = query
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(|row| row.try_get::<String, _>(0))
-        .collect::<Result<std::collections::HashSet<String>, _>>()?;
-    Ok(claims
-        .iter()
-        .filter(|claim| !present.contains(&claim.key))
-        .map(|claim| claim.key.clone())
-        .collect())
+/// `claim` as (key_hash, used, holder, lease_until_us, keep_until_us).
+fn claim_args(claim: &Claim) -> [Arg<'_>; 5] {
+    [
+        (&claim.key).into(),
+        claim.used().into(),
+        (&claim.holder).into(),
+        claim.lease_until.into(),
+        claim.keep_until.into(),
+    ]
 }
 
 /// Applies one step inside the caller's open transaction. A step that refuses (the CI
 /// token is used or held) writes nothing.
-///
-/// `taken`: the step's claim row was already inserted, fresh, by [`take_fresh`] (so the CI
-/// token was free and is now this step's).
 pub(super) async fn apply<'r>(
-    conn: &mut AnyConnection,
+    db: &mut impl Db,
     chain: &mut ChainCursor<'r>,
     op: &'r Op,
     now: OffsetDateTime,
-    taken: bool,
-) -> Result<Answer, sqlx::Error> {
+) -> Result<Answer, DbError> {
     let backend = chain.backend;
     let now_us = micros(now);
     match op {
         Op::Begin { record, reserve } => {
             if let Some(claim) = reserve {
                 let holder = claim.holder.as_deref().unwrap_or_default();
-                let before = take(
-                    conn,
-                    backend,
-                    claim,
-                    now_us,
-                    taken,
-                    |standing| match standing {
-                        Standing::Free => true,
-                        Standing::HeldBy(other) => other == holder,
-                        Standing::Used => false,
-                    },
-                )
+                let before = take(db, backend, claim, now_us, |standing| match standing {
+                    Standing::Free => true,
+                    Standing::HeldBy(other) => other == holder,
+                    Standing::Used => false,
+                })
                 .await?;
                 match before {
                     Standing::Used => return Ok(Answer::Begun(Begun::AlreadyUsed)),
@@ -756,47 +571,41 @@ pub(super) async fn apply<'r>(
                     Standing::HeldBy(_) | Standing::Free => {}
                 }
             }
-            let seq = chain.append(conn, record).await?;
+            let seq = chain.append(db, record).await?;
             Ok(Answer::Begun(Begun::Reserved(seq)))
         }
         Op::Finish { record, settle } => {
             match settle {
                 OwnedSettle::Nothing => {}
-                OwnedSettle::Unused(key) => match standing(conn, backend, key, now_us).await? {
+                OwnedSettle::Unused(key) => match standing(db, backend, key, now_us).await? {
                     Some(Standing::Used) => return Ok(Answer::Finished(Finished::AlreadyUsed)),
                     Some(Standing::HeldBy(_)) => return Ok(Answer::Finished(Finished::InUse)),
                     Some(Standing::Free) | None => {}
                 },
                 OwnedSettle::Use(claim) => {
-                    match take(conn, backend, claim, now_us, taken, |s| {
-                        *s == Standing::Free
-                    })
-                    .await?
-                    {
+                    match take(db, backend, claim, now_us, |s| *s == Standing::Free).await? {
                         Standing::Used => return Ok(Answer::Finished(Finished::AlreadyUsed)),
                         Standing::HeldBy(_) => return Ok(Answer::Finished(Finished::InUse)),
                         Standing::Free => {}
                     }
                 }
                 OwnedSettle::Consume { key, holder } => {
-                    let consumed = sqlx::query(
-                        "UPDATE replay SET used = 1, holder = NULL, lease_until_us = NULL \
-                         WHERE key_hash = $1 AND used = 0 AND holder = $2",
-                    )
-                    .bind(key)
-                    .bind(holder)
-                    .execute(&mut *conn)
-                    .await?
-                    .rows_affected();
+                    let consumed = db
+                        .exec(
+                            "UPDATE replay SET used = 1, holder = NULL, lease_until_us = NULL \
+                             WHERE key_hash = $1 AND used = 0 AND holder = $2",
+                            &[key.into(), holder.into()],
+                        )
+                        .await?;
                     if consumed == 0 {
                         return Ok(Answer::Finished(Finished::ReservationLost));
                     }
                 }
                 OwnedSettle::Release { key, holder } => {
-                    release(conn, key, holder).await?;
+                    release(db, key, holder).await?;
                 }
             }
-            let seq = chain.append(conn, record).await?;
+            let seq = chain.append(db, record).await?;
             Ok(Answer::Finished(Finished::Recorded(seq)))
         }
         Op::Abandon {
@@ -810,60 +619,61 @@ pub(super) async fn apply<'r>(
             // head, so this waits for that commit and then sees its record; reading first
             // would miss it and record `cancelled` after `allowed`.
             if let (Backend::Postgres, Some((key, _))) = (backend, reservation) {
-                sqlx::query("SELECT key_hash FROM replay WHERE key_hash = $1 FOR UPDATE")
-                    .bind(key)
-                    .fetch_optional(&mut *conn)
-                    .await?;
-            }
-            chain.hold_head(conn).await?;
-            // Records appended earlier in this transaction count too.
-            chain.flush(conn).await?;
-            let outcomes: Vec<String> =
-                // All records of a request carry the request's time, so the time index
-                // finds them (SQLite keeps no index on request ids).
-                sqlx::query_scalar(
-                    "SELECT outcome FROM audit_records WHERE time_us = $1 AND request_id = $2",
+                db.fetch(
+                    "SELECT key_hash FROM replay WHERE key_hash = $1 FOR UPDATE",
+                    &[key.into()],
                 )
-                .bind(record.time_us)
-                .bind(request_id)
-                    .fetch_all(&mut *conn)
-                    .await?;
+                .await?;
+            }
+            chain.hold_head(db).await?;
+            // Records appended earlier in this transaction count too.
+            chain.flush(db).await?;
+            // All records of a request carry the request's time, so the time index finds
+            // them (SQLite keeps no index on request ids).
+            let outcomes = db
+                .fetch(
+                    "SELECT outcome FROM audit_records WHERE time_us = $1 AND request_id = $2",
+                    &[record.time_us.into(), request_id.into()],
+                )
+                .await?
+                .into_iter()
+                .filter_map(|row| row.into_iter().next())
+                .map(Cell::text)
+                .collect::<Result<Vec<String>, DbError>>()?;
             let pending = outcomes.iter().any(|o| o == "pending");
             let ended = outcomes.iter().any(|o| o != "pending");
             if !pending || ended {
                 return Ok(Answer::Abandoned(None));
             }
             if let Some((key, holder)) = reservation {
-                release(conn, key, holder).await?;
+                release(db, key, holder).await?;
             }
-            let seq = chain.append(conn, record).await?;
+            let seq = chain.append(db, record).await?;
             Ok(Answer::Abandoned(Some(seq)))
         }
         Op::PurgeReplay { limit } => {
-            let purged = sqlx::query(
-                "DELETE FROM replay WHERE key_hash IN \
-                 (SELECT key_hash FROM replay WHERE keep_until_us <= $1 LIMIT $2)",
-            )
-            .bind(now_us)
-            .bind(*limit)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
+            let purged = db
+                .exec(
+                    "DELETE FROM replay WHERE key_hash IN \
+                     (SELECT key_hash FROM replay WHERE keep_until_us <= $1 LIMIT $2)",
+                    &[now_us.into(), (*limit).into()],
+                )
+                .await?;
             Ok(Answer::Purged(purged))
         }
-        Op::PurgeAudit { before, limit } => purge_audit(conn, backend, micros(*before), *limit)
+        Op::PurgeAudit { before, limit } => purge_audit(db, backend, micros(*before), *limit)
             .await
             .map(Answer::Purged),
         Op::Probe => Ok(Answer::Probed),
     }
 }
 
-async fn release(conn: &mut AnyConnection, key: &str, holder: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM replay WHERE key_hash = $1 AND used = 0 AND holder = $2")
-        .bind(key)
-        .bind(holder)
-        .execute(&mut *conn)
-        .await?;
+async fn release(db: &mut impl Db, key: &str, holder: &str) -> Result<(), DbError> {
+    db.exec(
+        "DELETE FROM replay WHERE key_hash = $1 AND used = 0 AND holder = $2",
+        &[key.into(), holder.into()],
+    )
+    .await?;
     Ok(())
 }
 
@@ -871,50 +681,55 @@ async fn release(conn: &mut AnyConnection, key: &str, holder: &str) -> Result<()
 /// per chain), keeping the chain contiguous, and moves the chain's anchor to the last
 /// removed record so `audit verify` starts there.
 async fn purge_audit(
-    conn: &mut AnyConnection,
+    db: &mut impl Db,
     backend: Backend,
     before: i64,
     limit: i64,
-) -> Result<u64, sqlx::Error> {
+) -> Result<u64, DbError> {
     let lock = match backend {
         Backend::Sqlite => "",
         Backend::Postgres => " FOR UPDATE",
     };
-    let replicas: Vec<String> = sqlx::query_scalar(&format!(
-        "SELECT replica_id FROM replicas ORDER BY replica_id{lock}"
-    ))
-    .fetch_all(&mut *conn)
-    .await?;
+    let replicas = db
+        .fetch(
+            &format!("SELECT replica_id FROM replicas ORDER BY replica_id{lock}"),
+            &[],
+        )
+        .await?
+        .into_iter()
+        .filter_map(|row| row.into_iter().next())
+        .map(Cell::text)
+        .collect::<Result<Vec<String>, DbError>>()?;
     let mut purged = 0;
     for replica in replicas {
-        let rows = sqlx::query(
-            "SELECT seq, hash, time_us FROM audit_records WHERE replica_id = $1 \
-             ORDER BY seq LIMIT $2",
-        )
-        .bind(&replica)
-        .bind(limit)
-        .fetch_all(&mut *conn)
-        .await?;
+        let rows = db
+            .fetch(
+                "SELECT seq, hash, time_us FROM audit_records WHERE replica_id = $1 \
+                 ORDER BY seq LIMIT $2",
+                &[replica.as_str().into(), limit.into()],
+            )
+            .await?;
         let mut anchor: Option<(i64, String)> = None;
         for row in rows {
-            if row.try_get::<i64, _>(2)? >= before {
+            let [seq, hash, time_us] =
+                <[Cell; 3]>::try_from(row).map_err(|_| "an audit row has three columns here")?;
+            if time_us.int()? >= before {
                 break;
             }
-            anchor = Some((row.try_get(0)?, row.try_get(1)?));
+            anchor = Some((seq.int()?, hash.text()?));
         }
         let Some((seq, hash)) = anchor else { continue };
-        purged += sqlx::query("DELETE FROM audit_records WHERE replica_id = $1 AND seq <= $2")
-            .bind(&replica)
-            .bind(seq)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-        sqlx::query("UPDATE replicas SET anchor_seq = $2, anchor_hash = $3 WHERE replica_id = $1")
-            .bind(&replica)
-            .bind(seq)
-            .bind(&hash)
-            .execute(&mut *conn)
+        purged += db
+            .exec(
+                "DELETE FROM audit_records WHERE replica_id = $1 AND seq <= $2",
+                &[replica.as_str().into(), seq.into()],
+            )
             .await?;
+        db.exec(
+            "UPDATE replicas SET anchor_seq = $2, anchor_hash = $3 WHERE replica_id = $1",
+            &[replica.as_str().into(), seq.into(), hash.as_str().into()],
+        )
+        .await?;
     }
     Ok(purged)
 }

@@ -4,16 +4,18 @@
 //!
 //! A batch is closed when its transaction starts: a step that arrives while a commit is
 //! running waits for the next one, so no step waits on more than one fsync it did not need.
+//!
+//! The writer owns its SQLite connection in-process (rusqlite): a batch's statements run
+//! on the writer's own thread, with no round trip to another thread between them.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use sqlx::AnyConnection;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
-use super::steps::{Answer, ChainCursor, Claim, Op, apply, claim_of, key_of, take_fresh};
+use super::db::{Db, DbError};
+use super::steps::{Answer, ChainCursor, Op, apply};
 use super::{Backend, CommitObserver};
 use crate::trust::store::StoreError;
 
@@ -48,17 +50,16 @@ pub(super) struct Writer {
 impl Writer {
     /// Starts the writer task on `conn`, appending to `replica`'s chain.
     pub(super) fn spawn(
-        conn: AnyConnection,
+        conn: rusqlite::Connection,
         replica: String,
         observer: Arc<dyn CommitObserver>,
     ) -> Writer {
         let (queue, jobs) = mpsc::channel(QUEUE);
         let healthy = Arc::new(AtomicBool::new(true));
         let flag = healthy.clone();
-        // The writer runs on a thread of its own. Each statement is a round trip to sqlx's
-        // SQLite thread, and on the service's runtime the writer's wake-up from that thread
-        // waited in the global queue behind every exchange being computed, once per
-        // statement; here it is the only task, so a batch's statements follow each other.
+        // The writer runs on a thread of its own, with its SQLite connection: on the
+        // service's runtime it would wait in the queue behind every exchange being computed
+        // each time a step arrived, and its statements would block that runtime's threads.
         let spawned = std::thread::Builder::new()
             .name("tokenmint-sqlite-writer".to_owned())
             .spawn(move || {
@@ -96,11 +97,8 @@ impl Writer {
 }
 
 /// A passive checkpoint on the writer's own connection (see [`CHECKPOINT_EVERY_RECORDS`]).
-async fn checkpoint(conn: &mut AnyConnection) {
-    if let Err(err) = sqlx::query(super::PASSIVE_CHECKPOINT)
-        .execute(&mut *conn)
-        .await
-    {
+async fn checkpoint(conn: &mut rusqlite::Connection) {
+    if let Err(err) = conn.fetch(super::PASSIVE_CHECKPOINT, &[]).await {
         tracing::debug!(error = %err, "the writer's WAL checkpoint failed; the next one retries");
     }
 }
@@ -110,7 +108,7 @@ fn stopped() -> StoreError {
 }
 
 async fn run(
-    mut conn: AnyConnection,
+    mut conn: rusqlite::Connection,
     replica: String,
     mut jobs: mpsc::Receiver<Job>,
     observer: Arc<dyn CommitObserver>,
@@ -137,7 +135,7 @@ async fn run(
         if result.is_err() && cached.is_some() {
             // Perhaps another process appended to this chain since our last commit (its
             // record took our next seq): read the head again and retry once.
-            let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
+            rollback(&mut conn).await;
             result = commit(&mut conn, &replica, None, &batch).await;
         }
         match result {
@@ -158,7 +156,7 @@ async fn run(
             }
             Err(err) => {
                 healthy.store(false, Ordering::Release);
-                let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
+                rollback(&mut conn).await;
                 tracing::error!(error = %err, steps = batch.len(), "the SQLite store could not commit; nothing of these steps was written");
                 let text = err.to_string();
                 for job in batch.drain(..) {
@@ -169,43 +167,32 @@ async fn run(
     }
 }
 
+/// Ends a failed transaction, if one is open (a failed `COMMIT` may have ended it).
+async fn rollback(conn: &mut rusqlite::Connection) {
+    if !conn.is_autocommit()
+        && let Err(err) = conn.exec("ROLLBACK", &[]).await
+    {
+        tracing::debug!(error = %err, "rolling back the SQLite writer's transaction failed");
+    }
+}
+
 /// One transaction for the whole batch: every step's writes, then the chain head.
-///
-/// Each call into sqlx's SQLite thread is a round trip between threads, which costs more
-/// than the statements themselves, so a batch makes two: `BEGIN IMMEDIATE` with the
-/// taking of fresh CI tokens, and the records, the chain head and `COMMIT`. Steps that
-/// need more (a second step on one token, a remote exchange's reservation) add theirs.
 async fn commit(
-    conn: &mut AnyConnection,
+    conn: &mut rusqlite::Connection,
     replica: &str,
     head: Option<(u64, String)>,
     batch: &[Job],
-) -> Result<(Vec<Answer>, usize, Option<(u64, String)>), sqlx::Error> {
+) -> Result<(Vec<Answer>, usize, Option<(u64, String)>), DbError> {
     let mut chain = ChainCursor::starting_at(replica.to_owned(), Backend::Sqlite, head);
-    // The first step on each CI token takes it with one multi-row insert for the whole
-    // batch; later steps on the same token (rare) and conflicts take the one-by-one path.
-    let mut seen = HashSet::new();
-    let first: Vec<bool> = batch
-        .iter()
-        .map(|job| {
-            key_of(&job.op).is_some_and(|key| seen.insert(key)) && claim_of(&job.op).is_some()
-        })
-        .collect();
-    let fresh: Vec<&Claim> = batch
-        .iter()
-        .zip(&first)
-        .filter(|(_, first)| **first)
-        .filter_map(|(job, _)| claim_of(&job.op))
-        .collect();
     // IMMEDIATE takes the write lock now, so a second process on the same file waits
     // (busy_timeout) instead of failing half way.
-    let inserted = take_fresh(conn, "BEGIN IMMEDIATE", &fresh).await?;
+    conn.exec("BEGIN IMMEDIATE", &[]).await?;
     let mut answers = Vec::with_capacity(batch.len());
-    for (job, first) in batch.iter().zip(first) {
-        let taken = first && claim_of(&job.op).is_some_and(|claim| inserted.contains(&claim.key));
-        answers.push(apply(conn, &mut chain, &job.op, job.now, taken).await?);
+    for job in batch {
+        answers.push(apply(conn, &mut chain, &job.op, job.now).await?);
     }
-    chain.write_all_then(conn, "COMMIT").await?;
+    chain.write_head(conn).await?;
+    conn.exec("COMMIT", &[]).await?;
     Ok((answers, chain.appended, chain.head()))
 }
 
@@ -299,7 +286,7 @@ mod tests {
     }
 
     /// Steps on one CI token queued together land in one transaction: the first takes
-    /// the token with the batch's multi-row insert, the others see it used, in order.
+    /// the token, the others see it used, in order.
     #[tokio::test]
     async fn steps_on_one_token_in_one_batch_keep_their_order() {
         let dir = tempfile::tempdir().expect("tempdir");
