@@ -1,9 +1,10 @@
-//! The durable stores, on sqlx: SQLite in `storage.data_dir` (the default) and PostgreSQL
-//! when `storage.database_url` is set. Both run the same SQL ([`steps`]); they differ in
-//! how steps become transactions:
+//! The durable stores: SQLite in `storage.data_dir` (the default) and PostgreSQL when
+//! `storage.database_url` is set. Both run the same SQL ([`steps`], on [`db::Db`]); they
+//! differ in how steps become transactions:
 //!
 //! - SQLite has one writer: every step goes through [`writer`], which commits whatever is
-//!   queued in one transaction (group commit);
+//!   queued in one transaction (group commit), on its own rusqlite connection; migrations
+//!   and reads go through sqlx;
 //! - PostgreSQL commits each step in its own transaction on a pooled connection (the
 //!   server groups commits itself), and the replay table's primary key decides races
 //!   between replicas.
