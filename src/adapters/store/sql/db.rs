@@ -99,6 +99,23 @@ impl Cell {
     }
 }
 
+/// `row`'s cells as an array of the `N` columns its query selected.
+pub(super) fn columns<const N: usize>(row: Vec<Cell>) -> Result<[Cell; N], DbError> {
+    let found = row.len();
+    <[Cell; N]>::try_from(row)
+        .map_err(|_| format!("expected a row of {N} columns, found {found}").into())
+}
+
+/// The text of each row's only column.
+pub(super) fn texts(rows: Vec<Vec<Cell>>) -> Result<Vec<String>, DbError> {
+    rows.into_iter()
+        .map(|row| {
+            let [text] = columns(row)?;
+            text.text()
+        })
+        .collect()
+}
+
 /// A connection the store's steps run on, inside a transaction the caller opened.
 pub(super) trait Db: Send {
     /// Runs `sql` (one statement) and returns the rows it changed.
@@ -201,6 +218,17 @@ fn native_cell(value: rusqlite::types::ValueRef<'_>) -> Result<Cell, DbError> {
     })
 }
 
+/// `sql` prepared (or taken from the connection's cache) with `args` bound.
+fn prepared<'c>(
+    conn: &'c rusqlite::Connection,
+    sql: &str,
+    args: &[Arg<'_>],
+) -> Result<rusqlite::CachedStatement<'c>, DbError> {
+    let mut statement = conn.prepare_cached(sql)?;
+    bind_native(&mut statement, args)?;
+    Ok(statement)
+}
+
 impl Db for rusqlite::Connection {
     fn exec<'a>(
         &'a mut self,
@@ -208,11 +236,8 @@ impl Db for rusqlite::Connection {
         args: &'a [Arg<'a>],
     ) -> impl Future<Output = Result<u64, DbError>> + Send + 'a {
         // rusqlite is synchronous: the statement has run before the future is polled.
-        let result = (|| {
-            let mut statement = self.prepare_cached(sql)?;
-            bind_native(&mut statement, args)?;
-            Ok(statement.raw_execute()? as u64)
-        })();
+        let result =
+            prepared(self, sql, args).and_then(|mut statement| Ok(statement.raw_execute()? as u64));
         std::future::ready(result)
     }
 
@@ -222,8 +247,7 @@ impl Db for rusqlite::Connection {
         args: &'a [Arg<'a>],
     ) -> impl Future<Output = Result<Vec<Vec<Cell>>, DbError>> + Send + 'a {
         let result = (|| {
-            let mut statement = self.prepare_cached(sql)?;
-            bind_native(&mut statement, args)?;
+            let mut statement = prepared(self, sql, args)?;
             let columns = statement.column_count();
             let mut rows = statement.raw_query();
             let mut out = Vec::new();

@@ -241,7 +241,9 @@ impl SqlStore {
                 sqlite_pragmas(&mut conn)
                     .await
                     .map_err(|err| anyhow::anyhow!("setting up the SQLite store {what}: {err}"))?;
-                sqlx::raw_sql(WRITER_PRAGMAS)
+                // The file is in WAL mode before the readers open; the rest of the writer's
+                // set-up is per connection and waits for the writer's own.
+                sqlx::query("PRAGMA journal_mode = WAL")
                     .execute(&mut conn)
                     .await
                     .map_err(|err| anyhow::anyhow!("setting up the SQLite store {what}: {err}"))?;

@@ -9,7 +9,7 @@
 
 use time::OffsetDateTime;
 
-use super::db::{Arg, Cell, Db, DbError};
+use super::db::{Arg, Db, DbError, columns, texts};
 use super::{Backend, micros};
 use crate::adapters::store::chain::link_hash;
 use crate::trust::audit::AuditRecord;
@@ -306,8 +306,7 @@ impl<'r> ChainCursor<'r> {
             .into_iter()
             .next()
             .ok_or("this replica's chain is not in the store")?;
-        let [seq, hash] =
-            <[Cell; 2]>::try_from(row).map_err(|_| "the chain head has two columns")?;
+        let [seq, hash] = columns(row)?;
         Ok((seq.int()? as u64, hash.text()?))
     }
 
@@ -473,8 +472,7 @@ async fn standing(
     let Some(row) = db.fetch(sql, &[key.into()]).await?.into_iter().next() else {
         return Ok(None);
     };
-    let [used, holder, lease_until, keep_until] =
-        <[Cell; 4]>::try_from(row).map_err(|_| "a replay row has four columns")?;
+    let [used, holder, lease_until, keep_until] = columns(row)?;
     let (used, lease_until, keep_until) = (used.int()?, lease_until.opt_int()?, keep_until.int()?);
     let holder = holder.opt_text()?;
     Ok(Some(if keep_until <= now {
@@ -635,11 +633,8 @@ pub(super) async fn apply<'r>(
                     "SELECT outcome FROM audit_records WHERE time_us = $1 AND request_id = $2",
                     &[record.time_us.into(), request_id.into()],
                 )
-                .await?
-                .into_iter()
-                .filter_map(|row| row.into_iter().next())
-                .map(Cell::text)
-                .collect::<Result<Vec<String>, DbError>>()?;
+                .await
+                .and_then(texts)?;
             let pending = outcomes.iter().any(|o| o == "pending");
             let ended = outcomes.iter().any(|o| o != "pending");
             if !pending || ended {
@@ -695,11 +690,8 @@ async fn purge_audit(
             &format!("SELECT replica_id FROM replicas ORDER BY replica_id{lock}"),
             &[],
         )
-        .await?
-        .into_iter()
-        .filter_map(|row| row.into_iter().next())
-        .map(Cell::text)
-        .collect::<Result<Vec<String>, DbError>>()?;
+        .await
+        .and_then(texts)?;
     let mut purged = 0;
     for replica in replicas {
         let rows = db
@@ -711,8 +703,7 @@ async fn purge_audit(
             .await?;
         let mut anchor: Option<(i64, String)> = None;
         for row in rows {
-            let [seq, hash, time_us] =
-                <[Cell; 3]>::try_from(row).map_err(|_| "an audit row has three columns here")?;
+            let [seq, hash, time_us] = columns(row)?;
             if time_us.int()? >= before {
                 break;
             }
