@@ -15,29 +15,13 @@ mod setup;
 
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 
-use setup::{StoreKind, group_commit, set_up, sign_requests};
+use setup::{StoreKind, exchange_all, group_commit, set_up, sign_requests};
 
 fn exchange(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let pg_url = common::postgres_schema_url(&runtime);
-    let mut kinds = vec![StoreKind::Memory, StoreKind::Sqlite];
-    if pg_url.is_some() {
-        kinds.push(StoreKind::Postgres);
-    } else {
-        eprintln!("exchange/*/postgres skipped: set TOKENMINT_BENCH_DATABASE_URL to measure it");
-    }
+    let runtime = setup::runtime();
     let mut group = c.benchmark_group("exchange");
-    for kind in kinds {
-        let bench = set_up(
-            &runtime,
-            kind,
-            pg_url.as_deref().filter(|_| kind == StoreKind::Postgres),
-        );
-        let exchanger = bench.service.state.exchanger.clone();
+    for (kind, url) in setup::stores(&runtime) {
+        let bench = set_up(&runtime, kind, url.as_deref());
         for callers in [1usize, 64] {
             let before = group_commit(&bench.service.state.metrics.render());
             group.throughput(Throughput::Elements(callers as u64));
@@ -54,16 +38,7 @@ fn exchange(c: &mut Criterion) {
                 b.to_async(&runtime).iter_custom(|iterations| {
                     // Tokens are signed before the clock starts, on two threads.
                     let requests = sign_requests(&bench, iterations as usize * callers);
-                    let exchanger = exchanger.clone();
-                    common::closed_loop(requests, callers, move |request| {
-                        let exchanger = exchanger.clone();
-                        async move {
-                            let result = exchanger
-                                .exchange(&request, time::OffsetDateTime::now_utc())
-                                .await;
-                            assert!(result.is_ok(), "the exchange succeeds");
-                        }
-                    })
+                    exchange_all(&bench, requests, callers)
                 });
             });
             if kind == StoreKind::Sqlite {

@@ -16,7 +16,7 @@ mod setup;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use setup::{Bench, StoreKind, group_commit, set_up, sign_requests};
+use setup::{Bench, StoreKind, exchange_all, group_commit, set_up, sign_requests};
 
 /// Clock ticks per second in `/proc` CPU times (USER_HZ, 100 on every Linux ABI).
 const TICKS: f64 = 100.0;
@@ -148,23 +148,10 @@ fn main() {
     let exchanges = setting("TOKENMINT_LOAD_EXCHANGES", 40_000);
     let rounds = setting("TOKENMINT_LOAD_ROUNDS", 3);
     let callers = setting("TOKENMINT_LOAD_CALLERS", 64);
-    // As the service runs on this machine: one runtime worker per core (two here).
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let pg_url = common::postgres_schema_url(&runtime);
-    let mut kinds = vec![StoreKind::Memory, StoreKind::Sqlite];
-    if pg_url.is_some() {
-        kinds.push(StoreKind::Postgres);
-    }
-    let benches: Vec<(StoreKind, Bench)> = kinds
+    let runtime = setup::runtime();
+    let benches: Vec<(StoreKind, Bench)> = setup::stores(&runtime)
         .into_iter()
-        .map(|kind| {
-            let url = pg_url.as_deref().filter(|_| kind == StoreKind::Postgres);
-            (kind, set_up(&runtime, kind, url))
-        })
+        .map(|(kind, url)| (kind, set_up(&runtime, kind, url.as_deref())))
         .collect();
     println!("{exchanges} exchanges per store and round, {callers} callers");
     for round in 1..=rounds {
@@ -172,17 +159,8 @@ fn main() {
         let mut memory_rate = None;
         for (kind, bench) in &benches {
             let requests = sign_requests(bench, exchanges);
-            let exchanger = bench.service.state.exchanger.clone();
             let before = Snapshot::take(bench);
-            let took = runtime.block_on(common::closed_loop(requests, callers, move |request| {
-                let exchanger = exchanger.clone();
-                async move {
-                    let result = exchanger
-                        .exchange(&request, time::OffsetDateTime::now_utc())
-                        .await;
-                    assert!(result.is_ok(), "the exchange succeeds");
-                }
-            }));
+            let took = runtime.block_on(exchange_all(bench, requests, callers));
             let after = Snapshot::take(bench);
             let rate = report(*kind, exchanges, took, memory_rate, &before, &after);
             if *kind == StoreKind::Memory {

@@ -214,3 +214,43 @@ pub fn group_commit(metrics: &str) -> (f64, f64, f64) {
         value("tokenmint_store_commit_duration_seconds_sum "),
     )
 }
+
+/// The runtime the exchange benchmarks run on, as the service runs on this machine: one
+/// worker per core (two here).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// The stores to measure (PostgreSQL when `TOKENMINT_BENCH_DATABASE_URL` is set), each
+/// with the database URL it opens.
+pub fn stores(runtime: &tokio::runtime::Runtime) -> Vec<(StoreKind, Option<String>)> {
+    let mut stores = vec![(StoreKind::Memory, None), (StoreKind::Sqlite, None)];
+    match super::common::postgres_schema_url(runtime) {
+        Some(url) => stores.push((StoreKind::Postgres, Some(url))),
+        None => eprintln!("postgres skipped: set TOKENMINT_BENCH_DATABASE_URL to measure it"),
+    }
+    stores
+}
+
+/// Runs every request through `bench`'s exchanger, `callers` at a time, asserting each
+/// succeeds; returns how long that took.
+pub fn exchange_all(
+    bench: &Bench,
+    requests: Vec<tokenmint::trust::exchange::ExchangeRequest>,
+    callers: usize,
+) -> impl std::future::Future<Output = std::time::Duration> + use<> {
+    let exchanger = bench.service.state.exchanger.clone();
+    super::common::closed_loop(requests, callers, move |request| {
+        let exchanger = exchanger.clone();
+        async move {
+            let result = exchanger
+                .exchange(&request, time::OffsetDateTime::now_utc())
+                .await;
+            assert!(result.is_ok(), "the exchange succeeds");
+        }
+    })
+}
