@@ -6,8 +6,10 @@
 //!
 //! Criterion (`benches/exchange.rs`) gives the figures to compare; this explains them.
 //! Run with `cargo bench --bench exchange_load`; `TOKENMINT_LOAD_EXCHANGES` (40000),
-//! `TOKENMINT_LOAD_ROUNDS` (3) and `TOKENMINT_LOAD_CALLERS` (64) change the load, and
-//! `TOKENMINT_BENCH_DATABASE_URL` adds PostgreSQL.
+//! `TOKENMINT_LOAD_ROUNDS` (3) and `TOKENMINT_LOAD_CALLERS` (64) change the load,
+//! `TOKENMINT_BENCH_DATABASE_URL` adds PostgreSQL, and `TOKENMINT_LOAD_STORES` (say
+//! `sqlite`, or `memory,sqlite`) runs only the stores named, so that a profiler attached
+//! to the run (`perf record`) sees one store's exchanges alone.
 
 mod common;
 #[path = "exchange_setup/mod.rs"]
@@ -144,15 +146,43 @@ fn report(
     rate
 }
 
+/// Whether `TOKENMINT_LOAD_STORES` names `kind` (every store is chosen when it is unset).
+fn chosen(kind: StoreKind) -> bool {
+    std::env::var("TOKENMINT_LOAD_STORES").map_or(true, |names| {
+        names.split(',').any(|name| name.trim() == kind.name())
+    })
+}
+
+/// Stops the run when `TOKENMINT_LOAD_STORES` names something that is not a store.
+fn check_store_names() {
+    let Ok(names) = std::env::var("TOKENMINT_LOAD_STORES") else {
+        return;
+    };
+    let known = [StoreKind::Memory, StoreKind::Sqlite, StoreKind::Postgres].map(StoreKind::name);
+    for name in names.split(',').map(str::trim) {
+        assert!(
+            known.contains(&name),
+            "TOKENMINT_LOAD_STORES names {name:?}; the stores are {}",
+            known.join(", ")
+        );
+    }
+}
+
 fn main() {
     let exchanges = setting("TOKENMINT_LOAD_EXCHANGES", 40_000);
     let rounds = setting("TOKENMINT_LOAD_ROUNDS", 3);
     let callers = setting("TOKENMINT_LOAD_CALLERS", 64);
+    check_store_names();
     let runtime = setup::runtime();
     let benches: Vec<(StoreKind, Bench)> = setup::stores(&runtime)
         .into_iter()
+        .filter(|(kind, _)| chosen(*kind))
         .map(|(kind, url)| (kind, set_up(&runtime, kind, url.as_deref())))
         .collect();
+    assert!(
+        !benches.is_empty(),
+        "TOKENMINT_LOAD_STORES chose no store that can run here"
+    );
     println!("{exchanges} exchanges per store and round, {callers} callers");
     for round in 1..=rounds {
         println!("round {round}");
