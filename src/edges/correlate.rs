@@ -5,10 +5,11 @@
 //! The joins, strongest first:
 //!
 //! - a `seccft` event (the tenant issued a client-credentials token) names its request in
-//!   its `user_agent`, `tokenmint/{version} (request {request_id})`. Its `client_id` and
-//!   `date` are then checked against the record's target and time, and each check that
-//!   holds is listed in `joined_by`;
-//! - without that, its `details.access_token_jti` may equal a record's `token_jti`;
+//!   its `user_agent`, `tokenmint/{version} (request {request_id})`, and its `client_id`
+//!   and `date` agree with that request's target and time: all three are required, as
+//!   anyone calling the tenant chooses their user agent;
+//! - without that, its `details.access_token_jti` may equal a record's `token_jti` (the
+//!   `client_id` and `date` checks that also hold are listed in `joined_by`);
 //! - without either (a proxy rewrote the user agent), its `client_id` and `date` may fit
 //!   exactly one record of a token the tenant issued to that client that no other event
 //!   claims: a weaker join, listed as `client_id+date`;
@@ -347,25 +348,38 @@ impl<'a> Trail<'a> {
     }
 
     /// A `seccft` event's record by the request id in its user agent, else by its token id.
+    ///
+    /// Security: the user agent is whatever the tenant's caller sent, so anyone holding
+    /// some client's credentials can name any request in it. It joins only when the
+    /// event's `client_id` is the client of that request's target and its `date` is within
+    /// [`DATE_WINDOW`] of the request's latest record: a forged user agent cannot pin
+    /// another client's, or another time's, token on a CI job
+    /// (`a_user_agent_joins_only_with_its_client_and_date`). The token id is the tenant's
+    /// own, not the caller's, and joins alone.
     fn direct(&self, event: &Value) -> Option<Join<'a>> {
+        let date_fits = |record: &AuditRecord| {
+            date_of(event).is_some_and(|date| (date - record.time).abs() <= DATE_WINDOW)
+        };
         let by_user_agent = text(event, &["user_agent"])
             .and_then(request_id_in)
             .and_then(|id| self.latest.get(id).copied())
-            .map(|record| (record, BY_USER_AGENT));
-        let by_token_jti = || {
-            text(event, &["details", "access_token_jti"])
-                .and_then(|jti| self.by_token_jti(jti))
-                .map(|record| (record, BY_TOKEN_JTI))
-        };
-        let (record, first) = by_user_agent.or_else(by_token_jti)?;
-        let mut by = vec![first];
-        if self.same_client(event, record) {
-            by.push(BY_CLIENT_ID);
-        }
-        if date_of(event).is_some_and(|date| (date - record.time).abs() <= DATE_WINDOW) {
-            by.push(BY_DATE);
-        }
-        Some(Join { record, by })
+            .filter(|record| self.same_client(event, record) && date_fits(record))
+            .map(|record| Join {
+                record,
+                by: vec![BY_USER_AGENT, BY_CLIENT_ID, BY_DATE],
+            });
+        by_user_agent.or_else(|| {
+            let record = text(event, &["details", "access_token_jti"])
+                .and_then(|jti| self.by_token_jti(jti))?;
+            let mut by = vec![BY_TOKEN_JTI];
+            if self.same_client(event, record) {
+                by.push(BY_CLIENT_ID);
+            }
+            if date_fits(record) {
+                by.push(BY_DATE);
+            }
+            Some(Join { record, by })
+        })
     }
 
     /// The one record of a token issued to the event's client within [`DATE_WINDOW`] of
@@ -682,18 +696,32 @@ mod tests {
     }
 
     #[test]
-    fn a_seccft_event_names_its_request_in_the_user_agent() {
+    fn a_user_agent_joins_only_with_its_client_and_date() {
         let record = allowed("r-1", datetime!(2026-09-15 09:41:10.002 UTC), "111");
+        let mut by_jti = allowed("r-2", datetime!(2026-09-15 09:41:10.500 UTC), "222");
+        by_jti.token_jti = Some("j-of-r-2".to_owned());
         // The pending record is far from the date: the latest record is the one judged.
-        let records = [pending(&record, datetime!(2026-09-15 09:37:00 UTC)), record];
-        let mut stranger = seccft("2", &agent("r-1"), "j2", "2026-09-15T10:41:09.318Z");
+        let records = [
+            pending(&record, datetime!(2026-09-15 09:37:00 UTC)),
+            record,
+            by_jti,
+        ];
+        // Somebody else's client, naming r-1 in its user agent.
+        let mut stranger = seccft("2", &agent("r-1"), "j2", ISSUED_AT);
         stranger["client_id"] = json!("someone-else");
+        // The right client, an hour after r-1.
+        let late = seccft("5", &agent("r-1"), "j5", "2026-09-15T10:41:09.318Z");
+        // A user agent naming r-1 on another client's event whose token id is r-2's.
+        let mut forged = seccft("6", &agent("r-1"), "j-of-r-2", ISSUED_AT);
+        forged["client_id"] = json!("someone-else");
         let events = [
             seccft("1", &agent("r-1"), "j1", ISSUED_AT),
             stranger,
             // A request id no record has, and none at all.
             seccft("3", &agent("r-9"), "j3", ISSUED_AT),
             seccft("4", "tokenmint/0.3.1 (request )", "j4", ISSUED_AT),
+            late,
+            forged,
         ];
 
         let correlations = correlate(&events, &records, &clients());
@@ -701,9 +729,11 @@ mod tests {
             joined(&correlations),
             [
                 (Some("r-1"), vec![BY_USER_AGENT, BY_CLIENT_ID, BY_DATE]),
-                (Some("r-1"), vec![BY_USER_AGENT]),
                 (None, vec![]),
                 (None, vec![]),
+                (None, vec![]),
+                (None, vec![]),
+                (Some("r-2"), vec![BY_TOKEN_JTI, BY_DATE]),
             ]
         );
         assert_eq!(correlations[0].run_id.as_deref(), Some("111"));
