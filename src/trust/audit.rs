@@ -120,7 +120,7 @@ impl AuditRecord {
         };
         let from = &kind.platform().workload;
         self.issuer = Some(claims.issuer_name().to_owned());
-        self.subject = claim_text(claims, "sub");
+        self.subject = claim_text(claims, "sub").map(|text| bounded(&text));
         self.repository = first(from.repository);
         self.git_ref = first(from.git_ref);
         self.repository_id = first(from.repository_id);

@@ -505,6 +505,35 @@ async fn requests_with_long_fields_make_records_of_a_few_kib_at_most() {
         .expect("sizes");
     assert_eq!(sizes.len(), 1);
     assert!(sizes[0] < 4096, "a record of {} bytes", sizes[0]);
+
+    // A token that verifies, with a long subject and long values for the claims the
+    // policy checks: the record copies them, each capped, and stays as small.
+    let mut claims = fake.claims("github-push-main");
+    let claim = "y".repeat(1_800);
+    for name in ["sub", "ref", "workflow_ref", "event_name"] {
+        claims.insert(name.to_owned(), serde_json::json!(claim));
+    }
+    let answer = app.exchange(&fake.sign(&claims), "internal-api", &[]).await;
+    assert_eq!(answer.status, 403, "{}", answer.text);
+    let record = app.last_audit().await;
+    assert!(record.subject.as_deref().is_some_and(|s| s.len() < 600));
+    let actuals: Vec<usize> = record
+        .decisions
+        .iter()
+        .flat_map(|d| &d.conditions)
+        .filter_map(|c| c.actual.as_ref().map(String::len))
+        .collect();
+    assert!(
+        !actuals.is_empty() && actuals.iter().all(|&len| len < 600),
+        "{actuals:?}"
+    );
+    let sizes: Vec<i64> =
+        sqlx::query_scalar("SELECT length(record) FROM audit_records ORDER BY seq")
+            .fetch_all(&mut conn)
+            .await
+            .expect("sizes");
+    assert_eq!(sizes.len(), 2);
+    assert!(sizes[1] < 6144, "a record of {} bytes", sizes[1]);
 }
 
 #[tokio::test]

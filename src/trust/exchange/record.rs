@@ -72,6 +72,13 @@ impl Facts<'_> {
                 record.policy_sha256 = Some(sha256.clone());
             }
             record.decisions.clone_from(&evaluation.decisions);
+            // A condition's actual value is a claim of the caller's token: capped like
+            // every other text copied from a request into a record.
+            for condition in record.decisions.iter_mut().flat_map(|d| &mut d.conditions) {
+                if let Some(actual) = &mut condition.actual {
+                    *actual = bounded(actual);
+                }
+            }
             record.would_allow.clone_from(&evaluation.would_allow);
         }
         match ending {
