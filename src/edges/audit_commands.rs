@@ -479,7 +479,13 @@ pub fn parse_time(text: &str, now: OffsetDateTime) -> anyhow::Result<OffsetDateT
         return Ok(at);
     }
     match crate::config::parse_duration(text) {
-        Ok(ago) => Ok(now - ago),
+        Ok(ago) => match time::Duration::try_from(ago)
+            .ok()
+            .and_then(|ago| now.checked_sub(ago))
+        {
+            Some(at) => Ok(at),
+            None => bail!("{text:?} goes back further than a date can be written"),
+        },
         Err(_) => bail!(
             "{text:?} is neither a duration back from now (\"1h\", \"7d\") nor an RFC 3339 time (\"2026-12-01T10:00:00Z\")"
         ),
@@ -552,5 +558,11 @@ mod tests {
             time::macros::datetime!(2026-11-30 00:00:00 UTC)
         );
         assert!(parse_time("yesterday", now).is_err());
+        assert_eq!(
+            parse_time("9999999999d", now)
+                .expect_err("too far back")
+                .to_string(),
+            "\"9999999999d\" goes back further than a date can be written"
+        );
     }
 }
