@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 use time::{OffsetDateTime, UtcOffset};
 
-use crate::adapters::store::chain::parse_checkpoints;
+use crate::adapters::store::chain::{AnchorAge, parse_checkpoints};
 use crate::adapters::store::sql::reader::{AuditFilter, AuditReader, StoredRecord};
 use crate::config::{Config, TargetKindConfig};
 use crate::edges::correlate;
@@ -85,10 +85,12 @@ pub async fn show(
 }
 
 /// `audit verify`: `Ok((true, text))` when intact, `Ok((false, text))` naming the first
-/// bad record.
+/// bad record. `retention` is `storage.audit_retention`: no chain may start at a record
+/// younger than that.
 pub async fn verify(
     reader: &AuditReader,
     checkpoint_file: Option<&Path>,
+    retention: std::time::Duration,
 ) -> anyhow::Result<(bool, String)> {
     let checkpoints = match checkpoint_file {
         None => Vec::new(),
@@ -105,7 +107,17 @@ pub async fn verify(
             checkpoints
         }
     };
-    Ok(match reader.verify(&checkpoints).await? {
+    let newest = time::Duration::try_from(retention)
+        .ok()
+        .and_then(|retention| OffsetDateTime::now_utc().checked_sub(retention))
+        .map_or(i64::MIN, |at| {
+            i64::try_from(at.unix_timestamp_nanos() / 1000).unwrap_or(i64::MIN)
+        });
+    let anchor_age = AnchorAge {
+        newest_us: newest,
+        retention: in_days_or_hours(retention),
+    };
+    Ok(match reader.verify(&checkpoints, &anchor_age).await? {
         Ok(report) => {
             let records: u64 = report.chains.iter().map(|c| c.1).sum();
             let mut text = format!(
@@ -113,11 +125,18 @@ pub async fn verify(
                 plural(records as usize, "record"),
                 plural(report.chains.len(), "chain"),
             );
-            if report.checkpoints > 0 {
+            if report.checkpoints.matched > 0 {
                 let _ = write!(
                     text,
                     "; {} matched",
-                    plural(report.checkpoints, "checkpoint")
+                    plural(report.checkpoints.matched, "checkpoint")
+                );
+            }
+            if report.checkpoints.purged > 0 {
+                let _ = write!(
+                    text,
+                    "; {} named records since purged, not checked",
+                    plural(report.checkpoints.purged, "checkpoint")
                 );
             }
             text.push('\n');
@@ -127,12 +146,13 @@ pub async fn verify(
                     "  replica {replica}: {} checked, up to record {last}",
                     plural(*checked as usize, "record")
                 );
-                // Retention's cut is shown, never silently trusted: whoever can write the
-                // database could make a deletion look like one.
-                if *anchor > 0 {
+                // Retention's cut is shown, never silently trusted: the walk checked that
+                // the record kept where the chain starts is older than the retention.
+                if *anchor > 1 {
                     let _ = write!(
                         text,
-                        "; records 1 to {anchor} were purged (storage.audit_retention)"
+                        "; records 1 to {} were purged (storage.audit_retention)",
+                        anchor - 1
                     );
                 }
                 text.push('\n');
@@ -141,6 +161,16 @@ pub async fn verify(
         }
         Err(broken) => (false, format!("audit trail broken: {broken}\n")),
     })
+}
+
+/// `storage.audit_retention` as an operator writes it: `"400d"`, `"36h"`.
+fn in_days_or_hours(retention: std::time::Duration) -> String {
+    let secs = retention.as_secs();
+    match secs {
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
+        _ => crate::config::format_duration(retention),
+    }
 }
 
 /// `audit correlate`: the CI job behind each event of an Auth0 log export.

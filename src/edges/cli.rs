@@ -442,7 +442,12 @@ fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
                 )
             }
             AuditCommand::Verify { checkpoint, .. } => {
-                audit_commands::verify(&reader, checkpoint.as_deref()).await?
+                audit_commands::verify(
+                    &reader,
+                    checkpoint.as_deref(),
+                    config.storage.audit_retention,
+                )
+                .await?
             }
             AuditCommand::Correlate { file, format, .. } => (
                 true,

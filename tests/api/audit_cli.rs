@@ -1169,6 +1169,46 @@ async fn audit_verify_names_a_removed_middle_record() {
     assert_broken(&ran, &settled.broken_at(2), "does not link");
 }
 
+/// Removing the oldest records and moving the chain's anchor past them, as retention
+/// would, fails `audit verify`: the record where the chain starts is younger than
+/// `storage.audit_retention`, or not there at all.
+#[tokio::test]
+async fn audit_verify_names_recent_records_removed_as_if_purged() {
+    let mut trail = Trail::new(2).await;
+    let settled = trail.settle().await;
+    let ran = settled
+        .verify_after(&[
+            "UPDATE replicas SET anchor_seq = 3, \
+             anchor_hash = (SELECT hash FROM audit_records WHERE seq = 3)"
+                .to_owned(),
+            "DELETE FROM audit_records WHERE seq < 3".to_owned(),
+        ])
+        .await;
+    assert_broken(
+        &ran,
+        &settled.broken_at(3),
+        "is where the chain starts, so records 1 to 2 were taken out, yet it is from",
+    );
+    assert!(
+        ran.stdout
+            .contains("younger than storage.audit_retention (400d): they were removed, not purged"),
+        "{ran:#?}"
+    );
+    // Every record removed, the anchor moved to the head.
+    let ran = settled
+        .verify_after(&[
+            "UPDATE replicas SET anchor_seq = last_seq, anchor_hash = last_hash".to_owned(),
+            "DELETE FROM audit_records".to_owned(),
+        ])
+        .await;
+    let last = settled.hashes.len() as u64;
+    assert_broken(
+        &ran,
+        &settled.broken_at(last),
+        "is missing, though the chain starts there: records were removed",
+    );
+}
+
 #[tokio::test]
 async fn audit_verify_names_an_inserted_record() {
     let mut trail = Trail::new(2).await;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use time::OffsetDateTime;
+use tokenmint::adapters::store::chain::{AnchorAge, CheckpointReport};
 use tokenmint::adapters::store::sql::reader::AuditReader;
 use tokenmint::adapters::store::{Location, NoCommitObserver, SqlStore};
 use tokenmint::trust::exchange::replay_keep_until;
@@ -228,7 +229,7 @@ async fn two_replicas_share_replay_protection_and_records() {
         let report = shared
             .reader()
             .await
-            .verify(&[])
+            .verify(&[], &no_purge_yet())
             .await
             .expect("read")
             .expect("intact");
@@ -555,6 +556,18 @@ async fn the_metrics_show_records_per_commit() {
     assert!(metrics.contains("tokenmint_store_commit_duration_seconds_count"));
 }
 
+/// A retention no record of these tests is older than.
+fn no_purge_yet() -> AnchorAge {
+    AnchorAge {
+        newest_us: micros(OffsetDateTime::now_utc() - time::Duration::days(400)),
+        retention: "400d".to_owned(),
+    }
+}
+
+fn micros(at: OffsetDateTime) -> i64 {
+    i64::try_from(at.unix_timestamp_nanos() / 1000).expect("a time in range")
+}
+
 #[tokio::test]
 async fn retention_purges_the_oldest_records_and_the_chain_still_verifies() {
     use tokenmint::trust::audit::{AuditRecord, Reason};
@@ -580,10 +593,11 @@ async fn retention_purges_the_oldest_records_and_the_chain_still_verifies() {
         }
         let checkpoint = store.checkpoint().await.expect("checkpoint");
         let before = now - time::Duration::days(400);
-        // Two per batch: the first batch takes two records, the second the third.
-        assert_eq!(store.purge_audit(before, 2).await.expect("purge"), 2);
-        assert_eq!(store.purge_audit(before, 2).await.expect("purge"), 1);
-        assert_eq!(store.purge_audit(before, 2).await.expect("purge"), 0);
+        // One per batch: three records are past retention; the newest of them stays as
+        // the chain's anchor.
+        assert_eq!(store.purge_audit(before, 1).await.expect("purge"), 1);
+        assert_eq!(store.purge_audit(before, 1).await.expect("purge"), 1);
+        assert_eq!(store.purge_audit(before, 1).await.expect("purge"), 0);
         let reader = shared.reader().await;
         let left: Vec<String> = reader
             .records(&Default::default())
@@ -592,17 +606,34 @@ async fn retention_purges_the_oldest_records_and_the_chain_still_verifies() {
             .into_iter()
             .map(|r| r.record.request_id)
             .collect();
-        assert_eq!(left, ["r3", "r4"], "{:?}", shared.kind);
+        assert_eq!(left, ["r2", "r3", "r4"], "{:?}", shared.kind);
+        let retention = |days: i64| AnchorAge {
+            newest_us: micros(now - time::Duration::days(days)),
+            retention: format!("{days}d"),
+        };
         let report = reader
-            .verify(std::slice::from_ref(&checkpoint))
+            .verify(std::slice::from_ref(&checkpoint), &retention(400))
             .await
             .expect("read")
             .expect("the chain verifies from its anchor");
+        assert_eq!(report.chains[0].1, 3, "the anchor and the two after it");
+        assert_eq!(report.chains[0].3, 3, "the chain starts at record 3");
         assert_eq!(
-            report.chains[0].1, 2,
-            "two records checked after the anchor"
+            report.checkpoints,
+            CheckpointReport {
+                matched: 1,
+                purged: 0
+            }
         );
-        assert_eq!(report.checkpoints, 1);
+        // Had retention been 402 days, record 3 (401 days old) could not have been purged,
+        // nor the ones before it.
+        let err = reader
+            .verify(&[], &retention(402))
+            .await
+            .expect("read")
+            .expect_err("too young to be purged");
+        assert_eq!(err.seq, 3);
+        assert!(err.what.contains("they were removed, not purged"), "{err}");
     }
 }
 

@@ -5,6 +5,13 @@
 //! and the record's JSON exactly as stored. Altering a record breaks its hash; inserting
 //! or removing one breaks the link of the next; removing the newest records is caught by
 //! the chain head (unless that was rewritten too) and by a checkpoint taken from the log.
+//!
+//! Retention removes the oldest records but keeps the newest of those it could remove as
+//! the chain's *anchor*: the walk starts there. Security: the anchor record stays, hashed
+//! and linked to the records after it, so its time is evidence that the records before it
+//! were old enough to purge. A cut younger than `storage.audit_retention` is a removal,
+//! and `audit verify` fails on it (`a_young_anchor_is_a_removal_not_a_purge`); moving the
+//! anchor in the `replicas` table alone is caught because its record must be there.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -35,7 +42,8 @@ pub struct ChainHead {
     pub replica: String,
     pub last_seq: u64,
     pub last_hash: String,
-    /// Records up to here were purged by retention.
+    /// The oldest record kept: records before it were purged by retention (0 when none
+    /// were).
     pub anchor_seq: u64,
     pub anchor_hash: String,
 }
@@ -83,24 +91,45 @@ pub struct Checkpoint {
 pub type ExpectedColumns<'f> =
     &'f dyn Fn(&str) -> Result<Vec<(&'static str, Option<String>)>, String>;
 
+/// How old a chain's anchor must be: retention purges only records older than
+/// `storage.audit_retention`, so an anchor newer than `newest_us` (Unix microseconds) means
+/// records were removed by something else.
+#[derive(Debug, Clone)]
+pub struct AnchorAge {
+    pub newest_us: i64,
+    /// `storage.audit_retention` as configured, for the message.
+    pub retention: String,
+}
+
 /// A walk over one chain from its anchor, fed the stored records in `seq` order.
 pub struct ChainWalk<'h, 'f> {
     head: &'h ChainHead,
     expected_columns: ExpectedColumns<'f>,
+    anchor_age: AnchorAge,
     expected_seq: u64,
     prev_hash: String,
     checked: u64,
 }
 
 impl<'h, 'f> ChainWalk<'h, 'f> {
-    pub fn new(head: &'h ChainHead, expected_columns: ExpectedColumns<'f>) -> Self {
+    pub fn new(
+        head: &'h ChainHead,
+        expected_columns: ExpectedColumns<'f>,
+        anchor_age: AnchorAge,
+    ) -> Self {
         Self {
             head,
             expected_columns,
-            expected_seq: head.anchor_seq + 1,
+            anchor_age,
+            expected_seq: head.anchor_seq.max(1),
             prev_hash: head.anchor_hash.clone(),
             checked: 0,
         }
+    }
+
+    /// Whether `seq` is a purged chain's anchor, whose predecessor is gone.
+    fn is_anchor(&self, seq: u64) -> bool {
+        self.head.anchor_seq > 0 && seq == self.head.anchor_seq
     }
 
     fn fail(&self, seq: u64, what: String) -> ChainBreak {
@@ -114,7 +143,15 @@ impl<'h, 'f> ChainWalk<'h, 'f> {
     /// Checks the next stored record.
     pub fn push(&mut self, link: StoredLink) -> Result<(), ChainBreak> {
         if link.seq != self.expected_seq {
-            return Err(if link.seq > self.expected_seq {
+            return Err(if self.is_anchor(self.expected_seq) {
+                self.fail(
+                    self.expected_seq,
+                    format!(
+                        "is missing, though the chain starts there (the next record present is {}): records were removed",
+                        link.seq
+                    ),
+                )
+            } else if link.seq > self.expected_seq {
                 self.fail(
                     self.expected_seq,
                     format!(
@@ -132,7 +169,15 @@ impl<'h, 'f> ChainWalk<'h, 'f> {
                 self.fail(link.seq, "appears twice or out of order".to_owned())
             });
         }
-        if link.prev_hash != self.prev_hash {
+        if self.is_anchor(link.seq) {
+            if link.hash != self.head.anchor_hash {
+                return Err(self.fail(
+                    link.seq,
+                    "differs from the chain's anchor: it was rewritten, or the anchor moved"
+                        .to_owned(),
+                ));
+            }
+        } else if link.prev_hash != self.prev_hash {
             return Err(self.fail(
                 link.seq,
                 "does not link to the record before it: a record was inserted, removed or rewritten before it".to_owned(),
@@ -164,14 +209,54 @@ impl<'h, 'f> ChainWalk<'h, 'f> {
                 ));
             }
         }
+        if self.is_anchor(link.seq) {
+            self.check_anchor_age(link.seq, &expected)?;
+        }
         self.prev_hash = link.hash;
         self.expected_seq += 1;
         self.checked += 1;
         Ok(())
     }
 
+    /// The anchor is older than retention allows to keep, or records were removed.
+    fn check_anchor_age(
+        &self,
+        seq: u64,
+        columns: &[(&'static str, Option<String>)],
+    ) -> Result<(), ChainBreak> {
+        let time_us = columns
+            .iter()
+            .find(|(name, _)| *name == "time_us")
+            .and_then(|(_, value)| value.as_deref()?.parse::<i64>().ok())
+            .ok_or_else(|| self.fail(seq, "was altered: its JSON has no time".to_owned()))?;
+        if time_us <= self.anchor_age.newest_us {
+            return Ok(());
+        }
+        let time = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(time_us) * 1000)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| format!("{time_us} µs"));
+        Err(self.fail(
+            seq,
+            format!(
+                "is where the chain starts, so records 1 to {} were taken out, yet it is from {time}, younger than storage.audit_retention ({}): they were removed, not purged (or the retention was shorter when they were)",
+                seq - 1,
+                self.anchor_age.retention
+            ),
+        ))
+    }
+
     /// Checks that the chain ended where its head says; returns the records checked.
     pub fn finish(self) -> Result<u64, ChainBreak> {
+        if self.is_anchor(self.expected_seq) {
+            return Err(self.fail(
+                self.expected_seq,
+                "is missing, though the chain starts there: records were removed".to_owned(),
+            ));
+        }
         let last_seq = self.expected_seq - 1;
         if last_seq > self.head.last_seq {
             return Err(self.fail(
@@ -206,23 +291,34 @@ pub fn verify_chain(
     head: &ChainHead,
     links: impl IntoIterator<Item = StoredLink>,
     expected_columns: ExpectedColumns<'_>,
+    anchor_age: AnchorAge,
 ) -> Result<u64, ChainBreak> {
-    let mut walk = ChainWalk::new(head, expected_columns);
+    let mut walk = ChainWalk::new(head, expected_columns, anchor_age);
     for link in links {
         walk.push(link)?;
     }
     walk.finish()
 }
 
+/// What the checkpoints showed: how many records they name were found as they saw them,
+/// and how many lie before their chain's anchor (purged, so not checked).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CheckpointReport {
+    pub matched: usize,
+    pub purged: usize,
+}
+
 /// Checks the chains against checkpoints: each checkpointed record must still be there
-/// with the same hash. `hash_of(replica, seq)` looks a record's hash up (the anchor's hash
-/// for a purged anchor record); `None` when the record is gone.
+/// with the same hash, unless retention purged it (it lies before its chain's anchor, whose
+/// age the walk checked). `hash_of(replica, seq)` looks a record's hash up; `None` when
+/// the record is gone.
 pub fn verify_checkpoints(
     heads: &[ChainHead],
     checkpoints: &[Checkpoint],
     hash_of: impl Fn(&str, u64) -> Option<String>,
-) -> Result<usize, ChainBreak> {
+) -> Result<CheckpointReport, ChainBreak> {
     let heads: HashMap<&str, &ChainHead> = heads.iter().map(|h| (h.replica.as_str(), h)).collect();
+    let mut report = CheckpointReport::default();
     for checkpoint in checkpoints {
         let fail = |what: String| ChainBreak {
             replica: checkpoint.replica.clone(),
@@ -241,16 +337,17 @@ pub fn verify_checkpoints(
             )));
         }
         if checkpoint.seq < head.anchor_seq {
-            // Purged by retention; the anchor vouches for what came after.
+            report.purged += 1;
             continue;
         }
-        let found = if checkpoint.seq == head.anchor_seq {
+        // Record 0 is the empty chain, whose "hash" is the genesis hash.
+        let found = if checkpoint.seq == 0 {
             Some(head.anchor_hash.clone())
         } else {
             hash_of(&checkpoint.replica, checkpoint.seq)
         };
         match found {
-            Some(hash) if hash == checkpoint.hash => {}
+            Some(hash) if hash == checkpoint.hash => report.matched += 1,
             Some(_) => {
                 return Err(fail(
                     "differs from the checkpoint: the chain was rewritten from here".to_owned(),
@@ -259,7 +356,7 @@ pub fn verify_checkpoints(
             None => return Err(fail("is missing, though a checkpoint saw it".to_owned())),
         }
     }
-    Ok(checkpoints.len())
+    Ok(report)
 }
 
 /// Reads checkpoints from a service log (text or JSON lines) or a file of
@@ -339,14 +436,15 @@ mod tests {
         let mut prev = GENESIS_HASH.to_owned();
         let mut links = Vec::new();
         for seq in 1..=n {
-            let json = format!(r#"{{"request_id":"r{seq}"}}"#);
+            // Record n is from n seconds after the epoch.
+            let json = format!(r#"{{"request_id":"r{seq}","time_us":{}}}"#, seq * 1_000_000);
             let hash = link_hash("rep", seq, &prev, &json);
             links.push(StoredLink {
                 seq,
                 prev_hash: prev.clone(),
                 hash: hash.clone(),
+                columns: columns(&json).expect("columns"),
                 record_json: json,
-                columns: vec![("request_id", Some(format!("r{seq}")))],
             });
             prev = hash;
         }
@@ -362,23 +460,122 @@ mod tests {
 
     fn columns(json: &str) -> Result<Vec<(&'static str, Option<String>)>, String> {
         let value: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
-        Ok(vec![(
-            "request_id",
-            value["request_id"].as_str().map(str::to_owned),
-        )])
+        Ok(vec![
+            (
+                "request_id",
+                value["request_id"].as_str().map(str::to_owned),
+            ),
+            ("time_us", value["time_us"].as_i64().map(|t| t.to_string())),
+        ])
+    }
+
+    /// Retention that any anchor of these chains is old enough for.
+    fn any_age() -> AnchorAge {
+        AnchorAge {
+            newest_us: i64::MAX,
+            retention: "400d".to_owned(),
+        }
+    }
+
+    /// `chain(n)` after retention purged the records before `anchor`.
+    fn purged(n: u64, anchor: u64) -> (ChainHead, Vec<StoredLink>) {
+        let (mut head, mut links) = chain(n);
+        head.anchor_seq = anchor;
+        head.anchor_hash = links[anchor as usize - 1].hash.clone();
+        links.drain(..anchor as usize - 1);
+        (head, links)
+    }
+
+    #[test]
+    fn a_purged_chain_verifies_from_its_anchor_record() {
+        let (head, links) = purged(5, 3);
+        let old_enough = AnchorAge {
+            newest_us: 3_000_000,
+            retention: "400d".to_owned(),
+        };
+        assert_eq!(verify_chain(&head, links, &columns, old_enough), Ok(3));
+    }
+
+    #[test]
+    fn a_young_anchor_is_a_removal_not_a_purge() {
+        let (head, links) = purged(5, 3);
+        // Retention keeps everything newer than 2 s: record 3 (3 s) was not purgeable,
+        // so neither were the two before it.
+        let retention = AnchorAge {
+            newest_us: 2_000_000,
+            retention: "400d".to_owned(),
+        };
+        let err = verify_chain(&head, links, &columns, retention).expect_err("removed");
+        assert_eq!(
+            err.to_string(),
+            "replica rep record 3: is where the chain starts, so records 1 to 2 were taken out, yet it is from 1970-01-01T00:00:03Z, younger than storage.audit_retention (400d): they were removed, not purged (or the retention was shorter when they were)"
+        );
+    }
+
+    #[test]
+    fn an_anchor_moved_past_deleted_records_is_caught() {
+        // Everything deleted and the anchor set to the head, as if purged.
+        let (mut head, links) = chain(4);
+        (head.anchor_seq, head.anchor_hash) = (4, head.last_hash.clone());
+        let err = verify_chain(&head, Vec::new(), &columns, any_age()).expect_err("erased");
+        assert_eq!(
+            err.to_string(),
+            "replica rep record 4: is missing, though the chain starts there: records were removed"
+        );
+        // Records 1 and 2 deleted, the anchor moved to 2, whose record is gone too.
+        let (mut head, _) = chain(4);
+        (head.anchor_seq, head.anchor_hash) = (2, links[1].hash.clone());
+        let err =
+            verify_chain(&head, links[2..].to_vec(), &columns, any_age()).expect_err("removed");
+        assert_eq!(err.seq, 2);
+        assert!(
+            err.what
+                .starts_with("is missing, though the chain starts there")
+        );
+        // The anchor pointed at a kept record with another hash.
+        let (mut head, links) = purged(4, 2);
+        head.anchor_hash = GENESIS_HASH.to_owned();
+        let err = verify_chain(&head, links, &columns, any_age()).expect_err("moved");
+        assert_eq!(
+            err.what,
+            "differs from the chain's anchor: it was rewritten, or the anchor moved"
+        );
+    }
+
+    #[test]
+    fn checkpoints_before_the_anchor_are_counted_apart() {
+        let (head, links) = purged(5, 3);
+        let at = |seq: u64| Checkpoint {
+            replica: "rep".to_owned(),
+            seq,
+            hash: links
+                .iter()
+                .find(|l| l.seq == seq)
+                .map_or_else(|| "gone".to_owned(), |l| l.hash.clone()),
+        };
+        let report = verify_checkpoints(&[head], &[at(1), at(3), at(5)], |_, seq| {
+            links.iter().find(|l| l.seq == seq).map(|l| l.hash.clone())
+        });
+        assert_eq!(
+            report,
+            Ok(CheckpointReport {
+                matched: 2,
+                purged: 1
+            })
+        );
     }
 
     #[test]
     fn an_intact_chain_verifies() {
         let (head, links) = chain(3);
-        assert_eq!(verify_chain(&head, links, &columns), Ok(3));
+        assert_eq!(verify_chain(&head, links, &columns, any_age()), Ok(3));
     }
 
     #[test]
     fn an_altered_record_is_named() {
         let (head, mut links) = chain(3);
         links[1].record_json = r#"{"request_id":"forged"}"#.to_owned();
-        let err = verify_chain(&head, links, &columns).expect_err("altered");
+        let err = verify_chain(&head, links, &columns, any_age()).expect_err("altered");
         assert_eq!(err.seq, 2);
         assert_eq!(err.what, "was altered: its contents do not match its hash");
     }
@@ -387,7 +584,7 @@ mod tests {
     fn an_altered_query_column_is_named() {
         let (head, mut links) = chain(3);
         links[2].columns = vec![("request_id", Some("other".to_owned()))];
-        let err = verify_chain(&head, links, &columns).expect_err("altered");
+        let err = verify_chain(&head, links, &columns, any_age()).expect_err("altered");
         assert_eq!(
             err.to_string(),
             "replica rep record 3: was altered: column request_id differs from the hashed record"
@@ -398,7 +595,7 @@ mod tests {
     fn a_removed_record_is_named() {
         let (head, mut links) = chain(4);
         links.remove(1);
-        let err = verify_chain(&head, links, &columns).expect_err("removed");
+        let err = verify_chain(&head, links, &columns, any_age()).expect_err("removed");
         assert_eq!(err.seq, 2);
         assert!(err.what.starts_with("is missing"), "{}", err.what);
     }
@@ -422,7 +619,7 @@ mod tests {
         for (index, link) in links.iter_mut().enumerate().skip(2) {
             link.seq = index as u64 + 1;
         }
-        let err = verify_chain(&head, links, &columns).expect_err("inserted");
+        let err = verify_chain(&head, links, &columns, any_age()).expect_err("inserted");
         assert_eq!(err.seq, 3);
         assert!(err.what.starts_with("does not link"), "{}", err.what);
     }
@@ -436,7 +633,7 @@ mod tests {
             hash: head.last_hash.clone(),
         };
         links.truncate(2);
-        let err = verify_chain(&head, links.clone(), &columns).expect_err("truncated");
+        let err = verify_chain(&head, links.clone(), &columns, any_age()).expect_err("truncated");
         assert_eq!(err.seq, 3);
         // An attacker who also rewrites the head passes the walk, not the checkpoint.
         let rewritten = ChainHead {
@@ -444,7 +641,10 @@ mod tests {
             last_hash: links[1].hash.clone(),
             ..head
         };
-        assert_eq!(verify_chain(&rewritten, links.clone(), &columns), Ok(2));
+        assert_eq!(
+            verify_chain(&rewritten, links.clone(), &columns, any_age()),
+            Ok(2)
+        );
         let err = verify_checkpoints(&[rewritten], &[checkpoint], |_, seq| {
             links.iter().find(|l| l.seq == seq).map(|l| l.hash.clone())
         })

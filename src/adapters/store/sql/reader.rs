@@ -13,7 +13,8 @@ use time::OffsetDateTime;
 use super::steps::{QUERY_COLUMN_NAMES, QueryColumns};
 use super::{Location, SQLITE_FILE, micros, migrate, sqlite_url};
 use crate::adapters::store::chain::{
-    ChainBreak, ChainHead, ChainWalk, Checkpoint, StoredLink, verify_checkpoints,
+    AnchorAge, ChainBreak, ChainHead, ChainWalk, Checkpoint, CheckpointReport, StoredLink,
+    verify_checkpoints,
 };
 use crate::trust::audit::AuditRecord;
 
@@ -41,11 +42,10 @@ pub struct AuditFilter {
 /// What `audit verify` found when every chain was intact.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifyReport {
-    /// (replica, records checked, last seq) per chain.
-    /// (replica, records checked, last seq, anchor seq: records up to it were purged)
-    /// per chain.
+    /// (replica, records checked, last seq, anchor seq: the oldest record kept, the ones
+    /// before it purged; 0 when none were) per chain.
     pub chains: Vec<(String, u64, u64, u64)>,
-    pub checkpoints: usize,
+    pub checkpoints: CheckpointReport,
 }
 
 /// A read-only view of the store.
@@ -242,10 +242,12 @@ impl AuditReader {
     }
 
     /// Walks every chain, then checks `checkpoints`. `Ok(Err(..))` names the first bad
-    /// record; `Err` is a failure to read.
+    /// record; `Err` is a failure to read. `anchor_age` is how old retention leaves a
+    /// chain's first record.
     pub async fn verify(
         &self,
         checkpoints: &[Checkpoint],
+        anchor_age: &AnchorAge,
     ) -> anyhow::Result<Result<VerifyReport, ChainBreak>> {
         // One snapshot for the whole walk: a service appending or purging meanwhile must
         // not look like tampering.
@@ -256,7 +258,7 @@ impl AuditReader {
             "BEGIN"
         };
         sqlx::query(snapshot).execute(&mut *conn).await?;
-        let verdict = self.verify_in(&mut conn, checkpoints).await;
+        let verdict = self.verify_in(&mut conn, checkpoints, anchor_age).await;
         let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
         verdict
     }
@@ -265,6 +267,7 @@ impl AuditReader {
         &self,
         conn: &mut sqlx::AnyConnection,
         checkpoints: &[Checkpoint],
+        anchor_age: &AnchorAge,
     ) -> anyhow::Result<Result<VerifyReport, ChainBreak>> {
         let heads = heads(&mut *conn).await?;
         let orphans: Vec<(String, i64)> = sqlx::query(
@@ -296,7 +299,7 @@ impl AuditReader {
         );
         let mut chains = Vec::new();
         for head in &heads {
-            let mut walk = ChainWalk::new(head, &columns);
+            let mut walk = ChainWalk::new(head, &columns, anchor_age.clone());
             let mut after = i64::MIN;
             loop {
                 let rows = sqlx::query(&page)

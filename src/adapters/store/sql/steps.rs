@@ -673,8 +673,8 @@ async fn release(db: &mut impl Db, key: &str, holder: &str) -> Result<(), DbErro
 }
 
 /// Retention: removes each chain's oldest records older than `before` (at most `limit`
-/// per chain), keeping the chain contiguous, and moves the chain's anchor to the last
-/// removed record so `audit verify` starts there.
+/// per chain), keeping the chain contiguous, and moves the chain's anchor to the newest
+/// record older than `before`, which stays: `audit verify` starts there.
 async fn purge_audit(
     db: &mut impl Db,
     backend: Backend,
@@ -698,7 +698,8 @@ async fn purge_audit(
             .fetch(
                 "SELECT seq, hash, time_us FROM audit_records WHERE replica_id = $1 \
                  ORDER BY seq LIMIT $2",
-                &[replica.as_str().into(), limit.into()],
+                // The first row is the anchor, which stays.
+                &[replica.as_str().into(), limit.saturating_add(1).into()],
             )
             .await?;
         let mut anchor: Option<(i64, String)> = None;
@@ -710,9 +711,11 @@ async fn purge_audit(
             anchor = Some((seq.int()?, hash.text()?));
         }
         let Some((seq, hash)) = anchor else { continue };
+        // The newest purgeable record stays, as the anchor: its time is what shows
+        // `audit verify` that the records before it were old enough to go.
         purged += db
             .exec(
-                "DELETE FROM audit_records WHERE replica_id = $1 AND seq <= $2",
+                "DELETE FROM audit_records WHERE replica_id = $1 AND seq < $2",
                 &[replica.as_str().into(), seq.into()],
             )
             .await?;
