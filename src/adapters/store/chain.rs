@@ -359,6 +359,35 @@ pub fn verify_checkpoints(
     Ok(report)
 }
 
+/// `line` cut at whitespace outside double quotes; a quoted value (with its `\"`
+/// escapes) stays within its word.
+fn unquoted_words(line: &str) -> Vec<String> {
+    let (mut words, mut word) = (Vec::new(), String::new());
+    let (mut quoted, mut escaped) = (false, false);
+    for c in line.chars() {
+        if quoted {
+            word.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => quoted = false,
+                _ => {}
+            }
+        } else if c.is_whitespace() {
+            if !word.is_empty() {
+                words.push(std::mem::take(&mut word));
+            }
+        } else {
+            quoted = c == '"';
+            word.push(c);
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    words
+}
+
 /// Reads checkpoints from a service log (text or JSON lines) or a file of
 /// `replica seq hash` lines. Lines that are not checkpoints are skipped.
 pub fn parse_checkpoints(text: &str) -> Vec<Checkpoint> {
@@ -381,8 +410,23 @@ fn parse_checkpoint_line(line: &str) -> Option<Checkpoint> {
         );
     }
     if line.contains(CHECKPOINT_MESSAGE) {
+        // Security: only words outside quoted values count. A caller's text reaches the
+        // log only inside a quoted field (`detail="…"`, quotes escaped), so an audience
+        // that spells out a checkpoint cannot plant one
+        // (`a_checkpoint_spelled_inside_a_logged_value_is_not_read`).
+        let words = unquoted_words(line);
+        let message: Vec<&str> = CHECKPOINT_MESSAGE.split(' ').collect();
+        if !words.windows(message.len()).any(|window| {
+            window
+                .iter()
+                .map(String::as_str)
+                .eq(message.iter().copied())
+        }) {
+            return None;
+        }
         let field = |name: &str| {
-            line.split_whitespace()
+            words
+                .iter()
                 .find_map(|word| word.strip_prefix(name)?.strip_prefix('='))
                 .map(|value| value.trim_matches('"'))
         };
@@ -670,5 +714,30 @@ mod tests {
         let found = parse_checkpoints(&text);
         let seen: Vec<(&str, u64)> = found.iter().map(|c| (c.replica.as_str(), c.seq)).collect();
         assert_eq!(seen, [("r1", 7), ("r2", 9), ("r3", 11), ("r4", 12)]);
+    }
+
+    #[test]
+    fn a_checkpoint_spelled_inside_a_logged_value_is_not_read() {
+        let hash = "ab".repeat(32);
+        // A decision line whose detail quotes the audience a caller sent, escapes and all.
+        let planted = format!(
+            "2026-12-01T00:00:00Z  INFO tokenmint::trust::audit: exchange decided request_id=req-1 \
+             outcome=deny detail=\"no target named or with audience \\\"x audit checkpoint \
+             replica=real seq=99999999 hash={hash} y\\\"\" policy=none"
+        );
+        assert_eq!(parse_checkpoints(&planted), Vec::new());
+        // A quoted value that ends before the message leaves the real one readable.
+        let real = format!(
+            "2026-12-01T00:00:00Z  INFO serve{{listen=\"0.0.0.0 :8080\"}}: audit checkpoint replica=r1 seq=7 hash={hash}"
+        );
+        let found = parse_checkpoints(&real);
+        assert_eq!(
+            found,
+            [Checkpoint {
+                replica: "r1".to_owned(),
+                seq: 7,
+                hash
+            }]
+        );
     }
 }
