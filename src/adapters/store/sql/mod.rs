@@ -76,7 +76,8 @@ impl Location {
         }
     }
 
-    /// For messages: the SQLite path, or the PostgreSQL URL without its password.
+    /// For messages: the SQLite path, or the PostgreSQL URL without its password, in the
+    /// user part or in a query parameter (`?password=`, `?sslpassword=`).
     pub fn describe(&self) -> String {
         match self {
             Location::DataDir(dir) => dir.join(SQLITE_FILE).display().to_string(),
@@ -84,6 +85,17 @@ impl Location {
                 Ok(mut parsed) => {
                     if parsed.password().is_some() {
                         let _ = parsed.set_password(Some("***"));
+                    }
+                    let secret = |name: &str| name.to_ascii_lowercase().contains("password");
+                    if parsed.query_pairs().any(|(name, _)| secret(&name)) {
+                        let pairs: Vec<(String, String)> = parsed
+                            .query_pairs()
+                            .map(|(name, value)| {
+                                let value = if secret(&name) { "***".into() } else { value };
+                                (name.into_owned(), value.into_owned())
+                            })
+                            .collect();
+                        parsed.query_pairs_mut().clear().extend_pairs(pairs);
                     }
                     parsed.to_string()
                 }
@@ -340,10 +352,17 @@ impl SqlStore {
 
     /// Forgets expired replay rows, `limit` at a time; returns how many went.
     pub async fn purge_replay(&self, limit: i64) -> Result<u64, StoreError> {
-        match self
-            .run(Op::PurgeReplay { limit }, OffsetDateTime::now_utc())
-            .await?
-        {
+        self.purge_replay_at(OffsetDateTime::now_utc(), limit).await
+    }
+
+    /// [`purge_replay`](Self::purge_replay) as if this process's clock read `now`
+    /// (PostgreSQL also waits for the database's clock).
+    pub async fn purge_replay_at(
+        &self,
+        now: OffsetDateTime,
+        limit: i64,
+    ) -> Result<u64, StoreError> {
+        match self.run(Op::PurgeReplay { limit }, now).await? {
             Answer::Purged(n) => Ok(n),
             other => Err(other.unexpected()),
         }
@@ -574,5 +593,29 @@ impl Store for SqlStore {
             .await
             .is_ok_and(|writable| writable == 1),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Location;
+
+    /// The URL is logged at start and named in errors: no password reaches either, in
+    /// the user part or as a query parameter.
+    #[test]
+    fn a_described_database_url_carries_no_password() {
+        let describe = |url: &str| Location::Postgres(url.to_owned()).describe();
+        assert_eq!(
+            describe("postgres://tm:s3cret@db:5432/tokenmint"),
+            "postgres://tm:***@db:5432/tokenmint"
+        );
+        assert_eq!(
+            describe("postgres://tm@db/tokenmint?sslmode=require&password=s3cret&SSLPassword=k"),
+            "postgres://tm@db/tokenmint?sslmode=require&password=***&SSLPassword=***"
+        );
+        assert_eq!(
+            describe("postgres://tm@db/tokenmint?sslmode=require"),
+            "postgres://tm@db/tokenmint?sslmode=require"
+        );
     }
 }
