@@ -832,3 +832,92 @@ async fn an_abandon_racing_the_requests_last_commit_records_nothing() {
             .expect("records");
     assert_eq!(outcomes, ["pending", "allow"]);
 }
+
+/// PostgreSQL: a replica stalled mid-step holds its chain head; another replica's purge
+/// skips that chain instead of waiting, and its exchanges go on.
+#[tokio::test]
+async fn a_stalled_replica_does_not_hold_up_another_replicas_purge() {
+    use sqlx::Connection as _;
+    use tokenmint::trust::audit::{AuditRecord, Reason};
+    use tokenmint::trust::store::{Finish, Settle, Store};
+    for shared in Shared::each().await {
+        let Some(url) = shared.url.clone() else {
+            continue;
+        };
+        let open = || SqlStore::open(shared.location(), Arc::new(NoCommitObserver));
+        let (first, second) = (open().await.expect("first"), open().await.expect("second"));
+        let now = OffsetDateTime::now_utc();
+        async fn append(store: &SqlStore, id: &str, now: OffsetDateTime) {
+            let record = Arc::new(AuditRecord::new(id, now, Reason::Allowed));
+            let step = Finish {
+                record,
+                settle: Settle::Nothing,
+            };
+            store.finish(step, now).await.expect("finish");
+        }
+        append(&first, "on-first", now).await;
+        append(&second, "on-second", now).await;
+        // Every chain head, held as a step stalled half way would hold its own.
+        let mut stalled = sqlx::PgConnection::connect(&url).await.expect("connect");
+        sqlx::query("BEGIN")
+            .execute(&mut stalled)
+            .await
+            .expect("begin");
+        let held = sqlx::query("SELECT replica_id FROM replicas FOR UPDATE")
+            .fetch_all(&mut stalled)
+            .await
+            .expect("lock");
+        assert_eq!(held.len(), 2);
+        let purge = tokio::time::timeout(
+            Duration::from_secs(5),
+            first.purge_audit(now - time::Duration::days(1), 10),
+        )
+        .await;
+        assert!(
+            matches!(purge, Ok(Ok(0))),
+            "the purge waited for the stalled chain: {purge:?}"
+        );
+        sqlx::query("ROLLBACK")
+            .execute(&mut stalled)
+            .await
+            .expect("rollback");
+        append(&first, "after", now).await;
+    }
+}
+
+/// A replica whose clock runs an hour fast forgets no replay row before its time on
+/// PostgreSQL, where other replicas rely on it: the database's clock must agree. (One
+/// SQLite file has one clock, the process's.)
+#[tokio::test]
+async fn a_fast_clock_does_not_forget_replay_rows_other_replicas_need() {
+    use tokenmint::trust::audit::{AuditRecord, Reason};
+    use tokenmint::trust::store::{Finish, Settle, Store};
+    for shared in Shared::each().await {
+        let store = SqlStore::open(shared.location(), Arc::new(NoCommitObserver))
+            .await
+            .expect("store");
+        let now = OffsetDateTime::now_utc();
+        let key = ReplayKey {
+            issuer: "github".to_owned(),
+            id: "jti:fast-clock".to_owned(),
+        };
+        let step = Finish {
+            record: Arc::new(AuditRecord::new("r-fast", now, Reason::Allowed)),
+            settle: Settle::Use {
+                key: &key,
+                keep_until: now + time::Duration::minutes(10),
+            },
+        };
+        store.finish(step, now).await.expect("finish");
+        let an_hour_fast = now + time::Duration::hours(1);
+        let purged = store
+            .purge_replay_at(an_hour_fast, 100)
+            .await
+            .expect("purge");
+        let expected = match shared.kind {
+            TestStore::Sqlite => 1,
+            _ => 0,
+        };
+        assert_eq!(purged, expected, "{:?}", shared.kind);
+    }
+}

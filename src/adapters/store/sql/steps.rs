@@ -647,10 +647,22 @@ pub(super) async fn apply<'r>(
             Ok(Answer::Abandoned(Some(seq)))
         }
         Op::PurgeReplay { limit } => {
+            // Security: with replicas, a row is forgotten only once both this replica's
+            // clock and the database's have passed its keep-until, so one replica whose
+            // clock runs fast cannot forget a CI token the others must still refuse.
             let purged = db
                 .exec(
-                    "DELETE FROM replay WHERE key_hash IN \
-                     (SELECT key_hash FROM replay WHERE keep_until_us <= $1 LIMIT $2)",
+                    match backend {
+                        Backend::Sqlite => {
+                            "DELETE FROM replay WHERE key_hash IN \
+                             (SELECT key_hash FROM replay WHERE keep_until_us <= $1 LIMIT $2)"
+                        }
+                        Backend::Postgres => {
+                            "DELETE FROM replay WHERE key_hash IN \
+                             (SELECT key_hash FROM replay WHERE keep_until_us <= LEAST($1, \
+                             (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::BIGINT) LIMIT $2)"
+                        }
+                    },
                     &[now_us.into(), (*limit).into()],
                 )
                 .await?;
@@ -681,9 +693,12 @@ async fn purge_audit(
     before: i64,
     limit: i64,
 ) -> Result<u64, DbError> {
+    // PostgreSQL: a chain whose head another transaction holds (a replica appending, or
+    // one stalled mid-step) is skipped until a later purge, never waited for: one stuck
+    // replica must not hold up every other replica's purge, and with it their exchanges.
     let lock = match backend {
         Backend::Sqlite => "",
-        Backend::Postgres => " FOR UPDATE",
+        Backend::Postgres => " FOR UPDATE SKIP LOCKED",
     };
     let replicas = db
         .fetch(
