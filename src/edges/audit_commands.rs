@@ -15,6 +15,7 @@ use crate::adapters::store::sql::reader::{AuditFilter, AuditReader, StoredRecord
 use crate::config::{Config, TargetKindConfig};
 use crate::edges::correlate;
 use crate::edges::service::store_location;
+use crate::edges::terminal_text::{padded, printable, width};
 use crate::trust::audit::{AuditRecord, latest_per_request};
 
 /// How records are printed.
@@ -292,20 +293,6 @@ fn or_dash(value: &Option<String>) -> String {
     value.clone().unwrap_or_else(|| "-".to_owned())
 }
 
-/// Control characters in stored text (it came from requests) shown escaped, so a record
-/// cannot move the analyst's cursor or forge a line.
-fn printable(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| {
-            if c.is_control() {
-                c.escape_default().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
-}
-
 /// Aligned columns: the job first, then the decision.
 pub fn render_table(records: &[AuditRecord], offset: UtcOffset) -> String {
     let header = [
@@ -342,10 +329,10 @@ pub fn render_table(records: &[AuditRecord], offset: UtcOffset) -> String {
             .collect()
         })
         .collect();
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| width(h)).collect();
     for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
+        for (columns, cell) in widths.iter_mut().zip(row) {
+            *columns = (*columns).max(width(cell));
         }
     }
     let mut out = String::new();
@@ -353,7 +340,7 @@ pub fn render_table(records: &[AuditRecord], offset: UtcOffset) -> String {
         let line: Vec<String> = row
             .iter()
             .zip(&widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
+            .map(|(cell, &columns)| padded(cell, columns))
             .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');

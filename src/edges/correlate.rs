@@ -31,6 +31,7 @@ use serde_json::{Map, Value};
 use time::format_description::well_known::Rfc3339;
 use time::{Duration, OffsetDateTime};
 
+use crate::edges::terminal_text::{printable, width};
 use crate::trust::audit::AuditRecord;
 
 /// How far an event's `date` may be from its request's latest record: clock skew between
@@ -479,18 +480,18 @@ const COLUMNS: [&str; 10] = [
 /// export or a claim may carry) are shown escaped.
 pub fn render_table(correlations: &[Correlation]) -> String {
     let rows: Vec<[String; 10]> = correlations.iter().map(table_row).collect();
-    let mut widths = COLUMNS.map(|name| name.chars().count());
+    let mut widths = COLUMNS.map(width);
     for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
+        for (columns, cell) in widths.iter_mut().zip(row) {
+            *columns = (*columns).max(width(cell));
         }
     }
     let mut table = String::new();
     for row in std::iter::once(COLUMNS.map(str::to_owned)).chain(rows) {
         let mut line = String::new();
-        for (cell, width) in row.iter().zip(widths) {
+        for (cell, columns) in row.iter().zip(widths) {
             line.push_str(cell);
-            let pad = width.saturating_sub(cell.chars().count()) + 2;
+            let pad = columns.saturating_sub(width(cell)) + 2;
             line.extend(std::iter::repeat_n(' ', pad));
         }
         table.push_str(line.trim_end());
@@ -500,7 +501,7 @@ pub fn render_table(correlations: &[Correlation]) -> String {
 }
 
 fn table_row(c: &Correlation) -> [String; 10] {
-    let shown = |value: Option<&str>| value.map_or_else(|| "-".to_owned(), escaped);
+    let shown = |value: Option<&str>| value.map_or_else(|| "-".to_owned(), printable);
     let (date, kind) = (shown(c.date.as_deref()), shown(c.event_type.as_deref()));
     if c.joined_by.is_empty() {
         let none = || "-".to_owned();
@@ -544,22 +545,8 @@ fn table_row(c: &Correlation) -> [String; 10] {
         shown(c.policy.as_deref()),
         shown(c.target.as_deref()),
         shown(c.request_id.as_deref()),
-        escaped(&c.joined_by.join(", ")),
+        printable(&c.joined_by.join(", ")),
     ]
-}
-
-/// `text` with control characters escaped, so that no cell can move the cursor or
-/// break the line.
-fn escaped(text: &str) -> String {
-    let mut shown = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() {
-            shown.extend(c.escape_default());
-        } else {
-            shown.push(c);
-        }
-    }
-    shown
 }
 
 #[cfg(test)]

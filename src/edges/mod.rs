@@ -11,3 +11,4 @@ pub mod metrics;
 pub mod policy_commands;
 pub mod service;
 pub mod telemetry;
+pub mod terminal_text;

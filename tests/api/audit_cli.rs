@@ -979,7 +979,9 @@ async fn audit_show_finds_records_by_request_id_token_sha256_and_jti() {
     let sha = allowed["token_sha256"].as_str().expect("sha");
     let jti = allowed["token_jti"].as_str().expect("jti");
     assert_eq!(sha, sha256_hex(access_token(&trail.allowed).as_bytes()));
-    for key in [id.as_str(), sha, jti] {
+    // A SHA-256 copied in upper case (as some tools print digests) finds it too.
+    let upper = sha.to_ascii_uppercase();
+    for key in [id.as_str(), sha, upper.as_str(), jti] {
         let shown = parse_array(audit(config, &["show", key, "--format", "json"]).await.ok());
         assert_eq!(shown, std::slice::from_ref(allowed), "by {key}");
     }

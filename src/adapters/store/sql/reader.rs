@@ -198,14 +198,17 @@ impl AuditReader {
         rows.iter().map(stored_record).collect()
     }
 
-    /// Every record of the request, or of the token with this SHA-256 or jti.
+    /// Every record of the request, or of the token with this SHA-256 (in either case of
+    /// hex) or jti.
     pub async fn find(&self, id: &str) -> anyhow::Result<Vec<StoredRecord>> {
+        let sha256 = id.to_ascii_lowercase();
         let rows = sqlx::query(
             "SELECT replica_id, seq, record FROM audit_records \
-             WHERE request_id = $1 OR token_sha256 = $1 OR token_jti = $1 \
+             WHERE request_id = $1 OR token_sha256 = $2 OR token_jti = $1 \
              ORDER BY time_us, replica_id, seq",
         )
         .bind(id)
+        .bind(&sha256)
         .fetch_all(&self.pool)
         .await?;
         let mut found: Vec<StoredRecord> = rows
