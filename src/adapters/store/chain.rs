@@ -143,7 +143,13 @@ impl<'h, 'f> ChainWalk<'h, 'f> {
     /// Checks the next stored record.
     pub fn push(&mut self, link: StoredLink) -> Result<(), ChainBreak> {
         if link.seq != self.expected_seq {
-            return Err(if self.is_anchor(self.expected_seq) {
+            return Err(if link.seq < self.head.anchor_seq {
+                self.fail(
+                    link.seq,
+                    "lies in the purged part of the chain, before its anchor: it was inserted"
+                        .to_owned(),
+                )
+            } else if self.is_anchor(self.expected_seq) {
                 self.fail(
                     self.expected_seq,
                     format!(
@@ -158,12 +164,6 @@ impl<'h, 'f> ChainWalk<'h, 'f> {
                         "is missing (the next record present is {}): records were removed",
                         link.seq
                     ),
-                )
-            } else if link.seq <= self.head.anchor_seq {
-                self.fail(
-                    link.seq,
-                    "lies in the purged part of the chain, before its anchor: it was inserted"
-                        .to_owned(),
                 )
             } else {
                 self.fail(link.seq, "appears twice or out of order".to_owned())
@@ -576,6 +576,14 @@ mod tests {
             err.what
                 .starts_with("is missing, though the chain starts there")
         );
+        // A record slipped in before the anchor.
+        let (head, mut links) = purged(4, 3);
+        let mut forged = links[0].clone();
+        forged.seq = 1;
+        links.insert(0, forged);
+        let err = verify_chain(&head, links, &columns, any_age()).expect_err("inserted");
+        assert_eq!(err.seq, 1);
+        assert!(err.what.ends_with("it was inserted"), "{}", err.what);
         // The anchor pointed at a kept record with another hash.
         let (mut head, links) = purged(4, 2);
         head.anchor_hash = GENESIS_HASH.to_owned();
