@@ -592,6 +592,21 @@ async fn retention_purges_the_oldest_records_and_the_chain_still_verifies() {
                 .expect("finish");
         }
         let checkpoint = store.checkpoint().await.expect("checkpoint");
+        let retention = |days: i64| AnchorAge {
+            newest_us: micros(now - time::Duration::days(days)),
+            retention: format!("{days}d"),
+        };
+        // Only record 1 is past a 460-day retention: it would be the anchor, with nothing
+        // before it, so nothing moves and any retention still verifies.
+        let before = now - time::Duration::days(460);
+        assert_eq!(store.purge_audit(before, 1).await.expect("purge"), 0);
+        shared
+            .reader()
+            .await
+            .verify(&[], &retention(1000))
+            .await
+            .expect("read")
+            .expect("nothing was purged");
         let before = now - time::Duration::days(400);
         // One per batch: three records are past retention; the newest of them stays as
         // the chain's anchor.
@@ -607,10 +622,6 @@ async fn retention_purges_the_oldest_records_and_the_chain_still_verifies() {
             .map(|r| r.record.request_id)
             .collect();
         assert_eq!(left, ["r2", "r3", "r4"], "{:?}", shared.kind);
-        let retention = |days: i64| AnchorAge {
-            newest_us: micros(now - time::Duration::days(days)),
-            retention: format!("{days}d"),
-        };
         let report = reader
             .verify(std::slice::from_ref(&checkpoint), &retention(400))
             .await

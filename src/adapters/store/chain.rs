@@ -122,14 +122,19 @@ impl<'h, 'f> ChainWalk<'h, 'f> {
             expected_columns,
             anchor_age,
             expected_seq: head.anchor_seq.max(1),
-            prev_hash: head.anchor_hash.clone(),
+            prev_hash: if head.anchor_seq > 1 {
+                head.anchor_hash.clone()
+            } else {
+                GENESIS_HASH.to_owned()
+            },
             checked: 0,
         }
     }
 
-    /// Whether `seq` is a purged chain's anchor, whose predecessor is gone.
+    /// Whether `seq` is a purged chain's anchor, whose predecessor is gone (retention
+    /// only moves the anchor past record 1 when it removes records before it).
     fn is_anchor(&self, seq: u64) -> bool {
-        self.head.anchor_seq > 0 && seq == self.head.anchor_seq
+        self.head.anchor_seq > 1 && seq == self.head.anchor_seq
     }
 
     fn fail(&self, seq: u64, what: String) -> ChainBreak {

@@ -718,12 +718,16 @@ async fn purge_audit(
             )
             .await?;
         let mut anchor: Option<(i64, String)> = None;
-        for row in rows {
+        for (index, row) in rows.into_iter().enumerate() {
             let [seq, hash, time_us] = columns(row)?;
             if time_us.int()? >= before {
                 break;
             }
-            anchor = Some((seq.int()?, hash.text()?));
+            // The oldest record left (the anchor, or record 1) only becomes the anchor
+            // once there is something before it to remove.
+            if index > 0 {
+                anchor = Some((seq.int()?, hash.text()?));
+            }
         }
         let Some((seq, hash)) = anchor else { continue };
         // The newest purgeable record stays, as the anchor: its time is what shows
