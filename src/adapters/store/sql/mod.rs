@@ -368,15 +368,41 @@ impl SqlStore {
         }
     }
 
-    /// Removes audit records older than `before`, `limit` per chain at a time.
+    /// Removes audit records older than `before`, `limit` per chain at a time. PostgreSQL
+    /// takes each chain in a transaction of its own; a chain whose head stays locked (its
+    /// replica stalled mid-step) is logged and left for the next purge.
     pub async fn purge_audit(&self, before: OffsetDateTime, limit: i64) -> Result<u64, StoreError> {
-        match self
-            .run(Op::PurgeAudit { before, limit }, OffsetDateTime::now_utc())
-            .await?
-        {
-            Answer::Purged(n) => Ok(n),
-            other => Err(other.unexpected()),
+        let chains = match self.mode {
+            Mode::Sqlite { .. } => vec![None],
+            Mode::Postgres => sqlx::query_scalar::<_, String>(
+                "SELECT replica_id FROM replicas ORDER BY replica_id",
+            )
+            .fetch_all(&self.pool)
+            .await
+            .map_err(write_error)?
+            .into_iter()
+            .map(Some)
+            .collect(),
+        };
+        let mut purged = 0;
+        for chain in chains {
+            let op = Op::PurgeAudit {
+                before,
+                limit,
+                chain: chain.clone(),
+            };
+            match self.run(op, OffsetDateTime::now_utc()).await {
+                Ok(Answer::Purged(n)) => purged += n,
+                Ok(other) => return Err(other.unexpected()),
+                Err(err) if chain.is_some() => tracing::warn!(
+                    error = %err,
+                    replica = chain.as_deref().unwrap_or_default(),
+                    "purging this chain's old audit records failed; the next purge retries it"
+                ),
+                Err(err) => return Err(err),
+            }
         }
+        Ok(purged)
     }
 
     /// This replica's chain head, as a checkpoint for `audit verify --checkpoint`.

@@ -35,9 +35,13 @@ pub(super) enum Op {
     },
     /// Forget up to `limit` replay rows that expired before `now`.
     PurgeReplay { limit: i64 },
-    /// Purge records older than `before` from the oldest end of every chain, up to
-    /// `limit` per chain, moving each chain's anchor.
-    PurgeAudit { before: OffsetDateTime, limit: i64 },
+    /// Purge records older than `before` from the oldest end of `chain` (every chain when
+    /// `None`), up to `limit` per chain, moving each chain's anchor.
+    PurgeAudit {
+        before: OffsetDateTime,
+        limit: i64,
+        chain: Option<String>,
+    },
     /// Nothing but a write transaction: is the database writable?
     Probe,
 }
@@ -668,7 +672,11 @@ pub(super) async fn apply<'r>(
                 .await?;
             Ok(Answer::Purged(purged))
         }
-        Op::PurgeAudit { before, limit } => purge_audit(db, backend, micros(*before), *limit)
+        Op::PurgeAudit {
+            before,
+            limit,
+            chain,
+        } => purge_audit(db, backend, micros(*before), *limit, chain.as_deref())
             .await
             .map(Answer::Purged),
         Op::Probe => Ok(Answer::Probed),
@@ -684,29 +692,46 @@ async fn release(db: &mut impl Db, key: &str, holder: &str) -> Result<(), DbErro
     Ok(())
 }
 
-/// Retention: removes each chain's oldest records older than `before` (at most `limit`
-/// per chain), keeping the chain contiguous, and moves the chain's anchor to the newest
-/// record older than `before`, which stays: `audit verify` starts there.
+/// How long a PostgreSQL purge waits for a chain's head before leaving that chain for the
+/// next purge.
+const PURGE_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '2s'";
+
+/// Retention: removes the oldest records older than `before` from `only` (every chain when
+/// `None`), at most `limit` per chain, keeping the chain contiguous, and moves the chain's
+/// anchor to the newest record older than `before`, which stays: `audit verify` starts
+/// there.
 async fn purge_audit(
     db: &mut impl Db,
     backend: Backend,
     before: i64,
     limit: i64,
+    only: Option<&str>,
 ) -> Result<u64, DbError> {
-    // PostgreSQL: a chain whose head another transaction holds (a replica appending, or
-    // one stalled mid-step) is skipped until a later purge, never waited for: one stuck
-    // replica must not hold up every other replica's purge, and with it their exchanges.
-    let lock = match backend {
-        Backend::Sqlite => "",
-        Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+    let replicas = match only {
+        Some(replica) => {
+            // PostgreSQL purges one chain per transaction and waits for its head only
+            // briefly: a busy replica holds its head for milliseconds at a time, a stalled
+            // one until it recovers, and then this chain waits for the next purge while
+            // the other chains, and their replicas' exchanges, go on.
+            if backend == Backend::Postgres {
+                db.exec(PURGE_LOCK_TIMEOUT, &[]).await?;
+            }
+            let lock = match backend {
+                Backend::Sqlite => "",
+                Backend::Postgres => " FOR UPDATE",
+            };
+            db.fetch(
+                &format!("SELECT replica_id FROM replicas WHERE replica_id = $1{lock}"),
+                &[replica.into()],
+            )
+            .await
+            .and_then(texts)?
+        }
+        None => db
+            .fetch("SELECT replica_id FROM replicas ORDER BY replica_id", &[])
+            .await
+            .and_then(texts)?,
     };
-    let replicas = db
-        .fetch(
-            &format!("SELECT replica_id FROM replicas ORDER BY replica_id{lock}"),
-            &[],
-        )
-        .await
-        .and_then(texts)?;
     let mut purged = 0;
     for replica in replicas {
         let rows = db
