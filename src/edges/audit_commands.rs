@@ -108,9 +108,12 @@ pub async fn verify(
             checkpoints
         }
     };
+    // Replicas purge by their own clocks, and this host's may differ from theirs: an
+    // anchor is accepted up to CLOCK_MARGIN younger than the retention.
     let newest = time::Duration::try_from(retention)
         .ok()
         .and_then(|retention| OffsetDateTime::now_utc().checked_sub(retention))
+        .and_then(|at| at.checked_add(CLOCK_MARGIN))
         .map_or(i64::MIN, |at| {
             i64::try_from(at.unix_timestamp_nanos() / 1000).unwrap_or(i64::MIN)
         });
@@ -163,6 +166,10 @@ pub async fn verify(
         Err(broken) => (false, format!("audit trail broken: {broken}\n")),
     })
 }
+
+/// How far apart the clocks of the replicas that purged and of the host running `audit
+/// verify` may be before a purge looks like a removal.
+pub const CLOCK_MARGIN: time::Duration = time::Duration::hours(1);
 
 /// `storage.audit_retention` as an operator writes it: `"400d"`, `"36h"`.
 fn in_days_or_hours(retention: std::time::Duration) -> String {

@@ -25,20 +25,30 @@ pub fn printable(text: &str) -> String {
     shown
 }
 
-/// Formatting characters that change how the text around them reads without showing
-/// themselves.
+/// Characters that show nothing of themselves yet change or hide what is read: Unicode's
+/// format characters (bidirectional controls, zero-width characters, tags), variation
+/// selectors, and the fillers that render blank.
 fn is_invisible_format(c: char) -> bool {
     matches!(
         c,
         '\u{00AD}'
+            | '\u{034F}'
             | '\u{061C}'
-            | '\u{180E}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{17B4}'
+            | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
             | '\u{200B}'..='\u{200F}'
             | '\u{2028}'..='\u{202E}'
-            | '\u{2060}'..='\u{2064}'
-            | '\u{2066}'..='\u{206F}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
             | '\u{FEFF}'
+            | '\u{FFA0}'
             | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
     )
 }
 
@@ -66,6 +76,11 @@ mod tests {
         assert_eq!(printable("a\u{1b}[31mb\nc"), "a\\u{1b}[31mb\\nc");
         assert_eq!(printable("acme/\u{202e}txt.exe"), "acme/\\u{202e}txt.exe");
         assert_eq!(printable("x\u{200b}y\u{2066}z"), "x\\u{200b}y\\u{2066}z");
+        // Tag characters spell hidden text; a variation selector and a Hangul filler hide.
+        assert_eq!(
+            printable("a\u{e0041}\u{fe0f}\u{3164}b"),
+            "a\\u{e0041}\\u{fe0f}\\u{3164}b"
+        );
         assert_eq!(printable("acme/é-ü 日本"), "acme/é-ü 日本");
     }
 
