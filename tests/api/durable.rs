@@ -556,22 +556,22 @@ async fn the_metrics_show_records_per_commit() {
     assert!(metrics.contains("tokenmint_store_commit_duration_seconds_count"));
 }
 
-/// A retention no record of these tests is older than.
-fn no_purge_yet() -> AnchorAge {
+/// How old a chain's anchor must be at `now` under a retention of `days`.
+fn retention_of(now: OffsetDateTime, days: i64) -> AnchorAge {
+    let newest = now - time::Duration::days(days);
     AnchorAge {
-        newest_us: micros(OffsetDateTime::now_utc() - time::Duration::days(400)),
-        retention: "400d".to_owned(),
+        newest_us: i64::try_from(newest.unix_timestamp_nanos() / 1000).expect("in range"),
+        retention: format!("{days}d"),
     }
 }
 
-fn micros(at: OffsetDateTime) -> i64 {
-    i64::try_from(at.unix_timestamp_nanos() / 1000).expect("a time in range")
+/// A retention no record of these tests is older than.
+fn no_purge_yet() -> AnchorAge {
+    retention_of(OffsetDateTime::now_utc(), 400)
 }
 
 #[tokio::test]
 async fn retention_purges_the_oldest_records_and_the_chain_still_verifies() {
-    use tokenmint::trust::audit::{AuditRecord, Reason};
-    use tokenmint::trust::store::{Finish, Settle, Store};
     for shared in Shared::each().await {
         let store = SqlStore::open(shared.location(), Arc::new(NoCommitObserver))
             .await
@@ -579,23 +579,10 @@ async fn retention_purges_the_oldest_records_and_the_chain_still_verifies() {
         let now = OffsetDateTime::now_utc();
         let times = [500, 450, 401, 10, 1].map(|days| now - time::Duration::days(days));
         for (n, at) in times.iter().enumerate() {
-            let record = Arc::new(AuditRecord::new(&format!("r{n}"), *at, Reason::Allowed));
-            store
-                .finish(
-                    Finish {
-                        record,
-                        settle: Settle::Nothing,
-                    },
-                    *at,
-                )
-                .await
-                .expect("finish");
+            append(&store, &format!("r{n}"), *at).await;
         }
         let checkpoint = store.checkpoint().await.expect("checkpoint");
-        let retention = |days: i64| AnchorAge {
-            newest_us: micros(now - time::Duration::days(days)),
-            retention: format!("{days}d"),
-        };
+        let retention = |days| retention_of(now, days);
         // Only record 1 is past a 460-day retention: it would be the anchor, with nothing
         // before it, so nothing moves and any retention still verifies.
         let before = now - time::Duration::days(460);
@@ -769,16 +756,7 @@ async fn an_abandon_racing_the_requests_last_commit_records_nothing() {
 
     // Another connection holds this replica's chain head, so the finish stops half way:
     // the CI token's row is consumed (and locked), its record not yet appended.
-    let mut blocker = sqlx::AnyConnection::connect(&url).await.expect("blocker");
-    sqlx::query("BEGIN")
-        .execute(&mut blocker)
-        .await
-        .expect("begin");
-    sqlx::query("SELECT last_seq FROM replicas WHERE replica_id = $1 FOR UPDATE")
-        .bind(store.replica())
-        .fetch_one(&mut blocker)
-        .await
-        .expect("lock the chain head");
+    let mut blocker = hold_chain_head(&url, store.replica()).await;
     let mut admin = sqlx::AnyConnection::connect(&url).await.expect("admin");
 
     let finish = tokio::spawn({
@@ -848,7 +826,6 @@ async fn an_abandon_racing_the_requests_last_commit_records_nothing() {
 /// leaves that chain for later instead of waiting, and its own exchanges go on.
 #[tokio::test]
 async fn a_stalled_replica_does_not_hold_up_another_replicas_purge() {
-    use sqlx::Connection as _;
     for shared in Shared::each().await {
         let Some(url) = shared.url.clone() else {
             continue;
@@ -859,16 +836,7 @@ async fn a_stalled_replica_does_not_hold_up_another_replicas_purge() {
         append(&first, "on-first", now).await;
         append(&second, "on-second", now).await;
         // The second replica's head, held as a step stalled half way would hold it.
-        let mut stalled = sqlx::PgConnection::connect(&url).await.expect("connect");
-        sqlx::query("BEGIN")
-            .execute(&mut stalled)
-            .await
-            .expect("begin");
-        sqlx::query("SELECT replica_id FROM replicas WHERE replica_id = $1 FOR UPDATE")
-            .bind(second.replica())
-            .fetch_one(&mut stalled)
-            .await
-            .expect("lock");
+        let mut stalled = hold_chain_head(&url, second.replica()).await;
         let purge = tokio::time::timeout(
             Duration::from_secs(10),
             first.purge_audit(now - time::Duration::days(1), 10),
@@ -930,6 +898,23 @@ async fn a_busy_chain_is_still_purged() {
         // All but the newest old record, which stays as the anchor.
         assert_eq!(purged, 299, "{:?}", shared.kind);
     }
+}
+
+/// A connection holding `replica`'s chain head in an open transaction, as a step stalled
+/// half way would (end it with `ROLLBACK`).
+async fn hold_chain_head(url: &str, replica: &str) -> sqlx::AnyConnection {
+    use sqlx::Connection as _;
+    let mut holder = sqlx::AnyConnection::connect(url).await.expect("connect");
+    sqlx::query("BEGIN")
+        .execute(&mut holder)
+        .await
+        .expect("begin");
+    sqlx::query("SELECT last_seq FROM replicas WHERE replica_id = $1 FOR UPDATE")
+        .bind(replica)
+        .fetch_one(&mut holder)
+        .await
+        .expect("lock the chain head");
+    holder
 }
 
 async fn append(store: &SqlStore, id: &str, at: OffsetDateTime) {

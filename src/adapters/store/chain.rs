@@ -518,12 +518,17 @@ mod tests {
         ])
     }
 
-    /// Retention that any anchor of these chains is old enough for.
-    fn any_age() -> AnchorAge {
+    /// A retention ("400d") under which anchors up to `newest_us` are old enough.
+    fn anchors_up_to(newest_us: i64) -> AnchorAge {
         AnchorAge {
-            newest_us: i64::MAX,
+            newest_us,
             retention: "400d".to_owned(),
         }
+    }
+
+    /// Retention that any anchor of these chains is old enough for.
+    fn any_age() -> AnchorAge {
+        anchors_up_to(i64::MAX)
     }
 
     /// `chain(n)` after retention purged the records before `anchor`.
@@ -538,10 +543,7 @@ mod tests {
     #[test]
     fn a_purged_chain_verifies_from_its_anchor_record() {
         let (head, links) = purged(5, 3);
-        let old_enough = AnchorAge {
-            newest_us: 3_000_000,
-            retention: "400d".to_owned(),
-        };
+        let old_enough = anchors_up_to(3_000_000);
         assert_eq!(verify_chain(&head, links, &columns, old_enough), Ok(3));
     }
 
@@ -550,10 +552,7 @@ mod tests {
         let (head, links) = purged(5, 3);
         // Retention keeps everything newer than 2 s: record 3 (3 s) was not purgeable,
         // so neither were the two before it.
-        let retention = AnchorAge {
-            newest_us: 2_000_000,
-            retention: "400d".to_owned(),
-        };
+        let retention = anchors_up_to(2_000_000);
         let err = verify_chain(&head, links, &columns, retention).expect_err("removed");
         assert_eq!(
             err.to_string(),

@@ -368,22 +368,15 @@ impl SqlStore {
         }
     }
 
-    /// Removes audit records older than `before`, `limit` per chain at a time. PostgreSQL
-    /// takes each chain in a transaction of its own; a chain whose head stays locked (its
+    /// Removes audit records older than `before`, `limit` per chain at a time, each chain
+    /// in a transaction of its own. On PostgreSQL a chain whose head stays locked (its
     /// replica stalled mid-step) is logged and left for the next purge.
     pub async fn purge_audit(&self, before: OffsetDateTime, limit: i64) -> Result<u64, StoreError> {
-        let chains = match self.mode {
-            Mode::Sqlite { .. } => vec![None],
-            Mode::Postgres => sqlx::query_scalar::<_, String>(
-                "SELECT replica_id FROM replicas ORDER BY replica_id",
-            )
-            .fetch_all(&self.pool)
-            .await
-            .map_err(write_error)?
-            .into_iter()
-            .map(Some)
-            .collect(),
-        };
+        let chains: Vec<String> =
+            sqlx::query_scalar("SELECT replica_id FROM replicas ORDER BY replica_id")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(write_error)?;
         let mut purged = 0;
         for chain in chains {
             let op = Op::PurgeAudit {
@@ -394,9 +387,9 @@ impl SqlStore {
             match self.run(op, OffsetDateTime::now_utc()).await {
                 Ok(Answer::Purged(n)) => purged += n,
                 Ok(other) => return Err(other.unexpected()),
-                Err(err) if chain.is_some() => tracing::warn!(
+                Err(err) if matches!(self.mode, Mode::Postgres) => tracing::warn!(
                     error = %err,
-                    replica = chain.as_deref().unwrap_or_default(),
+                    replica = %chain,
                     "purging this chain's old audit records failed; the next purge retries it"
                 ),
                 Err(err) => return Err(err),

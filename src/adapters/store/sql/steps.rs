@@ -35,12 +35,12 @@ pub(super) enum Op {
     },
     /// Forget up to `limit` replay rows that expired before `now`.
     PurgeReplay { limit: i64 },
-    /// Purge records older than `before` from the oldest end of `chain` (every chain when
-    /// `None`), up to `limit` per chain, moving each chain's anchor.
+    /// Purge up to `limit` records older than `before` from the oldest end of `chain`,
+    /// moving its anchor.
     PurgeAudit {
         before: OffsetDateTime,
         limit: i64,
-        chain: Option<String>,
+        chain: String,
     },
     /// Nothing but a write transaction: is the database writable?
     Probe,
@@ -676,7 +676,7 @@ pub(super) async fn apply<'r>(
             before,
             limit,
             chain,
-        } => purge_audit(db, backend, micros(*before), *limit, chain.as_deref())
+        } => purge_audit(db, backend, micros(*before), *limit, chain)
             .await
             .map(Answer::Purged),
         Op::Probe => Ok(Answer::Probed),
@@ -696,79 +696,64 @@ async fn release(db: &mut impl Db, key: &str, holder: &str) -> Result<(), DbErro
 /// next purge.
 const PURGE_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '2s'";
 
-/// Retention: removes the oldest records older than `before` from `only` (every chain when
-/// `None`), at most `limit` per chain, keeping the chain contiguous, and moves the chain's
-/// anchor to the newest record older than `before`, which stays: `audit verify` starts
-/// there.
+/// Retention: removes `replica`'s oldest records older than `before` (at most `limit`),
+/// keeping the chain contiguous, and moves its anchor to the newest record older than
+/// `before`, which stays: `audit verify` starts there.
 async fn purge_audit(
     db: &mut impl Db,
     backend: Backend,
     before: i64,
     limit: i64,
-    only: Option<&str>,
+    replica: &str,
 ) -> Result<u64, DbError> {
-    let replicas = match only {
-        Some(replica) => {
-            // PostgreSQL purges one chain per transaction and waits for its head only
-            // briefly: a busy replica holds its head for milliseconds at a time, a stalled
-            // one until it recovers, and then this chain waits for the next purge while
-            // the other chains, and their replicas' exchanges, go on.
-            if backend == Backend::Postgres {
-                db.exec(PURGE_LOCK_TIMEOUT, &[]).await?;
-            }
-            let lock = match backend {
-                Backend::Sqlite => "",
-                Backend::Postgres => " FOR UPDATE",
-            };
-            db.fetch(
-                &format!("SELECT replica_id FROM replicas WHERE replica_id = $1{lock}"),
-                &[replica.into()],
-            )
-            .await
-            .and_then(texts)?
-        }
-        None => db
-            .fetch("SELECT replica_id FROM replicas ORDER BY replica_id", &[])
-            .await
-            .and_then(texts)?,
-    };
-    let mut purged = 0;
-    for replica in replicas {
-        let rows = db
-            .fetch(
-                "SELECT seq, hash, time_us FROM audit_records WHERE replica_id = $1 \
-                 ORDER BY seq LIMIT $2",
-                // The first row is the anchor, which stays.
-                &[replica.as_str().into(), limit.saturating_add(1).into()],
-            )
-            .await?;
-        let mut anchor: Option<(i64, String)> = None;
-        for (index, row) in rows.into_iter().enumerate() {
-            let [seq, hash, time_us] = columns(row)?;
-            if time_us.int()? >= before {
-                break;
-            }
-            // The oldest record left (the anchor, or record 1) only becomes the anchor
-            // once there is something before it to remove.
-            if index > 0 {
-                anchor = Some((seq.int()?, hash.text()?));
-            }
-        }
-        let Some((seq, hash)) = anchor else { continue };
-        // The newest purgeable record stays, as the anchor: its time is what shows
-        // `audit verify` that the records before it were old enough to go.
-        purged += db
-            .exec(
-                "DELETE FROM audit_records WHERE replica_id = $1 AND seq < $2",
-                &[replica.as_str().into(), seq.into()],
-            )
-            .await?;
-        db.exec(
-            "UPDATE replicas SET anchor_seq = $2, anchor_hash = $3 WHERE replica_id = $1",
-            &[replica.as_str().into(), seq.into(), hash.as_str().into()],
+    // PostgreSQL purges one chain per transaction and waits for its head only briefly: a
+    // busy replica holds its head for milliseconds at a time, a stalled one until it
+    // recovers, and then this chain waits for the next purge while the other chains, and
+    // their replicas' exchanges, go on. (SQLite's single writer needs no lock.)
+    if backend == Backend::Postgres {
+        db.exec(PURGE_LOCK_TIMEOUT, &[]).await?;
+        db.fetch(
+            "SELECT replica_id FROM replicas WHERE replica_id = $1 FOR UPDATE",
+            &[replica.into()],
         )
         .await?;
     }
+    let rows = db
+        .fetch(
+            "SELECT seq, hash, time_us FROM audit_records WHERE replica_id = $1 \
+             ORDER BY seq LIMIT $2",
+            // The first row is the anchor, which stays.
+            &[replica.into(), limit.saturating_add(1).into()],
+        )
+        .await?;
+    let mut anchor: Option<(i64, String)> = None;
+    for (index, row) in rows.into_iter().enumerate() {
+        let [seq, hash, time_us] = columns(row)?;
+        if time_us.int()? >= before {
+            break;
+        }
+        // The oldest record left (the anchor, or record 1) only becomes the anchor once
+        // there is something before it to remove.
+        if index > 0 {
+            anchor = Some((seq.int()?, hash.text()?));
+        }
+    }
+    let Some((seq, hash)) = anchor else {
+        return Ok(0);
+    };
+    // The newest purgeable record stays, as the anchor: its time is what shows `audit
+    // verify` that the records before it were old enough to go.
+    let purged = db
+        .exec(
+            "DELETE FROM audit_records WHERE replica_id = $1 AND seq < $2",
+            &[replica.into(), seq.into()],
+        )
+        .await?;
+    db.exec(
+        "UPDATE replicas SET anchor_seq = $2, anchor_hash = $3 WHERE replica_id = $1",
+        &[replica.into(), seq.into(), hash.as_str().into()],
+    )
+    .await?;
     Ok(purged)
 }
 
