@@ -109,12 +109,17 @@ fn report(
     if let Some(memory) = memory_rate.filter(|_| kind != StoreKind::Memory) {
         line += &format!("  {:3.0} % of memory", 100.0 * rate / memory);
     }
-    let (records, commits) = (
+    let (records, commits, committing) = (
         after.commits.0 - before.commits.0,
         after.commits.1 - before.commits.1,
+        after.commits.2 - before.commits.2,
     );
     if commits > 0.0 {
-        line += &format!("  {:.1} records per commit", records / commits);
+        line += &format!(
+            "  {:.1} records per commit, {:.2} ms each",
+            records / commits,
+            committing * 1e3 / commits
+        );
     }
     let mut cpu = Vec::new();
     let mut waiting = Vec::new();

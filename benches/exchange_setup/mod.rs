@@ -168,22 +168,23 @@ impl Bench {
     }
 }
 
+/// `count` fresh CI tokens, signed on two threads.
+pub fn ci_tokens(bench: &Bench, count: usize) -> Vec<String> {
+    std::thread::scope(|scope| {
+        let half = count / 2;
+        let first = scope.spawn(move || (0..half).map(|_| bench.ci_token()).collect::<Vec<_>>());
+        let mut tokens: Vec<_> = (half..count).map(|_| bench.ci_token()).collect();
+        tokens.extend(first.join().expect("signing thread"));
+        tokens
+    })
+}
+
 /// `count` exchange requests, each with a fresh CI token.
 pub fn sign_requests(
     bench: &Bench,
     count: usize,
 ) -> Vec<tokenmint::trust::exchange::ExchangeRequest> {
-    std::thread::scope(|scope| {
-        let half = count / 2;
-        let first = scope.spawn(move || {
-            (0..half)
-                .map(|_| request(bench.ci_token()))
-                .collect::<Vec<_>>()
-        });
-        let mut requests: Vec<_> = (half..count).map(|_| request(bench.ci_token())).collect();
-        requests.extend(first.join().expect("signing thread"));
-        requests
-    })
+    ci_tokens(bench, count).into_iter().map(request).collect()
 }
 
 fn request(token: String) -> tokenmint::trust::exchange::ExchangeRequest {
