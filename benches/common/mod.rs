@@ -1,4 +1,10 @@
-//! What the benchmarks share: a fresh PostgreSQL schema to measure on.
+//! What the benchmarks share: the binary's allocator, and a fresh PostgreSQL schema to
+//! measure on.
+
+/// The allocator the `tokenmint` binary runs with (see `src/main.rs`), so that the
+/// benchmarks measure what is served.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// A fresh schema in `TOKENMINT_BENCH_DATABASE_URL`, as a URL with its search path; `None`
 /// when the variable is not set.
