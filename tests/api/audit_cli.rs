@@ -405,21 +405,24 @@ impl Trail {
             .expect("busy timeout");
         // The service's own passive checkpoint (every second, on a reader's thread) can
         // still be running after the drop. SQLite answers a checkpoint that meets another
-        // one with "busy" at once, without waiting out the busy timeout, so try again for
-        // a while before calling it blocked.
-        let mut busy = 1;
-        for _ in 0..100 {
+        // one with "busy" at once, without waiting out the busy timeout, so try again until
+        // a deadline before calling it blocked.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let busy = loop {
             let row = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
                 .fetch_one(&mut conn)
                 .await
                 .expect("checkpoint");
-            busy = row.try_get(0).expect("busy");
-            if busy == 0 {
-                break;
+            let busy: i64 = row.try_get(0).expect("busy");
+            if busy == 0 || std::time::Instant::now() >= deadline {
+                break busy;
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        assert_eq!(busy, 0, "the checkpoint was blocked for 5 s");
+        };
+        assert_eq!(
+            busy, 0,
+            "the checkpoint was still blocked after 5 s of tries"
+        );
         let replica: String = sqlx::query_scalar("SELECT replica_id FROM local_replica")
             .fetch_one(&mut conn)
             .await
