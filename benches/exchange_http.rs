@@ -20,6 +20,8 @@
     reason = "the PostgreSQL and closed-loop helpers of the other benches"
 )]
 mod common;
+#[path = "load_stats/mod.rs"]
+mod load_stats;
 #[allow(dead_code, reason = "the set-up's helpers for the other benches")]
 #[path = "exchange_setup/mod.rs"]
 mod setup;
@@ -27,10 +29,8 @@ mod setup;
 use std::net::SocketAddr;
 use std::path::Path;
 
+use load_stats::{USER_HZ, machine_cpu_seconds, setting};
 use setup::{Bench, StoreKind, ci_tokens, group_commit, set_up};
-
-/// Clock ticks per second in `/proc` CPU times (USER_HZ: 100 on x86_64 and arm64 Linux).
-const USER_HZ: f64 = 100.0;
 
 /// wrk's script: each request takes the next CI token of the file named by the first
 /// argument, and an exhausted file shows as refused exchanges. The counter is per wrk thread
@@ -52,13 +52,6 @@ function request()
 end
 "#;
 
-fn setting(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
-
 /// (this process's CPU seconds, the machine's busy CPU seconds) so far.
 fn cpu_seconds() -> (f64, f64) {
     let own = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
@@ -73,22 +66,14 @@ fn cpu_seconds() -> (f64, f64) {
         .collect();
     // utime and stime are fields 14 and 15, so 11 and 12 after the state.
     let own = (fields.get(11).unwrap_or(&0.0) + fields.get(12).unwrap_or(&0.0)) / USER_HZ;
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let all: Vec<f64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .map(|f| f.parse().unwrap_or(0.0))
-        .collect();
+    let all = machine_cpu_seconds();
     // user, nice, system, irq and softirq: not idle (4th) or iowait (5th), nor steal and
     // guest (guest time is counted in user already).
     let busy: f64 = [0, 1, 2, 5, 6]
         .iter()
         .map(|index| all.get(*index).copied().unwrap_or(0.0))
         .sum();
-    (own, busy / USER_HZ)
+    (own, busy)
 }
 
 /// What one wrk run printed that matters here.
@@ -155,7 +140,7 @@ fn measure_round(
     dir: &Path,
     memory_rate: Option<f64>,
 ) -> f64 {
-    let tokens = ci_tokens(bench, setting("TOKENMINT_HTTP_TOKENS", 80_000) as usize);
+    let tokens = ci_tokens(bench, setting("TOKENMINT_HTTP_TOKENS", 80_000_usize));
     let token_file = dir.join("tokens.txt");
     std::fs::write(&token_file, tokens.join("\n")).expect("token file");
     let script = dir.join("exchange.lua");

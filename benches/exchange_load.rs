@@ -12,23 +12,16 @@
 //! to the run (`perf record`) sees one store's exchanges alone.
 
 mod common;
+#[path = "load_stats/mod.rs"]
+mod load_stats;
 #[path = "exchange_setup/mod.rs"]
 mod setup;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use load_stats::{machine_cpu_seconds, setting};
 use setup::{Bench, StoreKind, exchange_all, group_commit, set_up, sign_requests};
-
-/// Clock ticks per second in `/proc` CPU times (USER_HZ, 100 on every Linux ABI).
-const TICKS: f64 = 100.0;
-
-fn setting(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Per thread name: (CPU seconds, seconds runnable but waiting for a CPU).
 fn threads() -> BTreeMap<String, (f64, f64)> {
@@ -54,16 +47,8 @@ fn threads() -> BTreeMap<String, (f64, f64)> {
 
 /// The machine's (idle, iowait) CPU seconds so far, summed over its CPUs.
 fn machine_idle() -> (f64, f64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let fields: Vec<f64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .map(|f| f.parse().unwrap_or(0.0))
-        .collect();
-    let at = |index: usize| fields.get(index).copied().unwrap_or(0.0) / TICKS;
+    let seconds = machine_cpu_seconds();
+    let at = |index: usize| seconds.get(index).copied().unwrap_or(0.0);
     (at(3), at(4))
 }
 
